@@ -1,0 +1,73 @@
+"""Training ray batches, computed on the device from pixel indices (no precomputed ray table).
+
+Two official modes: `use_batching` shuffles every training pixel once per epoch and takes consecutive
+slices (LLFF); otherwise each step picks one random training image and N_rand of its pixels without
+replacement, optionally from the central crop for the first `precrop_iters` steps (Blender).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .config import ConfigError, TrainConfig
+from .datasets.scene import Scene
+from .rays import pixel_directions, rays_from_directions
+
+
+class RayBatcher:
+    """`batch(step)` -> (rays_o [R, 3], rays_d [R, 3], target [R, 3]) for the scene's training views.
+
+    With use_batching, the epoch permutation is drawn from a generator seeded by (seed, epoch), so a
+    batch is a pure function of the step and resuming needs no extra state; otherwise the global torch
+    RNG is used (its state is saved in checkpoints).
+    """
+
+    def __init__(self, scene: Scene, opts: TrainConfig, seed: int):
+        self.scene = scene
+        self.opts = opts
+        self.seed = seed
+        self.train_ids = torch.tensor(scene.i_train, device=scene.images.device)
+        self.pixels_per_image = scene.height * scene.width
+        self.total_pixels = len(scene.i_train) * self.pixels_per_image
+        self.batches_per_epoch = math.ceil(self.total_pixels / opts.num_random_rays)
+        self._epoch = -1
+        self._permutation = None
+        if not opts.use_batching and opts.num_random_rays > self.pixels_per_image:
+            raise ConfigError(f"nerf.train.num_random_rays ({opts.num_random_rays}) exceeds the pixels of one "
+                             f"image ({self.pixels_per_image}); lower it or set use_batching")
+
+    def _rays(self, image_ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
+        s = self.scene
+        dirs = pixel_directions(cols, rows, s.height, s.width, s.focal)  # [R, 3]
+        rays_o, rays_d = rays_from_directions(dirs, s.poses[image_ids, :3, :4])  # [R, 3] each
+        return rays_o, rays_d, s.images[image_ids, rows, cols]
+
+    def batch(self, step: int):
+        s, opts = self.scene, self.opts
+        device = s.images.device
+        if opts.use_batching:
+            epoch, k = divmod(step, self.batches_per_epoch)
+            if epoch != self._epoch:
+                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                self._permutation = torch.randperm(self.total_pixels, generator=generator).to(device)
+                self._epoch = epoch
+            flat = self._permutation[k * opts.num_random_rays:(k + 1) * opts.num_random_rays]  # [R]
+            image_ids = self.train_ids[flat // self.pixels_per_image]
+            pixel = flat % self.pixels_per_image
+            return self._rays(image_ids, pixel // s.width, pixel % s.width)
+
+        image_id = self.train_ids[torch.randint(len(self.train_ids), (1,), device=device)]  # [1]
+        if step < opts.precrop_iters:
+            half_h, half_w = int(s.height // 2 * opts.precrop_frac), int(s.width // 2 * opts.precrop_frac)
+            row0, col0 = s.height // 2 - half_h, s.width // 2 - half_w
+            crop_h, crop_w = 2 * half_h, 2 * half_w
+        else:
+            row0, col0, crop_h, crop_w = 0, 0, s.height, s.width
+        if opts.num_random_rays > crop_h * crop_w:
+            raise ConfigError(f"nerf.train.num_random_rays ({opts.num_random_rays}) exceeds the {crop_h}x{crop_w} "
+                             "precrop region; lower it or nerf.train.precrop_frac")
+        chosen = torch.randperm(crop_h * crop_w, device=device)[:opts.num_random_rays]  # without replacement
+        rows, cols = row0 + chosen // crop_w, col0 + chosen % crop_w
+        return self._rays(image_id.expand(opts.num_random_rays), rows, cols)

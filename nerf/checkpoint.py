@@ -1,0 +1,126 @@
+"""Checkpoints: atomic writes, `weights_only` loads, and clear errors for files that do not fit.
+
+A checkpoint is a dict of plain data: format_version, step (optimizer steps completed),
+model_coarse_state_dict, model_fine_state_dict (or None), optimizer_state_dict, config (the resolved
+config as nested dicts), rng_state (torch CPU and CUDA generator states) and metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from typing import Optional
+
+import torch
+from torch import nn
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model; the message names the file."""
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_torch_save(obj: object, path: str) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a crash never leaves a partial file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ckpt-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_checkpoint(path: str, step: int, coarse: nn.Module, fine: Optional[nn.Module],
+                    optimizer: torch.optim.Optimizer, config: dict, metrics: Optional[dict] = None) -> None:
+    atomic_torch_save({
+        "format_version": FORMAT_VERSION,
+        "step": step,
+        "model_coarse_state_dict": coarse.state_dict(),
+        "model_fine_state_dict": fine.state_dict() if fine is not None else None,
+        "optimizer_state_dict": optimizer.state_dict(),
+        "config": config,
+        "rng_state": rng_state(),
+        "metrics": dict(metrics or {}),
+    }, path)
+
+
+def load_checkpoint(path: str) -> dict:
+    """Read a checkpoint onto the CPU with weights_only=True (no arbitrary code runs)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(data).__name__}")
+    return data
+
+
+def _describe_mismatch(model: nn.Module, state: dict) -> str:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        return f"missing keys {missing[:3]}, unexpected keys {unexpected[:3]}"
+    for key, value in own.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            return f"{key}: checkpoint {list(state[key].shape)}, model {list(value.shape)}"
+    return "incompatible tensors"
+
+
+def load_model_state(model: nn.Module, state: Optional[dict], path: str, name: str) -> None:
+    """Load `state` into `model` strictly; an architecture mismatch is a CheckpointError naming the tensor."""
+    if state is None:
+        raise CheckpointError(f"{path}: has no {name} weights but the config defines that model")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: {name} weights are not a state dict")
+    own = model.state_dict()
+    if set(own) != set(state) or any(tuple(state[k].shape) != tuple(v.shape) for k, v in own.items()):
+        raise CheckpointError(f"{path}: the {name} weights do not fit the configured model "
+                              f"({_describe_mismatch(model, state)}); was it trained with another architecture?")
+    model.load_state_dict(state)
+
+
+def restore_training_state(ckpt: dict, path: str, coarse: nn.Module, fine: Optional[nn.Module],
+                           optimizer: Optional[torch.optim.Optimizer]) -> int:
+    """Restore models, optimizer and RNG from a checkpoint of ours; return the step to continue from."""
+    if ckpt.get("format_version") != FORMAT_VERSION or "step" not in ckpt:
+        raise CheckpointError(f"{path}: not a checkpoint written by this project (no format_version "
+                              f"{FORMAT_VERSION})")
+    load_model_state(coarse, ckpt.get("model_coarse_state_dict"), path, "coarse model")
+    if fine is not None:
+        load_model_state(fine, ckpt.get("model_fine_state_dict"), path, "fine model")
+    elif ckpt.get("model_fine_state_dict") is not None:
+        raise CheckpointError(f"{path}: holds a fine model but the config has models.fine: null")
+    if optimizer is not None and ckpt.get("optimizer_state_dict") is not None:
+        try:
+            optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+        except (ValueError, KeyError) as err:
+            raise CheckpointError(f"{path}: optimizer state does not fit ({err})") from None
+    if "rng_state" in ckpt:
+        set_rng_state(ckpt["rng_state"])
+    return int(ckpt["step"])

@@ -1,0 +1,137 @@
+"""Radiance-field MLPs: the paper's 8x256 model, a flexible variant and a tiny one.
+
+Every model maps sample positions and unit view directions to raw outputs
+`raw: [P, 4] = [rgb_raw (3), sigma_raw (1)]`; the activations (sigmoid, ReLU) belong to the renderer,
+as in the official code. Each model owns its positional encodings, so coarse and fine models may use
+different encodings.
+
+Module names follow the official/yenchenlin layout (`pts_linears`, `views_linears`, `feature_linear`,
+`alpha_linear`, `rgb_linear`, `output_linear`) so that their checkpoints map onto ours by name.
+Initialisation is the official Keras one: glorot-uniform weights, zero biases.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .encoding import encoding_width, positional_encoding
+
+
+def _linear(in_features: int, out_features: int) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features)
+    nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class NeRFModel(nn.Module):
+    """The NeRF MLP (paper: Mildenhall et al. 2020, Fig. 7; official run_nerf_helpers.init_nerf_model).
+
+    h_0 = gamma(x); h_{k+1} = ReLU(L_k(h_k)); after the ReLU of each skip layer, h <- [gamma(x), h].
+    With view directions: sigma_raw = L_alpha(h), feature = L_feat(h) (no activation),
+    rgb_raw = L_rgb(ReLU(L_view([feature, gamma(d)]))). Without: [rgb_raw, sigma_raw] = L_out(h).
+    """
+
+    def __init__(self, num_layers: int = 8, hidden_size: int = 256, skip_connect_every: int = 4,
+                 hidden_size_dir: int = 128, num_encoding_fn_xyz: int = 10, num_encoding_fn_dir: int = 4,
+                 include_input_xyz: bool = True, include_input_dir: bool = True,
+                 log_sampling_xyz: bool = True, log_sampling_dir: bool = True, use_viewdirs: bool = True):
+        super().__init__()
+        self.encoding_xyz = dict(num_freqs=num_encoding_fn_xyz, include_input=include_input_xyz,
+                                 log_sampling=log_sampling_xyz)
+        self.encoding_dir = dict(num_freqs=num_encoding_fn_dir, include_input=include_input_dir,
+                                 log_sampling=log_sampling_dir)
+        self.use_viewdirs = use_viewdirs
+        xyz_width = encoding_width(num_encoding_fn_xyz, include_input_xyz)
+        dir_width = encoding_width(num_encoding_fn_dir, include_input_dir)
+        # A skip after the last layer would feed nothing, so only interior layers qualify.
+        self.skips = tuple(i for i in range(1, num_layers - 1)
+                           if skip_connect_every > 0 and i % skip_connect_every == 0)
+        widths_in = [xyz_width] + [hidden_size + (xyz_width if i - 1 in self.skips else 0)
+                                   for i in range(1, num_layers)]
+        self.pts_linears = nn.ModuleList(_linear(w, hidden_size) for w in widths_in)
+        if use_viewdirs:
+            self.feature_linear = _linear(hidden_size, hidden_size)
+            self.alpha_linear = _linear(hidden_size, 1)
+            self.views_linears = nn.ModuleList([_linear(hidden_size + dir_width, hidden_size_dir)])
+            self.rgb_linear = _linear(hidden_size_dir, 3)
+        else:
+            self.output_linear = _linear(hidden_size, 4)
+
+    def forward(self, points: torch.Tensor, viewdirs: Optional[torch.Tensor]) -> torch.Tensor:
+        """points: [P, 3], viewdirs: [P, 3] unit vectors (or None without viewdirs) -> raw: [P, 4]."""
+        x = positional_encoding(points, **self.encoding_xyz)  # [P, Ex]
+        h = x
+        for i, layer in enumerate(self.pts_linears):
+            h = torch.relu(layer(h))
+            if i in self.skips:
+                h = torch.cat((x, h), dim=-1)  # points first, as in the official code
+        if not self.use_viewdirs:
+            return self.output_linear(h)
+        sigma_raw = self.alpha_linear(h)  # [P, 1]
+        feature = self.feature_linear(h)
+        d = positional_encoding(viewdirs, **self.encoding_dir)  # [P, Ed]
+        h = torch.relu(self.views_linears[0](torch.cat((feature, d), dim=-1)))
+        return torch.cat((self.rgb_linear(h), sigma_raw), dim=-1)  # [P, 4]
+
+
+class TinyNeRFModel(nn.Module):
+    """A small MLP for quick experiments: raw = L_out(MLP([gamma(x), gamma(d)])), with optional skips.
+
+    The view direction (when used) enters at the input; there is no separate density or view head.
+    """
+
+    def __init__(self, num_layers: int = 2, hidden_size: int = 128, skip_connect_every: int = 0,
+                 num_encoding_fn_xyz: int = 6, num_encoding_fn_dir: int = 4, include_input_xyz: bool = True,
+                 include_input_dir: bool = True, log_sampling_xyz: bool = True, log_sampling_dir: bool = True,
+                 use_viewdirs: bool = True):
+        super().__init__()
+        self.encoding_xyz = dict(num_freqs=num_encoding_fn_xyz, include_input=include_input_xyz,
+                                 log_sampling=log_sampling_xyz)
+        self.encoding_dir = dict(num_freqs=num_encoding_fn_dir, include_input=include_input_dir,
+                                 log_sampling=log_sampling_dir)
+        self.use_viewdirs = use_viewdirs
+        in_width = encoding_width(num_encoding_fn_xyz, include_input_xyz)
+        if use_viewdirs:
+            in_width += encoding_width(num_encoding_fn_dir, include_input_dir)
+        self.skips = tuple(i for i in range(1, num_layers - 1)
+                           if skip_connect_every > 0 and i % skip_connect_every == 0)
+        widths_in = [in_width] + [hidden_size + (in_width if i - 1 in self.skips else 0)
+                                  for i in range(1, num_layers)]
+        self.pts_linears = nn.ModuleList(_linear(w, hidden_size) for w in widths_in)
+        self.output_linear = _linear(hidden_size, 4)
+
+    def forward(self, points: torch.Tensor, viewdirs: Optional[torch.Tensor]) -> torch.Tensor:
+        """points: [P, 3], viewdirs: [P, 3] or None -> raw: [P, 4]."""
+        x = positional_encoding(points, **self.encoding_xyz)
+        if self.use_viewdirs:
+            x = torch.cat((x, positional_encoding(viewdirs, **self.encoding_dir)), dim=-1)  # [P, Ex + Ed]
+        h = x
+        for i, layer in enumerate(self.pts_linears):
+            h = torch.relu(layer(h))
+            if i in self.skips:
+                h = torch.cat((x, h), dim=-1)
+        return self.output_linear(h)
+
+
+def build_model(m: ModelConfig) -> nn.Module:
+    """Instantiate the model a `models.coarse` / `models.fine` config section describes."""
+    common = dict(num_layers=m.num_layers, hidden_size=m.hidden_size, skip_connect_every=m.skip_connect_every,
+                  num_encoding_fn_xyz=m.num_encoding_fn_xyz, num_encoding_fn_dir=m.num_encoding_fn_dir,
+                  include_input_xyz=m.include_input_xyz, include_input_dir=m.include_input_dir,
+                  log_sampling_xyz=m.log_sampling_xyz, log_sampling_dir=m.log_sampling_dir,
+                  use_viewdirs=m.use_viewdirs)
+    if m.type in ("PaperNeRFModel", "FlexibleNeRFModel"):
+        # PaperNeRFModel is the same network with its sizes pinned by config validation.
+        return NeRFModel(hidden_size_dir=m.hidden_size_dir, **common)
+    if m.type == "TinyNeRFModel":
+        return TinyNeRFModel(**common)
+    raise ValueError(f"unknown model type {m.type!r}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,57 @@
+"""Camera rays (OpenGL convention, no half-pixel offset) and NDC rays for forward-facing scenes."""
+
+from __future__ import annotations
+
+import torch
+
+
+def pixel_directions(i: torch.Tensor, j: torch.Tensor, height: int, width: int, focal: float) -> torch.Tensor:
+    """Camera-frame directions of pixels (column i, row j): d = ((i - W/2)/f, -(j - H/2)/f, -1).
+
+    i, j: [...] -> [..., 3]. The principal point is (W/2, H/2) with no +0.5 offset, the convention
+    the paper's numbers use; x right, y up, looking down -z.
+    """
+    i = i.to(torch.float32)
+    j = j.to(torch.float32)
+    return torch.stack(((i - width * 0.5) / focal, -(j - height * 0.5) / focal, -torch.ones_like(i)), dim=-1)
+
+
+def rays_from_directions(dirs_cam: torch.Tensor, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """rays_d = R d_cam (not normalised, so the ray parameter is camera z-depth); rays_o = t.
+
+    dirs_cam: [..., 3], c2w: [3, 4] or [..., 3, 4] (broadcast) -> (rays_o, rays_d): [..., 3] each.
+    """
+    rotation, origin = c2w[..., :3, :3], c2w[..., :3, 3]
+    rays_d = (rotation * dirs_cam[..., None, :]).sum(-1)  # [..., 3]
+    rays_o = origin.expand(rays_d.shape)
+    return rays_o, rays_d
+
+
+def get_rays(height: int, width: int, focal: float, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All rays of an image: (rays_o, rays_d), each [H, W, 3]. c2w: [3, 4] or [4, 4]."""
+    j, i = torch.meshgrid(torch.arange(height, device=c2w.device), torch.arange(width, device=c2w.device),
+                          indexing="ij")  # [H, W] each
+    dirs = pixel_directions(i, j, height, width, focal).to(c2w.dtype)
+    return rays_from_directions(dirs, c2w[:3, :4])
+
+
+def ndc_rays(height: int, width: int, focal: float, near: float, rays_o: torch.Tensor,
+             rays_d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Map rays to normalised device coordinates (official ndc_rays; n = near plane, usually 1).
+
+    Origins are first moved to the plane z = -n: t_n = -(n + o_z)/d_z, o <- o + t_n d. Then
+    o' = (-2f/W o_x/o_z, -2f/H o_y/o_z, 1 + 2n/o_z),
+    d' = (-2f/W (d_x/d_z - o_x/o_z), -2f/H (d_y/d_z - o_y/o_z), -2n/o_z).
+    rays_o, rays_d: [R, 3] -> [R, 3] each; NDC t in [0, 1] spans the near plane to infinity.
+    """
+    t = -(near + rays_o[..., 2]) / rays_d[..., 2]
+    rays_o = rays_o + t[..., None] * rays_d
+    ox, oy, oz = rays_o.unbind(-1)
+    dx, dy, dz = rays_d.unbind(-1)
+    o0 = -1.0 / (width / (2.0 * focal)) * ox / oz
+    o1 = -1.0 / (height / (2.0 * focal)) * oy / oz
+    o2 = 1.0 + 2.0 * near / oz
+    d0 = -1.0 / (width / (2.0 * focal)) * (dx / dz - ox / oz)
+    d1 = -1.0 / (height / (2.0 * focal)) * (dy / dz - oy / oz)
+    d2 = -2.0 * near / oz
+    return torch.stack((o0, o1, o2), -1), torch.stack((d0, d1, d2), -1)

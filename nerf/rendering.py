@@ -1,0 +1,139 @@
+"""Volume rendering (official raw2outputs) and the coarse-to-fine ray renderer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .config import RenderConfig
+from .rays import get_rays, ndc_rays
+from .sampling import hierarchical_samples, stratified_samples
+
+
+@dataclass
+class Rays:
+    """Rays ready for rendering. origins, directions, viewdirs: [R, 3]; near, far: [R]."""
+
+    origins: torch.Tensor
+    directions: torch.Tensor
+    viewdirs: torch.Tensor
+    near: torch.Tensor
+    far: torch.Tensor
+
+    def __getitem__(self, index) -> "Rays":
+        return Rays(self.origins[index], self.directions[index], self.viewdirs[index], self.near[index],
+                    self.far[index])
+
+    def __len__(self) -> int:
+        return self.origins.shape[0]
+
+
+def prepare_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, near: float, far: float,
+                 ndc: Optional[tuple[int, int, float]] = None) -> Rays:
+    """World rays [R, 3] -> Rays. viewdirs = d/|d| in world space, computed before the optional NDC
+    map (ndc = (H, W, focal), near plane n = 1, as in the official render())."""
+    viewdirs = rays_d / torch.linalg.norm(rays_d, dim=-1, keepdim=True)
+    if ndc is not None:
+        rays_o, rays_d = ndc_rays(ndc[0], ndc[1], ndc[2], 1.0, rays_o, rays_d)
+    near_t = torch.full(rays_o.shape[:1], near, device=rays_o.device, dtype=rays_o.dtype)
+    far_t = torch.full(rays_o.shape[:1], far, device=rays_o.device, dtype=rays_o.dtype)
+    return Rays(rays_o, rays_d, viewdirs, near_t, far_t)
+
+
+def volume_render(raw: torch.Tensor, z_vals: torch.Tensor, rays_d: torch.Tensor, noise_std: float = 0.0,
+                  white_background: bool = False, generator: Optional[torch.Generator] = None) -> dict:
+    """Composite raw network outputs along rays (official raw2outputs).
+
+    raw: [R, S, 4] = [rgb_raw, sigma_raw]; z_vals: [R, S]; rays_d: [R, 3] (un-normalised; NDC under NDC).
+    delta_k = (z_{k+1} - z_k) |d|, delta_last = 1e10 |d|; sigma = ReLU(sigma_raw + N(0, noise_std^2));
+    alpha_k = 1 - exp(-sigma_k delta_k); T_k = prod_{j<k} (1 - alpha_j + 1e-10); w_k = alpha_k T_k.
+    rgb = sum w sigmoid(rgb_raw) (+ 1 - acc on white); depth = sum w z; acc = sum w;
+    disp = 1 / max(1e-10, depth / acc), and 0 where acc = 0.
+    Returns rgb [R, 3], depth [R], disp [R], acc [R], weights [R, S].
+    """
+    deltas = z_vals[:, 1:] - z_vals[:, :-1]  # [R, S-1]
+    deltas = torch.cat((deltas, torch.full_like(deltas[:, :1], 1e10)), dim=-1)  # [R, S]
+    deltas = deltas * torch.linalg.norm(rays_d[:, None, :], dim=-1)
+    rgb = torch.sigmoid(raw[..., :3])  # [R, S, 3]
+    sigma_raw = raw[..., 3]
+    if noise_std > 0:
+        sigma_raw = sigma_raw + noise_std * torch.randn(sigma_raw.shape, device=raw.device, dtype=raw.dtype,
+                                                        generator=generator)
+    alpha = 1.0 - torch.exp(-torch.relu(sigma_raw) * deltas)  # [R, S]
+    transmittance = torch.cumprod(torch.cat((torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-10), dim=-1),
+                                  dim=-1)[:, :-1]  # [R, S], exclusive
+    weights = alpha * transmittance
+    rgb_map = (weights[..., None] * rgb).sum(dim=-2)  # [R, 3]
+    depth = (weights * z_vals).sum(dim=-1)  # [R]
+    acc = weights.sum(dim=-1)
+    safe_acc = torch.where(acc > 0, acc, torch.ones_like(acc))
+    disp = torch.where(acc > 0, 1.0 / torch.clamp(depth / safe_acc, min=1e-10), torch.zeros_like(acc))
+    if white_background:
+        rgb_map = rgb_map + (1.0 - acc[..., None])
+    return {"rgb": rgb_map, "depth": depth, "disp": disp, "acc": acc, "weights": weights}
+
+
+def run_network(model: nn.Module, points: torch.Tensor, viewdirs: torch.Tensor, netchunk: int) -> torch.Tensor:
+    """Evaluate the field at points: [R, S, 3] with per-ray viewdirs [R, 3] -> raw [R, S, 4],
+    in chunks of at most `netchunk` points (a memory knob that does not change the result)."""
+    num_rays, num_samples = points.shape[:2]
+    flat_points = points.reshape(-1, 3)  # [P, 3]
+    flat_dirs = viewdirs[:, None, :].expand(points.shape).reshape(-1, 3)  # [P, 3]
+    if flat_points.shape[0] <= netchunk:
+        raw = model(flat_points, flat_dirs)
+    else:
+        raw = torch.cat([model(flat_points[k:k + netchunk], flat_dirs[k:k + netchunk])
+                         for k in range(0, flat_points.shape[0], netchunk)], dim=0)
+    return raw.reshape(num_rays, num_samples, -1)  # [R, S, 4]
+
+
+def render_rays(coarse: nn.Module, fine: Optional[nn.Module], rays: Rays, opts: RenderConfig,
+                generator: Optional[torch.Generator] = None) -> dict:
+    """Render rays with the coarse model and, if num_fine > 0, the fine model on coarse + fine samples.
+
+    Returns the fine outputs (rgb [R, 3], depth, disp, acc [R], weights [R, S_c + S_f], z_std [R]) and the
+    coarse ones with suffix 0 (rgb0, depth0, disp0, acc0); without a fine pass the coarse outputs are the
+    main ones.
+    """
+    z_coarse = stratified_samples(rays.near, rays.far, opts.num_coarse, opts.perturb, opts.lindisp,
+                                  generator)  # [R, S_c]
+    points = rays.origins[:, None, :] + rays.directions[:, None, :] * z_coarse[..., None]  # [R, S_c, 3]
+    raw = run_network(coarse, points, rays.viewdirs, opts.netchunk)
+    coarse_out = volume_render(raw, z_coarse, rays.directions, opts.radiance_field_noise_std,
+                               opts.white_background, generator)
+    if opts.num_fine <= 0 or fine is None:
+        return coarse_out
+    z_fine, z_importance = hierarchical_samples(z_coarse, coarse_out["weights"], opts.num_fine,
+                                                deterministic=not opts.perturb, generator=generator)
+    points = rays.origins[:, None, :] + rays.directions[:, None, :] * z_fine[..., None]
+    raw = run_network(fine, points, rays.viewdirs, opts.netchunk)
+    out = volume_render(raw, z_fine, rays.directions, opts.radiance_field_noise_std, opts.white_background,
+                        generator)
+    out["z_std"] = z_importance.std(dim=-1, unbiased=False)  # population std, as tf.math.reduce_std
+    for key in ("rgb", "depth", "disp", "acc"):
+        out[key + "0"] = coarse_out[key]
+    return out
+
+
+
+@torch.no_grad()
+def render_image(coarse: nn.Module, fine: Optional[nn.Module], c2w: torch.Tensor, height: int, width: int,
+                 focal: float, near: float, far: float, use_ndc: bool, opts: RenderConfig,
+                 generator: Optional[torch.Generator] = None) -> dict:
+    """Render a full image in chunks of `opts.chunksize` rays. c2w: [3, 4] or [4, 4].
+
+    Returns rgb [H, W, 3], depth, disp, acc [H, W] (fine pass when there is one).
+    """
+    rays_o, rays_d = get_rays(height, width, focal, c2w)  # [H, W, 3] each
+    rays = prepare_rays(rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), near, far,
+                        (height, width, focal) if use_ndc else None)
+    keys = ("rgb", "depth", "disp", "acc")
+    chunks = {key: [] for key in keys}
+    for start in range(0, len(rays), opts.chunksize):
+        out = render_rays(coarse, fine, rays[start:start + opts.chunksize], opts, generator)
+        for key in keys:
+            chunks[key].append(out[key])
+    return {key: torch.cat(chunks[key], dim=0).reshape(height, width, -1).squeeze(-1) for key in keys}

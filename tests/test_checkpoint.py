@@ -1,0 +1,95 @@
+import os
+
+import pytest
+import torch
+
+from nerf.checkpoint import (CheckpointError, atomic_torch_save, load_checkpoint, load_model_state,
+                             restore_training_state, save_checkpoint)
+from nerf.config import Config, ModelConfig, config_to_dict
+from nerf.models import build_model
+
+SMALL = ModelConfig(type="FlexibleNeRFModel", num_layers=3, hidden_size=16, skip_connect_every=1,
+                    hidden_size_dir=8, num_encoding_fn_xyz=3, num_encoding_fn_dir=2)
+
+
+def _models_and_optimizer():
+    coarse, fine = build_model(SMALL), build_model(SMALL)
+    optimizer = torch.optim.Adam(list(coarse.parameters()) + list(fine.parameters()), lr=1e-3, eps=1e-7)
+    loss = sum((m(torch.randn(5, 3), torch.randn(5, 3)) ** 2).sum() for m in (coarse, fine))
+    loss.backward()
+    optimizer.step()
+    return coarse, fine, optimizer
+
+
+def test_round_trip_restores_models_optimizer_and_rng(tmp_path):
+    coarse, fine, optimizer = _models_and_optimizer()
+    config = config_to_dict(Config())
+    path = str(tmp_path / "checkpoint000007.ckpt")
+    torch.manual_seed(123)
+    save_checkpoint(path, 7, coarse, fine, optimizer, config, {"val_psnr": 21.5})
+    expected_next = torch.rand(3)
+
+    ckpt = load_checkpoint(path)
+    assert ckpt["config"] == config and ckpt["metrics"]["val_psnr"] == 21.5
+    coarse2, fine2 = build_model(SMALL), build_model(SMALL)
+    optimizer2 = torch.optim.Adam(list(coarse2.parameters()) + list(fine2.parameters()), lr=1e-3, eps=1e-7)
+    torch.manual_seed(999)
+    step = restore_training_state(ckpt, path, coarse2, fine2, optimizer2)
+    assert step == 7
+    assert torch.equal(torch.rand(3), expected_next)
+    for a, b in zip(list(coarse.state_dict().values()) + list(fine.state_dict().values()),
+                    list(coarse2.state_dict().values()) + list(fine2.state_dict().values())):
+        assert torch.equal(a, b)
+    assert torch.equal(optimizer2.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+
+
+def test_architecture_mismatch_is_a_clear_error(tmp_path):
+    coarse, fine, optimizer = _models_and_optimizer()
+    path = str(tmp_path / "c.ckpt")
+    save_checkpoint(path, 1, coarse, fine, optimizer, {})
+    bigger = build_model(ModelConfig(type="FlexibleNeRFModel", num_layers=3, hidden_size=32, skip_connect_every=1,
+                                     hidden_size_dir=8, num_encoding_fn_xyz=3, num_encoding_fn_dir=2))
+    with pytest.raises(CheckpointError, match=r"c.ckpt: the coarse model weights do not fit .*pts_linears.0.weight"):
+        load_model_state(bigger, load_checkpoint(path)["model_coarse_state_dict"], path, "coarse model")
+    with pytest.raises(CheckpointError, match="holds a fine model"):
+        restore_training_state(load_checkpoint(path), path, build_model(SMALL), None, None)
+
+
+def test_unreadable_and_foreign_files(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint file not found"):
+        load_checkpoint(str(tmp_path / "none.ckpt"))
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="junk.ckpt: not a readable checkpoint"):
+        load_checkpoint(str(junk))
+    foreign = str(tmp_path / "foreign.ckpt")
+    torch.save({"iter": 3, "model_coarse_state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="not a checkpoint written by this project"):
+        restore_training_state(load_checkpoint(foreign), foreign, build_model(SMALL), None, None)
+
+
+class Arbitrary:
+    """Not allowed by weights_only loading."""
+
+
+def test_weights_only_refuses_arbitrary_objects(tmp_path):
+    path = str(tmp_path / "arbitrary.ckpt")
+    torch.save({"obj": Arbitrary()}, path)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_interrupted_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "ckpt.ckpt")
+    atomic_torch_save({"version": 1}, path)
+
+    def failing_save(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"version": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"version": 1}
+    assert os.listdir(tmp_path) == ["ckpt.ckpt"]  # no temporary file left behind

@@ -1,0 +1,179 @@
+import glob
+import os
+import textwrap
+
+import pytest
+
+from nerf.config import (Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, load_config,
+                         save_config)
+from tests.conftest import ROOT
+
+KRRISH94_LEGO = textwrap.dedent("""
+    experiment:
+      id: lego
+      logdir: logs
+      randomseed: 42
+      train_iters: 200000
+      validate_every: 100
+      save_every: 5000
+      print_every: 100
+    dataset:
+      type: blender
+      basedir: cache/nerf_synthetic/lego
+      half_res: True
+      testskip: 1
+      no_ndc: True
+      near: 2
+      far: 6
+    models:
+      coarse:
+        type: FlexibleNeRFModel
+        num_layers: 4
+        hidden_size: 128
+        skip_connect_every: 3
+        include_input_xyz: True
+        num_encoding_fn_xyz: 10
+        use_viewdirs: True
+        include_input_dir: True
+        num_encoding_fn_dir: 4
+        log_sampling_xyz: True
+        log_sampling_dir: True
+      fine:
+        type: FlexibleNeRFModel
+        num_layers: 4
+        hidden_size: 128
+        skip_connect_every: 3
+        num_encoding_fn_xyz: 10
+        include_input_xyz: True
+        use_viewdirs: True
+        include_input_dir: True
+        num_encoding_fn_dir: 4
+        log_sampling_xyz: True
+        log_sampling_dir: True
+    optimizer:
+      type: Adam
+      lr: 5.0E-3
+    scheduler:
+      lr_decay: 250
+      lr_decay_factor: 0.1
+    nerf:
+      use_viewdirs: True
+      encode_position_fn: positional_encoding
+      encode_direction_fn: positional_encoding
+      train:
+        num_random_rays: 1024
+        chunksize: 16384
+        perturb: True
+        num_coarse: 64
+        num_fine: 64
+        white_background: True
+        radiance_field_noise_std: 0.2
+        lindisp: False
+      validation:
+        chunksize: 16384
+        perturb: False
+        num_coarse: 64
+        num_fine: 64
+        white_background: True
+        radiance_field_noise_std: 0.
+        lindisp: False
+""")
+
+
+def _write(tmp_path, text, name="cfg.yml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_krrish94_style_config_loads_and_every_key_lands(tmp_path):
+    cfg = load_config(_write(tmp_path, KRRISH94_LEGO))
+    assert cfg.dataset.half_res is True and cfg.dataset.near == 2.0
+    assert cfg.models.coarse.num_layers == 4 and cfg.models.fine.hidden_size == 128
+    assert cfg.models.coarse.skip_connect_every == 3
+    assert cfg.optimizer.lr == pytest.approx(5e-3)
+    assert cfg.nerf.train.radiance_field_noise_std == pytest.approx(0.2)
+    assert cfg.nerf.validation.perturb is False
+    assert cfg.optimizer.eps == pytest.approx(1e-7)  # default: the official Keras epsilon
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    path = _write(tmp_path, KRRISH94_LEGO.replace("    lindisp: False\n", "    lindisp: False\n    bogus: 1\n", 1))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert path in str(err.value) and "'nerf.train.bogus'" in str(err.value)
+
+
+def test_unknown_section(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'pruning'"):
+        load_config(_write(tmp_path, KRRISH94_LEGO + "pruning:\n  amount: 0.2\n"))
+
+
+def test_wrong_type_names_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"'experiment.train_iters' expects int, got str"):
+        load_config(_write(tmp_path, KRRISH94_LEGO.replace("train_iters: 200000", "train_iters: lots")))
+    with pytest.raises(ConfigError, match=r"'dataset.half_res' expects bool"):
+        load_config(_write(tmp_path, KRRISH94_LEGO.replace("half_res: True", "half_res: 1")))
+
+
+def test_malformed_yaml_names_file(tmp_path):
+    path = _write(tmp_path, "experiment:\n  id: [unclosed\n")
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(str(tmp_path / "missing.yml"))
+
+
+def test_float_written_without_dot_is_accepted():
+    cfg = config_from_dict({"dataset": {"basedir": "x"}, "optimizer": {"lr": "5e-4"}})
+    assert cfg.optimizer.lr == pytest.approx(5e-4)
+
+
+def test_overrides_apply_and_are_checked(tmp_path):
+    path = _write(tmp_path, KRRISH94_LEGO)
+    cfg = load_config(path, ["experiment.train_iters=10", "nerf.train.perturb=false", "dataset.basedir=/data/x"])
+    assert cfg.experiment.train_iters == 10 and cfg.nerf.train.perturb is False
+    assert cfg.dataset.basedir == "/data/x"
+    with pytest.raises(ConfigError, match="'experiment.nope'"):
+        load_config(path, ["experiment.nope=1"])
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        load_config(path, ["experiment.train_iters"])
+    assert apply_overrides({}, ["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
+
+
+def test_semantic_errors():
+    base = {"dataset": {"basedir": "x"}}
+    with pytest.raises(ConfigError, match="models.coarse.num_layers"):
+        config_from_dict({**base, "models": {"coarse": {"type": "PaperNeRFModel", "num_layers": 4}}})
+    with pytest.raises(ConfigError, match="models.fine.use_viewdirs"):
+        config_from_dict({**base, "models": {"fine": {"use_viewdirs": False}}})
+    with pytest.raises(ConfigError, match="nerf.train.num_fine"):
+        config_from_dict({**base, "models": {"fine": None}})
+    with pytest.raises(ConfigError, match="dataset.no_ndc"):
+        config_from_dict({"dataset": {"basedir": "x", "type": "blender", "no_ndc": False}})
+    with pytest.raises(ConfigError, match="dataset.basedir"):
+        config_from_dict({})
+    with pytest.raises(ConfigError, match="dataset.near"):
+        config_from_dict({"dataset": {"basedir": "x", "near": 2.0}})
+    with pytest.raises(ConfigError, match="nerf.validation.white_background"):
+        config_from_dict({**base, "nerf": {"train": {"white_background": True}}})
+    with pytest.raises(ConfigError, match="experiment.device"):
+        config_from_dict({**base, "experiment": {"device": "gpu"}})
+    ok = config_from_dict({**base, "models": {"fine": None}, "nerf": {"train": {"num_fine": 0},
+                                                                       "validation": {"num_fine": 0}}})
+    assert ok.models.fine is None
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    cfg = load_config(_write(tmp_path, KRRISH94_LEGO), ["experiment.id=roundtrip"])
+    out = str(tmp_path / "run" / "config.yml")
+    save_config(cfg, out)
+    again = load_config(out)
+    assert config_to_dict(again) == config_to_dict(cfg)
+    assert isinstance(again, Config)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "config", "*.yml"))))
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert cfg.experiment.id

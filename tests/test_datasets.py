@@ -1,0 +1,174 @@
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nerf.datasets import DatasetError, load_scene
+from nerf.config import DatasetConfig
+from nerf.datasets.blender import load_blender, pose_spherical, spherical_render_path
+from nerf.datasets.demo import generate_demo_scene
+from nerf.datasets.llff import load_llff, poses_average
+from tests.conftest import shared_path
+
+
+def _write_blender(root, size=4, counts=(3, 2, 4), angle=0.8):
+    rng = np.random.default_rng(0)
+    images = {}
+    for split, count in zip(("train", "val", "test"), counts):
+        os.makedirs(root / split, exist_ok=True)
+        frames = []
+        for k in range(count):
+            rgba = rng.integers(0, 256, (size, size, 4), dtype=np.uint8)
+            Image.fromarray(rgba, "RGBA").save(root / split / f"r_{k}.png")
+            images[(split, k)] = rgba.astype(np.float32) / 255
+            frames.append({"file_path": f"./{split}/r_{k}", "rotation": 0.0,
+                           "transform_matrix": pose_spherical(30.0 * k, -30.0, 4.0).tolist()})
+        (root / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": angle, "frames": frames}))
+    return images
+
+
+def test_blender_compositing_splits_and_focal(tmp_path):
+    images = _write_blender(tmp_path)
+    scene = load_blender(str(tmp_path), white_background=True)
+    assert scene.images.shape == (9, 4, 4, 3)
+    assert (scene.i_train, scene.i_val, scene.i_test) == ([0, 1, 2], [3, 4], [5, 6, 7, 8])
+    assert scene.focal == pytest.approx(0.5 * 4 / math.tan(0.4))
+    rgba = images[("val", 1)]
+    expected = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])
+    assert np.allclose(scene.images[4].numpy(), expected, atol=1e-6)
+    assert (scene.near, scene.far, scene.use_ndc) == (2.0, 6.0, False)
+    black = load_blender(str(tmp_path), white_background=False)
+    assert np.allclose(black.images[4].numpy(), rgba[..., :3])
+
+
+def test_blender_half_res_resizes_rgba_before_compositing(tmp_path):
+    images = _write_blender(tmp_path)
+    scene = load_blender(str(tmp_path), half_res=True, white_background=True)
+    assert (scene.height, scene.width) == (2, 2)
+    assert scene.focal == pytest.approx(0.5 * 4 / math.tan(0.4) / 2)
+    rgba = images[("train", 0)]
+    box = rgba.reshape(2, 2, 2, 2, 4).mean(axis=(1, 3))  # 2x2 area average of RGBA
+    expected = box[..., :3] * box[..., 3:] + (1 - box[..., 3:])
+    assert np.allclose(scene.images[0].numpy(), expected, atol=1e-6)
+
+
+def test_blender_testskip_applies_to_val_and_test_only(tmp_path):
+    _write_blender(tmp_path, counts=(5, 5, 5))
+    scene = load_blender(str(tmp_path), testskip=2)
+    assert (len(scene.i_train), len(scene.i_val), len(scene.i_test)) == (5, 3, 3)
+    assert len(load_blender(str(tmp_path), testskip=0).i_test) == 5
+
+
+def test_blender_bad_inputs_name_the_file(tmp_path):
+    with pytest.raises(DatasetError, match="dataset folder not found"):
+        load_blender(str(tmp_path / "missing"))
+    _write_blender(tmp_path)
+    (tmp_path / "train" / "r_1.png").write_bytes(b"not a png at all")
+    with pytest.raises(DatasetError, match=r"r_1.png: cannot read image"):
+        load_blender(str(tmp_path))
+    os.remove(tmp_path / "train" / "r_1.png")
+    with pytest.raises(DatasetError, match=r"r_1.png: image file not found"):
+        load_blender(str(tmp_path))
+    (tmp_path / "transforms_val.json").write_text("{ broken json")
+    with pytest.raises(DatasetError, match=r"transforms_val.json: malformed JSON"):
+        load_blender(str(tmp_path))
+    os.remove(tmp_path / "transforms_val.json")
+    with pytest.raises(DatasetError, match=r"transforms_val.json: file not found"):
+        load_blender(str(tmp_path))
+
+
+def test_spherical_render_path():
+    poses = spherical_render_path()
+    assert poses.shape == (40, 4, 4)
+    centres = poses[:, :3, 3]
+    assert np.allclose(np.linalg.norm(centres, axis=-1), 4.0)
+    assert np.allclose(centres[:, 2], 4.0 * math.sin(math.radians(30)))  # elevated 30 degrees, z up
+    forward = -poses[:, :3, 2]  # cameras look down -z
+    assert np.allclose(forward, -centres / 4.0, atol=1e-6)  # at the origin
+    assert np.allclose(poses[:, :3, :3] @ poses[:, :3, :3].transpose(0, 2, 1), np.eye(3), atol=1e-6)
+
+
+def _write_llff(root, num=9, size=(6, 8), factor=8, full_hwf=(48.0, 64.0, 50.0)):
+    rng = np.random.default_rng(1)
+    folder = root / f"images_{factor}"
+    folder.mkdir(parents=True)
+    rows = []
+    for k in range(num):
+        Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(folder / f"img_{k:03d}.png")
+        angle = 0.05 * (k - num / 2)
+        # LLFF columns [down, right, back] of a camera looking roughly along -z
+        right = np.array([math.cos(angle), 0.0, -math.sin(angle)])
+        down = np.array([0.0, -1.0, 0.0])
+        back = np.cross(right, -down)
+        centre = np.array([0.3 * k, 0.1 * k, 0.2])
+        matrix = np.stack([down, right, back, centre, np.array(full_hwf)], axis=1)  # [3, 5]
+        rows.append(np.concatenate([matrix.ravel(), [2.0 + k, 20.0 + k]]))
+    np.save(root / "poses_bounds.npy", np.stack(rows))
+
+
+def test_llff_conventions(tmp_path):
+    _write_llff(tmp_path)
+    scene = load_llff(str(tmp_path), factor=8, llffhold=8)
+    assert scene.images.shape == (9, 6, 8, 3)
+    assert (scene.height, scene.width) == (6, 8)
+    assert scene.focal == pytest.approx(50.0 / 8)
+    assert scene.i_test == [0, 8] and scene.i_val == [0, 8] and len(scene.i_train) == 7
+    assert (scene.near, scene.far, scene.use_ndc) == (0.0, 1.0, True)
+    poses = scene.poses.numpy().astype(np.float64)
+    assert np.allclose(poses_average(poses[:, :3, :4]), np.eye(4)[:3], atol=1e-5)  # recentred
+    assert scene.render_poses.shape == (120, 4, 4)
+    world = load_llff(str(tmp_path), factor=8, use_ndc=False, recenter=False)
+    scale = 1.0 / (2.0 * 0.75)  # bd_factor: the nearest bound becomes 1/0.75
+    assert world.near == pytest.approx(0.9 * 2.0 * scale)
+    assert world.far == pytest.approx(28.0 * scale)
+    # axis fix [down, right, back] -> [right, up, back]; translations scaled
+    assert np.allclose(world.poses[3, :3, 1].numpy(), [0.0, 1.0, 0.0], atol=1e-6)
+    assert np.allclose(world.poses[3, :3, 3].numpy(), np.array([0.9, 0.3, 0.2]) * scale, atol=1e-6)
+    spherified = load_llff(str(tmp_path), factor=8, spherify=True, llffhold=0)
+    assert spherified.render_poses.shape == (120, 4, 4) and len(spherified.i_test) == 1
+
+
+def test_llff_bad_inputs(tmp_path):
+    _write_llff(tmp_path)
+    with pytest.raises(DatasetError, match="images_4: image folder not found"):
+        load_llff(str(tmp_path), factor=4)
+    os.remove(tmp_path / "images_8" / "img_003.png")
+    with pytest.raises(DatasetError, match=r"poses_bounds.npy: has 9 rows but .*images_8 holds 8 images"):
+        load_llff(str(tmp_path), factor=8)
+    np.save(tmp_path / "poses_bounds.npy", np.zeros((8, 15)))
+    with pytest.raises(DatasetError, match=r"expected an array of shape \(N, 17\)"):
+        load_llff(str(tmp_path), factor=8)
+    os.remove(tmp_path / "poses_bounds.npy")
+    with pytest.raises(DatasetError, match="poses_bounds.npy: file not found"):
+        load_llff(str(tmp_path), factor=8)
+
+
+def test_demo_scene_is_generated_and_loads(tmp_path):
+    root = tmp_path / "demo"
+    generate_demo_scene(str(root), size=24, num_train=6, num_val=2, num_test=3)
+    scene = load_scene(DatasetConfig(type="blender", basedir=str(root)), white_background=True)
+    assert scene.images.shape == (11, 24, 24, 3)
+    alpha = np.asarray(Image.open(root / "train" / "r_0.png"))[..., 3]
+    assert set(np.unique(alpha)) == {0, 255}  # exact hits, no partial coverage
+    miss = torch.from_numpy(alpha == 0)
+    assert torch.equal(scene.images[0][miss], torch.ones(int(miss.sum()), 3))
+    assert 0.05 < (alpha == 255).mean() < 0.8
+
+
+def test_real_fern_numbers():
+    scene = load_llff(shared_path("nerf_llff_data", "fern"), factor=8, use_ndc=False, recenter=True)
+    assert scene.images.shape == (20, 378, 504, 3)
+    assert scene.focal == pytest.approx(407.566, abs=1e-3)
+    assert scene.i_test == [0, 8, 16] and len(scene.i_train) == 17
+    assert scene.near == pytest.approx(0.9 / 0.75, rel=1e-5)  # min(bds) after rescale = 1/0.75
+
+
+def test_real_lego_400_numbers():
+    basedir = shared_path("nerf_synthetic", "lego_400")
+    with open(os.path.join(basedir, "transforms_train.json")) as f:
+        angle = json.load(f)["camera_angle_x"]
+    assert 0.5 * 400 / math.tan(0.5 * angle) == pytest.approx(555.556, abs=1e-3)

@@ -1,0 +1,112 @@
+import os
+
+import pytest
+import torch
+import yaml
+
+import train_nerf
+from nerf.checkpoint import load_checkpoint
+from nerf.config import load_config
+from nerf.datasets import load_scene
+from nerf.datasets.demo import generate_demo_scene
+from nerf.models import build_model
+
+
+@pytest.fixture(scope="module")
+def scene_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scene") / "demo"
+    generate_demo_scene(str(root), size=20, num_train=12, num_val=2, num_test=2)
+    return str(root)
+
+
+SMALL_MODEL = {"type": "FlexibleNeRFModel", "num_layers": 3, "hidden_size": 32, "skip_connect_every": 2,
+               "hidden_size_dir": 16, "num_encoding_fn_xyz": 5, "num_encoding_fn_dir": 2}
+
+
+def _config(tmp_path, scene_dir, **experiment):
+    cfg = {
+        "experiment": {"id": "run", "logdir": str(tmp_path / "logs"), "randomseed": 3, "train_iters": 6,
+                       "validate_every": 0, "save_every": 3, "print_every": 2, "device": "cpu", **experiment},
+        "dataset": {"type": "blender", "basedir": scene_dir},
+        "models": {"coarse": SMALL_MODEL, "fine": SMALL_MODEL},
+        "nerf": {"train": {"num_random_rays": 64, "num_coarse": 8, "num_fine": 8, "white_background": True,
+                           "radiance_field_noise_std": 0.5, "perturb": True},
+                 "validation": {"num_coarse": 8, "num_fine": 8, "white_background": True, "num_views": 2}},
+        "optimizer": {"lr": 5e-3},
+    }
+    path = tmp_path / "cfg.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def _state(path):
+    ckpt = load_checkpoint(path)
+    tensors = dict(ckpt["model_coarse_state_dict"])
+    tensors.update({"fine." + k: v for k, v in ckpt["model_fine_state_dict"].items()})
+    for index, state in ckpt["optimizer_state_dict"]["state"].items():
+        tensors.update({f"adam.{index}.{k}": v for k, v in state.items()})
+    return ckpt, tensors
+
+
+@pytest.mark.parametrize("batching", [False, True])
+def test_resume_is_exact(tmp_path, scene_dir, batching):
+    """N steps, then M resumed steps, equal N + M uninterrupted steps bit for bit (tolerance 0 on CPU)."""
+    config = _config(tmp_path, scene_dir)
+    sets = [f"nerf.train.use_batching={str(batching).lower()}"]
+    train_nerf.main(["--config", config, "--set", "experiment.id=full"] + [a for s in sets for a in ("--set", s)])
+    full_dir = tmp_path / "logs" / "full"
+    assert sorted(p for p in os.listdir(full_dir) if p.endswith(".ckpt")) == ["checkpoint000003.ckpt",
+                                                                             "checkpoint000006.ckpt"]
+    train_nerf.main(["--config", config, "--set", "experiment.id=resumed", "--load-checkpoint",
+                     str(full_dir / "checkpoint000003.ckpt")] + [a for s in sets for a in ("--set", s)])
+    ckpt_a, full = _state(str(full_dir / "checkpoint000006.ckpt"))
+    ckpt_b, resumed = _state(str(tmp_path / "logs" / "resumed" / "checkpoint000006.ckpt"))
+    assert ckpt_a["step"] == ckpt_b["step"] == 6
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+    _, halfway = _state(str(full_dir / "checkpoint000003.ckpt"))
+    assert not torch.equal(halfway["pts_linears.0.weight"], full["pts_linears.0.weight"])
+
+
+def test_resolved_config_saved_beside_and_inside_checkpoints(tmp_path, scene_dir):
+    config = _config(tmp_path, scene_dir, train_iters=2, save_every=0)
+    metrics = train_nerf.main(["--config", config, "--set", "optimizer.lr=0.001"])
+    run_dir = metrics["run_dir"]
+    saved = load_config(os.path.join(run_dir, "config.yml"))
+    assert saved.optimizer.lr == pytest.approx(0.001)
+    ckpt = load_checkpoint(os.path.join(run_dir, "checkpoint000002.ckpt"))
+    assert ckpt["config"]["optimizer"]["lr"] == pytest.approx(0.001)
+    assert ckpt["config"]["dataset"]["basedir"] == scene_dir
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(run_dir))
+
+
+def test_short_training_run_learns(tmp_path, scene_dir):
+    config = _config(tmp_path, scene_dir, train_iters=150, validate_every=150, save_every=0)
+    cfg = load_config(config)
+    scene = load_scene(cfg.dataset, white_background=True)
+    torch.manual_seed(cfg.experiment.randomseed)
+    before = train_nerf.validate(cfg, scene, build_model(cfg.models.coarse), build_model(cfg.models.fine))["psnr"]
+    metrics = train_nerf.main(["--config", config, "--set", "nerf.train.radiance_field_noise_std=0"])
+    assert metrics["val_psnr"] > before + 4.0, (before, metrics["val_psnr"])
+    assert metrics["train_psnr"] > 15.0
+
+
+def test_bad_inputs_exit_with_one_line_errors(tmp_path, scene_dir, capsys):
+    config = _config(tmp_path, scene_dir)
+    with pytest.raises(SystemExit) as err:
+        train_nerf.main(["--config", config, "--set", "dataset.basedir=" + str(tmp_path / "nowhere")])
+    assert "nowhere: dataset folder not found" in str(err.value)
+    with pytest.raises(SystemExit) as err:
+        train_nerf.main(["--config", config, "--set", "models.coarse.bogus=1"])
+    assert "unknown key 'models.coarse.bogus'" in str(err.value)
+    other = tmp_path / "other.ckpt"
+    train_nerf.main(["--config", config, "--set", "experiment.train_iters=1", "--set", "experiment.id=small"])
+    with pytest.raises(SystemExit) as err:
+        train_nerf.main(["--config", config, "--set", "models.coarse.hidden_size=48", "--load-checkpoint",
+                         str(tmp_path / "logs" / "small" / "checkpoint000001.ckpt")])
+    assert "do not fit the configured model" in str(err.value)
+    assert len(str(err.value).splitlines()) == 1
+    with pytest.raises(SystemExit) as err:
+        train_nerf.main(["--config", config, "--load-checkpoint", str(other)])
+    assert "checkpoint file not found" in str(err.value)

@@ -1,0 +1,182 @@
+"""Train a NeRF from a YAML config.
+
+    python train_nerf.py --config config/lego.yml [--load-checkpoint PATH] [--set section.key=value ...]
+
+Outputs go to <experiment.logdir>/<experiment.id>/: config.yml (the resolved config), TensorBoard
+events, and checkpoint<step>.ckpt every experiment.save_every steps and at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from nerf.batching import RayBatcher
+from nerf.checkpoint import CheckpointError, load_checkpoint, restore_training_state, save_checkpoint
+from nerf.config import Config, ConfigError, config_to_dict, load_config, save_config
+from nerf.datasets import DatasetError, Scene, load_scene
+from nerf.device import select_device
+from nerf.metrics import mse_to_psnr
+from nerf.models import build_model
+from nerf.rendering import prepare_rays, render_image, render_rays
+from nerf.schedule import learning_rate
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--load-checkpoint", default=None, help="resume from this checkpoint")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value (repeatable), e.g. --set experiment.train_iters=1000")
+    return parser.parse_args(argv)
+
+
+def validation_views(scene: Scene, count: int) -> list:
+    """`count` fixed, evenly spaced views of the val split (deterministic, unlike one random image)."""
+    ids = scene.i_val or scene.i_test
+    if count >= len(ids):
+        return list(ids)
+    return [ids[round(k * (len(ids) - 1) / max(count - 1, 1))] for k in range(count)]
+
+
+@torch.no_grad()
+def validate(cfg: Config, scene: Scene, coarse, fine) -> dict:
+    """Render the validation views with the validation settings; mean PSNR of the fine output."""
+    opts = cfg.nerf.validation
+    factor = opts.downsample
+    height, width, focal = scene.height // factor, scene.width // factor, scene.focal / factor
+    coarse.eval()
+    if fine is not None:
+        fine.eval()
+    psnrs, mses, first = [], [], None
+    for view in validation_views(scene, opts.num_views):
+        target = scene.images[view]  # [H, W, 3]
+        if factor > 1:
+            target = F.interpolate(target.permute(2, 0, 1)[None], size=(height, width), mode="area")[0].permute(1, 2, 0)
+        out = render_image(coarse, fine, scene.poses[view], height, width, focal, scene.near, scene.far,
+                           scene.use_ndc, opts)
+        mse = torch.mean((out["rgb"] - target) ** 2).item()
+        mses.append(mse)
+        psnrs.append(mse_to_psnr(mse))
+        if first is None:
+            first = (out, target)
+    coarse.train()
+    if fine is not None:
+        fine.train()
+    return {"psnr": sum(psnrs) / len(psnrs), "mse": sum(mses) / len(mses), "render": first[0],
+            "target": first[1]}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.set)
+    except ConfigError as err:
+        sys.exit(f"error: {err}")
+    exp, train_opts = cfg.experiment, cfg.nerf.train
+    device = select_device(exp.device)
+    torch.manual_seed(exp.randomseed)
+
+    try:
+        scene = load_scene(cfg.dataset, white_background=train_opts.white_background)
+    except DatasetError as err:
+        sys.exit(f"error: {err}")
+    scene.to(device)
+    ndc = (scene.height, scene.width, scene.focal) if scene.use_ndc else None
+
+    run_dir = os.path.join(exp.logdir, exp.id)
+    os.makedirs(run_dir, exist_ok=True)
+    save_config(cfg, os.path.join(run_dir, "config.yml"))
+    config_dict = config_to_dict(cfg)
+
+    coarse = build_model(cfg.models.coarse).to(device)
+    fine = build_model(cfg.models.fine).to(device) if cfg.models.fine is not None else None
+    params = list(coarse.parameters()) + (list(fine.parameters()) if fine is not None else [])
+    optimizer = torch.optim.Adam(params, lr=cfg.optimizer.lr, betas=(cfg.optimizer.beta1, cfg.optimizer.beta2),
+                                 eps=cfg.optimizer.eps)
+
+    start_step = 0
+    if args.load_checkpoint:
+        try:
+            ckpt = load_checkpoint(args.load_checkpoint)
+            start_step = restore_training_state(ckpt, args.load_checkpoint, coarse, fine, optimizer)
+        except CheckpointError as err:
+            sys.exit(f"error: {err}")
+        print(f"Resumed from {args.load_checkpoint} at step {start_step}")
+
+    from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
+
+    writer = SummaryWriter(run_dir)
+    batcher = RayBatcher(scene, train_opts, exp.randomseed)
+    print(f"{scene.basedir}: {len(scene.i_train)} train / {len(scene.i_val)} val / {len(scene.i_test)} test views "
+          f"at {scene.width}x{scene.height}, focal {scene.focal:.3f}, near {scene.near:g}, far {scene.far:g}"
+          f"{', NDC' if scene.use_ndc else ''}; device {device}; run dir {run_dir}")
+
+    metrics = {}
+    start_time = time.time()
+    progress = tqdm(range(start_step, exp.train_iters), initial=start_step, total=exp.train_iters,
+                    dynamic_ncols=True)
+    for step in progress:
+        lr = learning_rate(step, cfg.optimizer.lr, cfg.scheduler.lr_decay, cfg.scheduler.lr_decay_factor)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        rays_o, rays_d, target = batcher.batch(step)  # [R, 3] each
+        out = render_rays(coarse, fine, prepare_rays(rays_o, rays_d, scene.near, scene.far, ndc), train_opts)
+        loss_fine = F.mse_loss(out["rgb"], target)
+        loss = (loss_fine + F.mse_loss(out["rgb0"], target)) if "rgb0" in out else loss_fine
+
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        completed = step + 1
+        is_last = completed == exp.train_iters
+        if (exp.print_every and completed % exp.print_every == 0) or is_last:
+            metrics["train_loss"] = loss.item()  # the only host sync of a logging step
+            metrics["train_psnr"] = mse_to_psnr(loss_fine.item())  # fine MSE alone
+            progress.set_postfix(loss=f"{metrics['train_loss']:.4f}", psnr=f"{metrics['train_psnr']:.2f}")
+            writer.add_scalar("train/loss", metrics["train_loss"], completed)
+            writer.add_scalar("train/psnr", metrics["train_psnr"], completed)
+            if "rgb0" in out:
+                writer.add_scalar("train/psnr_coarse", mse_to_psnr(F.mse_loss(out["rgb0"], target).item()),
+                                  completed)
+            writer.add_scalar("train/lr", lr, completed)
+        if (exp.validate_every and completed % exp.validate_every == 0) or (is_last and exp.validate_every):
+            val = validate(cfg, scene, coarse, fine)
+            metrics["val_psnr"], metrics["val_step"] = val["psnr"], completed
+            writer.add_scalar("validation/psnr", val["psnr"], completed)
+            writer.add_scalar("validation/loss", val["mse"], completed)
+            writer.add_image("validation/rgb", val["render"]["rgb"].clamp(0, 1), completed, dataformats="HWC")
+            disp = val["render"]["disp"]
+            writer.add_image("validation/disparity", (disp / disp.max().clamp(min=1e-10))[None], completed)
+            if completed == exp.validate_every or step == start_step:
+                writer.add_image("validation/target", val["target"], completed, dataformats="HWC")
+            tqdm.write(f"[step {completed}] validation PSNR {val['psnr']:.2f} dB "
+                       f"({time.time() - start_time:.0f} s)")
+        if (exp.save_every and completed % exp.save_every == 0) or is_last:
+            save_checkpoint(os.path.join(run_dir, f"checkpoint{completed:06d}.ckpt"), completed, coarse, fine,
+                            optimizer, config_dict, metrics)
+    progress.close()
+    writer.close()
+    metrics["seconds"] = time.time() - start_time
+    steps_run = max(exp.train_iters - start_step, 0)
+    if steps_run:
+        summary = f"Trained steps {start_step}..{exp.train_iters} in {metrics['seconds']:.1f} s " \
+                  f"({metrics['seconds'] / steps_run:.3f} s/step, validation included)"
+        if "val_psnr" in metrics:
+            summary += f"; validation PSNR {metrics['val_psnr']:.2f} dB at step {metrics['val_step']}"
+        print(summary)
+    metrics["run_dir"] = run_dir
+    metrics["step"] = max(start_step, exp.train_iters)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
