@@ -1,6 +1,7 @@
 """Train a NeRF from a YAML config.
 
-    python train_nerf.py --config config/lego.yml [--load-checkpoint PATH] [--set section.key=value ...]
+    python train_nerf.py --config config/lego.yml [--load-checkpoint PATH] [--prune coarse|fine|both]
+                         [--set section.key=value ...]
 
 Outputs go to <experiment.logdir>/<experiment.id>/: config.yml (the resolved config), TensorBoard
 events, and checkpoint<step>.ckpt every experiment.save_every steps and at the end.
@@ -9,6 +10,8 @@ events, and checkpoint<step>.ckpt every experiment.save_every steps and at the e
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import os
 import sys
 import time
@@ -18,12 +21,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nerf.batching import RayBatcher
+from nerf.cache import CachedRayBatcher, RayCache
 from nerf.checkpoint import CheckpointError, load_checkpoint, restore_training_state, save_checkpoint
 from nerf.config import Config, ConfigError, config_to_dict, load_config, save_config
 from nerf.datasets import DatasetError, Scene, load_scene
 from nerf.device import select_device
+from nerf.importers import NATIVE, detect_format, models_from_checkpoint, stored_models_if_pruned
 from nerf.metrics import mse_to_psnr
-from nerf.models import build_model
+from nerf.models import NeRFModel, build_model
+from nerf.pruning import layer_widths, prunable_layers, prune_model, pruned_model_config, transfer_optimizer
 from nerf.rendering import prepare_rays, render_image, render_rays
 from nerf.schedule import learning_rate
 
@@ -32,9 +38,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--load-checkpoint", default=None, help="resume from this checkpoint")
+    parser.add_argument("--prune", choices=("coarse", "fine", "both"), default=None,
+                        help="compress the loaded model by structured pruning while fine-tuning (see pruning:)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (repeatable), e.g. --set experiment.train_iters=1000")
     return parser.parse_args(argv)
+
+
+def model_parameters(coarse, fine) -> list:
+    return list(coarse.parameters()) + (list(fine.parameters()) if fine is not None else [])
+
+
+def models_to_prune(which: str, coarse, fine, checkpoint, excluded) -> dict:
+    """The models `--prune coarse|fine|both` compresses; ValueError with the reason when it cannot."""
+    if not checkpoint:
+        raise ValueError("--prune compresses a trained model: give it with --load-checkpoint")
+    chosen = {"coarse": ["coarse"], "fine": ["fine"], "both": ["coarse", "fine"]}[which]
+    models = {"coarse": coarse, "fine": fine}
+    if "fine" in chosen and fine is None:
+        raise ValueError(f"--prune {which}: this model has no fine network")
+    for name in chosen:
+        if not isinstance(models[name], NeRFModel):
+            raise ValueError(f"--prune supports PaperNeRFModel/FlexibleNeRFModel, not {type(models[name]).__name__}")
+        unknown = sorted(set(excluded) - set(prunable_layers(models[name])))
+        if unknown:
+            raise ValueError(f"pruning.excluded_layers: {unknown} are not prunable layers of the {name} model "
+                             f"(those are {', '.join(prunable_layers(models[name]))})")
+    return {name: models[name] for name in chosen}
 
 
 def validation_views(scene: Scene, count: int) -> list:
@@ -84,37 +114,79 @@ def main(argv=None) -> dict:
     torch.manual_seed(exp.randomseed)
 
     try:
-        scene = load_scene(cfg.dataset, white_background=train_opts.white_background)
-    except DatasetError as err:
+        if cfg.dataset.cachedir:
+            cache = RayCache(cfg.dataset.cachedir)
+            cache.check(cfg, args.config)
+            scene = cache.validation_scene()  # validation views only; training rays come from the cache
+            batcher = CachedRayBatcher(cache, train_opts, exp.randomseed, device)
+        else:
+            scene = load_scene(cfg.dataset, white_background=train_opts.white_background)
+    except (ConfigError, DatasetError) as err:
         sys.exit(f"error: {err}")
     scene.to(device)
+    if not cfg.dataset.cachedir:
+        try:
+            batcher = RayBatcher(scene, train_opts, exp.randomseed)
+        except ConfigError as err:
+            sys.exit(f"error: {err}")
     ndc = (scene.height, scene.width, scene.focal) if scene.use_ndc else None
+
+    ckpt, foreign = None, None
+    if args.load_checkpoint:
+        try:
+            ckpt = load_checkpoint(args.load_checkpoint)
+            if detect_format(ckpt, args.load_checkpoint) != NATIVE:
+                # another implementation's weights start a new run (step 0, fresh optimizer)
+                foreign = models_from_checkpoint(ckpt, args.load_checkpoint, cfg.models)
+        except CheckpointError as err:
+            sys.exit(f"error: {err}")
+    if foreign is not None:
+        if foreign.fine is None and train_opts.num_fine > 0:
+            sys.exit(f"error: {args.load_checkpoint}: has no fine model but nerf.train.num_fine is "
+                     f"{train_opts.num_fine}; set it to 0 (and nerf.validation.num_fine) to train coarse only")
+        cfg = dataclasses.replace(cfg, models=foreign.models)  # the saved config describes the real models
+        coarse, fine = foreign.coarse.to(device), foreign.fine.to(device) if foreign.fine is not None else None
+        print(f"Starting weights from {foreign.description}")
+    else:
+        if ckpt is not None:
+            models = stored_models_if_pruned(ckpt, cfg.models)
+            if models != cfg.models:
+                print(f"{args.load_checkpoint}: continuing with the pruned layer sizes stored in the checkpoint")
+                cfg = dataclasses.replace(cfg, models=models)
+        coarse = build_model(cfg.models.coarse).to(device)
+        fine = build_model(cfg.models.fine).to(device) if cfg.models.fine is not None else None
+    optimizer = torch.optim.Adam(model_parameters(coarse, fine), lr=cfg.optimizer.lr,
+                                 betas=(cfg.optimizer.beta1, cfg.optimizer.beta2), eps=cfg.optimizer.eps)
+    start_step = 0
+    if ckpt is not None and foreign is None:
+        try:
+            start_step = restore_training_state(ckpt, args.load_checkpoint, coarse, fine, optimizer)
+        except CheckpointError as err:
+            sys.exit(f"error: {err}")
+        print(f"Resumed from {args.load_checkpoint} at step {start_step}")
+    pruned_models = {}
+    if args.prune:
+        try:
+            pruned_models = models_to_prune(args.prune, coarse, fine, args.load_checkpoint,
+                                            cfg.pruning.excluded_layers)
+        except ValueError as err:
+            sys.exit(f"error: {err}")
+        start_widths = {which: layer_widths(model) for which, model in pruned_models.items()}
+        pruning = cfg.pruning
+        num_events = math.ceil(pruning.amount / pruning.increment - 1e-9)
+        print(f"Pruning {args.prune}: {pruning.amount:.0%} of each prunable layer in {num_events} events of "
+              f"{pruning.increment:.0%}, every {pruning.every} steps from step {start_step}")
 
     run_dir = os.path.join(exp.logdir, exp.id)
     os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "config.yml"))
     config_dict = config_to_dict(cfg)
 
-    coarse = build_model(cfg.models.coarse).to(device)
-    fine = build_model(cfg.models.fine).to(device) if cfg.models.fine is not None else None
-    params = list(coarse.parameters()) + (list(fine.parameters()) if fine is not None else [])
-    optimizer = torch.optim.Adam(params, lr=cfg.optimizer.lr, betas=(cfg.optimizer.beta1, cfg.optimizer.beta2),
-                                 eps=cfg.optimizer.eps)
-
-    start_step = 0
-    if args.load_checkpoint:
-        try:
-            ckpt = load_checkpoint(args.load_checkpoint)
-            start_step = restore_training_state(ckpt, args.load_checkpoint, coarse, fine, optimizer)
-        except CheckpointError as err:
-            sys.exit(f"error: {err}")
-        print(f"Resumed from {args.load_checkpoint} at step {start_step}")
-
     from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
     writer = SummaryWriter(run_dir)
-    batcher = RayBatcher(scene, train_opts, exp.randomseed)
-    print(f"{scene.basedir}: {len(scene.i_train)} train / {len(scene.i_val)} val / {len(scene.i_test)} test views "
+    num_train = cache.manifest["num_train"] if cfg.dataset.cachedir else len(scene.i_train)
+    print(f"{scene.basedir}: {num_train} train / {len(scene.i_val)} val / {len(scene.i_test)} test views "
           f"at {scene.width}x{scene.height}, focal {scene.focal:.3f}, near {scene.near:g}, far {scene.far:g}"
           f"{', NDC' if scene.use_ndc else ''}; device {device}; run dir {run_dir}")
 
@@ -124,6 +196,8 @@ def main(argv=None) -> dict:
                     dynamic_ncols=True)
     for step in progress:
         lr = learning_rate(step, cfg.optimizer.lr, cfg.scheduler.lr_decay, cfg.scheduler.lr_decay_factor)
+        if pruned_models:
+            lr *= cfg.pruning.lr_scale
         for group in optimizer.param_groups:
             group["lr"] = lr
 
@@ -138,6 +212,22 @@ def main(argv=None) -> dict:
 
         completed = step + 1
         is_last = completed == exp.train_iters
+        event, remainder = divmod(completed - start_step, cfg.pruning.every)
+        if pruned_models and remainder == 0 and 1 <= event <= num_events:
+            fraction = min(cfg.pruning.amount, event * cfg.pruning.increment)
+            changes, new_models = [], {}
+            for which, model in pruned_models.items():
+                report, model_changes = prune_model(model, fraction, start_widths[which], cfg.pruning.norm,
+                                                    cfg.pruning.excluded_layers)
+                changes += model_changes
+                new_models[which] = pruned_model_config(model, getattr(cfg.models, which))
+                sizes = ", ".join(f"{name} {a}->{b}" for name, (a, b) in report.items())
+                tqdm.write(f"[step {completed}] pruned {which} to {1 - fraction:.0%} of its width: {sizes}")
+            optimizer = transfer_optimizer(optimizer, model_parameters(coarse, fine), changes)
+            cfg = dataclasses.replace(cfg, models=dataclasses.replace(cfg.models, **new_models))
+            config_dict = config_to_dict(cfg)
+            save_config(cfg, os.path.join(run_dir, "config.yml"))
+            writer.add_scalar("pruning/parameters", sum(p.numel() for p in model_parameters(coarse, fine)), completed)
         if (exp.print_every and completed % exp.print_every == 0) or is_last:
             metrics["train_loss"] = loss.item()  # the only host sync of a logging step
             metrics["train_psnr"] = mse_to_psnr(loss_fine.item())  # fine MSE alone

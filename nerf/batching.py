@@ -38,7 +38,8 @@ class RayBatcher:
             raise ConfigError(f"nerf.train.num_random_rays ({opts.num_random_rays}) exceeds the pixels of one "
                              f"image ({self.pixels_per_image}); lower it or set use_batching")
 
-    def _rays(self, image_ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
+    def rays_at(self, image_ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
+        """World rays and target colours of pixels (row, col) of images: [R] each -> 3 x [R, 3]."""
         s = self.scene
         dirs = pixel_directions(cols, rows, s.height, s.width, s.focal)  # [R, 3]
         rays_o, rays_d = rays_from_directions(dirs, s.poses[image_ids, :3, :4])  # [R, 3] each
@@ -56,7 +57,7 @@ class RayBatcher:
             flat = self._permutation[k * opts.num_random_rays:(k + 1) * opts.num_random_rays]  # [R]
             image_ids = self.train_ids[flat // self.pixels_per_image]
             pixel = flat % self.pixels_per_image
-            return self._rays(image_ids, pixel // s.width, pixel % s.width)
+            return self.rays_at(image_ids, pixel // s.width, pixel % s.width)
 
         image_id = self.train_ids[torch.randint(len(self.train_ids), (1,), device=device)]  # [1]
         if step < opts.precrop_iters:
@@ -70,4 +71,4 @@ class RayBatcher:
                              "precrop region; lower it or nerf.train.precrop_frac")
         chosen = torch.randperm(crop_h * crop_w, device=device)[:opts.num_random_rays]  # without replacement
         rows, cols = row0 + chosen // crop_w, col0 + chosen % crop_w
-        return self._rays(image_id.expand(opts.num_random_rays), rows, cols)
+        return self.rays_at(image_id.expand(opts.num_random_rays), rows, cols)

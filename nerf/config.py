@@ -53,11 +53,13 @@ class DatasetConfig:
     recenter: bool = True
     spherify: bool = False
     path_zflat: bool = False
+    # Precomputed rays from cache_dataset.py; its manifest must match the settings above.
+    cachedir: Optional[str] = None
 
 
 @dataclass
 class ModelConfig:
-    type: str = "PaperNeRFModel"  # PaperNeRFModel | FlexibleNeRFModel | TinyNeRFModel
+    type: str = "PaperNeRFModel"  # PaperNeRFModel | FlexibleNeRFModel | TinyNeRFModel | Krrish94NeRFModel
     num_layers: int = 8
     hidden_size: int = 256
     skip_connect_every: int = 4  # concat the encoded position after this trunk layer; 0 disables
@@ -69,6 +71,8 @@ class ModelConfig:
     log_sampling_xyz: bool = True
     log_sampling_dir: bool = True
     use_viewdirs: bool = True
+    # Per-layer trunk widths of a pruned model (written by --prune); None = hidden_size everywhere.
+    layer_widths: Optional[list[int]] = None
 
 
 @dataclass
@@ -129,6 +133,18 @@ class SchedulerConfig:
 
 
 @dataclass
+class PruningConfig:
+    """Structured pruning used by `train_nerf.py --prune`: whole hidden neurons are removed."""
+
+    amount: float = 0.25  # fraction of each prunable layer's neurons removed in total by one --prune run
+    increment: float = 0.05  # fraction (of the starting width) removed at each event
+    every: int = 1000  # steps between events: they fire at start + every, start + 2 every, ...
+    excluded_layers: list[str] = field(default_factory=list)  # e.g. ["views_linears.0"]; heads are never pruned
+    lr_scale: float = 0.1  # learning-rate multiplier while pruning
+    norm: int = 1  # 1 or 2: the norm of each neuron's incoming weights that ranks it
+
+
+@dataclass
 class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -136,9 +152,10 @@ class Config:
     nerf: NerfConfig = field(default_factory=NerfConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
 
 
-MODEL_TYPES = ("PaperNeRFModel", "FlexibleNeRFModel", "TinyNeRFModel")
+MODEL_TYPES = ("PaperNeRFModel", "FlexibleNeRFModel", "TinyNeRFModel", "Krrish94NeRFModel")
 DATASET_TYPES = ("blender", "llff", "demo")
 
 
@@ -161,6 +178,12 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if optional:
             return None
         raise ConfigError(f"{source}: key '{key}' must not be null")
+    if typing.get_origin(tp) is list:
+        (item_type,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: key '{key}' expects a list of {item_type.__name__}, got "
+                              f"{type(value).__name__} {value!r}")
+        return [_coerce(item, item_type, f"{key}[{k}]", source) for k, item in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: key '{key}' must be a mapping, got {type(value).__name__}")
@@ -212,6 +235,17 @@ def config_from_dict(data: dict, source: str = "<dict>") -> Config:
     cfg = _build(Config, data, "", source)
     validate(cfg, source)
     return cfg
+
+
+def models_config_from_dict(data: dict, source: str) -> ModelsConfig:
+    """Build and validate just a `models` section (e.g. the one stored inside a checkpoint)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: 'models' must be a mapping")
+    models = _build(ModelsConfig, data, "models", source)
+    _validate_model(models.coarse, "models.coarse", source)
+    if models.fine is not None:
+        _validate_model(models.fine, "models.fine", source)
+    return models
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -314,9 +348,19 @@ def _validate_model(m: ModelConfig, key: str, source: str) -> None:
              "true when num_encoding_fn_xyz is 0 (the encoding would be empty)", m.include_input_xyz)
     _require(m.include_input_dir or m.num_encoding_fn_dir > 0 or not m.use_viewdirs, source,
              f"{key}.include_input_dir", "true when num_encoding_fn_dir is 0", m.include_input_dir)
+    if m.layer_widths is not None:
+        _require(m.type == "FlexibleNeRFModel", source, f"{key}.layer_widths",
+                 "to be set only for FlexibleNeRFModel (pruned models)", m.layer_widths)
+        _require(len(m.layer_widths) == m.num_layers and all(w >= 1 for w in m.layer_widths), source,
+                 f"{key}.layer_widths", f"{m.num_layers} positive widths (one per trunk layer)", m.layer_widths)
     if m.type == "TinyNeRFModel":
         _require(m.hidden_size_dir == 128, source, f"{key}.hidden_size_dir",
                  "to be left unset for TinyNeRFModel (it has no view layer)", m.hidden_size_dir)
+    if m.type == "Krrish94NeRFModel":
+        reached = [i for i in range(1, m.num_layers - 1) if m.skip_connect_every and i % m.skip_connect_every == 0]
+        _require(not reached, source, f"{key}.skip_connect_every",
+                 f"0 or >= num_layers - 1 ({m.num_layers - 1}) for Krrish94NeRFModel (that code crashes when a "
+                 "skip is reached, krrish94#40)", m.skip_connect_every)
     if m.type == "PaperNeRFModel":
         # The paper model is fixed; silently ignoring other sizes is a defect of earlier ports.
         paper = {"num_layers": 8, "hidden_size": 256, "skip_connect_every": 4, "hidden_size_dir": 128}
@@ -411,3 +455,11 @@ def validate(cfg: Config, source: str = "<config>") -> None:
     _require(0 <= o.beta1 < 1, source, "optimizer.beta1", "a value in [0, 1)", o.beta1)
     _require(0 <= o.beta2 < 1, source, "optimizer.beta2", "a value in [0, 1)", o.beta2)
     _require(s.lr_decay_factor > 0, source, "scheduler.lr_decay_factor", "a value > 0", s.lr_decay_factor)
+
+    p = cfg.pruning
+    _require(0 < p.amount < 1, source, "pruning.amount", "a fraction in (0, 1)", p.amount)
+    _require(0 < p.increment <= p.amount, source, "pruning.increment", f"a fraction in (0, amount={p.amount}]",
+             p.increment)
+    _require(p.every >= 1, source, "pruning.every", "an integer >= 1", p.every)
+    _require(0 < p.lr_scale <= 1, source, "pruning.lr_scale", "a value in (0, 1]", p.lr_scale)
+    _require(p.norm in (1, 2), source, "pruning.norm", "1 or 2", p.norm)

@@ -48,3 +48,42 @@ def ssim(image: torch.Tensor, target: torch.Tensor, window_size: int = 11, sigma
     c1, c2 = (k1 * max_val) ** 2, (k2 * max_val) ** 2
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
     return float(ssim_map.mean())
+
+
+class LpipsMetric:
+    """LPIPS (VGG backbone, as in the paper) when the `lpips` package and its backbone weights are already
+    installed. Nothing is ever downloaded: `create` returns None otherwise."""
+
+    backbone = "vgg"
+    _BACKBONE_FILE = "vgg16-397923af.pth"  # torchvision's cached ImageNet weights that lpips builds on
+
+    def __init__(self, model, device):
+        self.model, self.device = model, device
+
+    @classmethod
+    def unavailable_reason(cls) -> str:
+        import importlib.util
+        import os
+
+        if importlib.util.find_spec("lpips") is None:
+            return "not computed: the lpips package is not installed"
+        hub = torch.hub.get_dir()
+        if not os.path.isfile(os.path.join(hub, "checkpoints", cls._BACKBONE_FILE)):
+            return f"not computed: {cls._BACKBONE_FILE} is not in the torch hub cache (never downloaded here)"
+        return ""
+
+    @classmethod
+    def create(cls, device):
+        if cls.unavailable_reason():
+            return None
+        import lpips
+
+        return cls(lpips.LPIPS(net=cls.backbone, verbose=False).to(device).eval(), device)
+
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor, target: torch.Tensor) -> float:
+        """[H, W, 3] in [0, 1]; the network expects [-1, 1]."""
+        def to_net(t: torch.Tensor) -> torch.Tensor:
+            return t.permute(2, 0, 1)[None].float().to(self.device) * 2 - 1  # [1, 3, H, W]
+
+        return float(self.model(to_net(image), to_net(target)).item())

@@ -1,4 +1,5 @@
-"""Radiance-field MLPs: the paper's 8x256 model, a flexible variant and a tiny one.
+"""Radiance-field MLPs: the paper's 8x256 model, a flexible variant, a tiny one, and a compatibility
+model for krrish94/nerf-pytorch checkpoints.
 
 Every model maps sample positions and unit view directions to raw outputs
 `raw: [P, 4] = [rgb_raw (3), sigma_raw (1)]`; the activations (sigmoid, ReLU) belong to the renderer,
@@ -12,7 +13,7 @@ Initialisation is the official Keras one: glorot-uniform weights, zero biases.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -39,28 +40,31 @@ class NeRFModel(nn.Module):
     def __init__(self, num_layers: int = 8, hidden_size: int = 256, skip_connect_every: int = 4,
                  hidden_size_dir: int = 128, num_encoding_fn_xyz: int = 10, num_encoding_fn_dir: int = 4,
                  include_input_xyz: bool = True, include_input_dir: bool = True,
-                 log_sampling_xyz: bool = True, log_sampling_dir: bool = True, use_viewdirs: bool = True):
+                 log_sampling_xyz: bool = True, log_sampling_dir: bool = True, use_viewdirs: bool = True,
+                 layer_widths: Optional[Sequence[int]] = None):
         super().__init__()
         self.encoding_xyz = dict(num_freqs=num_encoding_fn_xyz, include_input=include_input_xyz,
                                  log_sampling=log_sampling_xyz)
         self.encoding_dir = dict(num_freqs=num_encoding_fn_dir, include_input=include_input_dir,
                                  log_sampling=log_sampling_dir)
         self.use_viewdirs = use_viewdirs
-        xyz_width = encoding_width(num_encoding_fn_xyz, include_input_xyz)
+        self.xyz_width = encoding_width(num_encoding_fn_xyz, include_input_xyz)
         dir_width = encoding_width(num_encoding_fn_dir, include_input_dir)
         # A skip after the last layer would feed nothing, so only interior layers qualify.
         self.skips = tuple(i for i in range(1, num_layers - 1)
                            if skip_connect_every > 0 and i % skip_connect_every == 0)
-        widths_in = [xyz_width] + [hidden_size + (xyz_width if i - 1 in self.skips else 0)
-                                   for i in range(1, num_layers)]
-        self.pts_linears = nn.ModuleList(_linear(w, hidden_size) for w in widths_in)
+        widths = list(layer_widths) if layer_widths is not None else [hidden_size] * num_layers  # pruned: smaller
+        widths_in = [self.xyz_width] + [widths[i - 1] + (self.xyz_width if i - 1 in self.skips else 0)
+                                        for i in range(1, num_layers)]
+        self.pts_linears = nn.ModuleList(_linear(w_in, w_out) for w_in, w_out in zip(widths_in, widths))
         if use_viewdirs:
-            self.feature_linear = _linear(hidden_size, hidden_size)
-            self.alpha_linear = _linear(hidden_size, 1)
+            # registration order = yenchenlin's, so its optimizer state maps onto ours index by index
             self.views_linears = nn.ModuleList([_linear(hidden_size + dir_width, hidden_size_dir)])
+            self.feature_linear = _linear(widths[-1], hidden_size)
+            self.alpha_linear = _linear(widths[-1], 1)
             self.rgb_linear = _linear(hidden_size_dir, 3)
         else:
-            self.output_linear = _linear(hidden_size, 4)
+            self.output_linear = _linear(widths[-1], 4)
 
     def forward(self, points: torch.Tensor, viewdirs: Optional[torch.Tensor]) -> torch.Tensor:
         """points: [P, 3], viewdirs: [P, 3] unit vectors (or None without viewdirs) -> raw: [P, 4]."""
@@ -118,6 +122,52 @@ class TinyNeRFModel(nn.Module):
         return self.output_linear(h)
 
 
+class Krrish94NeRFModel(nn.Module):
+    """Compatibility model: what krrish94/nerf-pytorch's FlexibleNeRFModel computes, quirks included, so
+    that its checkpoints render as they did there. Not the paper model:
+
+    h = L_1(gamma(x)) (no ReLU); h = ReLU(L_xyz_k(h)) for k < num_layers - 1 (its skip branch crashes
+    when reached, krrish94#40, so working checkpoints have none); sigma_raw = L_alpha(h);
+    feature = ReLU(L_feat(h)); rgb_raw = L_rgb(ReLU(L_dir([feature, gamma(d)]))). Without viewdirs:
+    raw = L_out(h). Module names match its state dicts (layer1, layers_xyz.N, fc_feat, fc_alpha,
+    layers_dir.0, fc_rgb, fc_out).
+    """
+
+    def __init__(self, num_layers: int = 4, hidden_size: int = 128, hidden_size_dir: int = 64,
+                 num_encoding_fn_xyz: int = 6, num_encoding_fn_dir: int = 4, include_input_xyz: bool = True,
+                 include_input_dir: bool = True, log_sampling_xyz: bool = True, log_sampling_dir: bool = True,
+                 use_viewdirs: bool = True):
+        super().__init__()
+        self.encoding_xyz = dict(num_freqs=num_encoding_fn_xyz, include_input=include_input_xyz,
+                                 log_sampling=log_sampling_xyz)
+        self.encoding_dir = dict(num_freqs=num_encoding_fn_dir, include_input=include_input_dir,
+                                 log_sampling=log_sampling_dir)
+        self.use_viewdirs = use_viewdirs
+        self.layer1 = nn.Linear(encoding_width(num_encoding_fn_xyz, include_input_xyz), hidden_size)
+        self.layers_xyz = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(num_layers - 1))
+        if use_viewdirs:
+            dir_width = encoding_width(num_encoding_fn_dir, include_input_dir)
+            self.layers_dir = nn.ModuleList([nn.Linear(hidden_size + dir_width, hidden_size_dir)])
+            self.fc_alpha = nn.Linear(hidden_size, 1)
+            self.fc_rgb = nn.Linear(hidden_size_dir, 3)
+            self.fc_feat = nn.Linear(hidden_size, hidden_size)
+        else:
+            self.fc_out = nn.Linear(hidden_size, 4)
+
+    def forward(self, points: torch.Tensor, viewdirs: Optional[torch.Tensor]) -> torch.Tensor:
+        """points: [P, 3], viewdirs: [P, 3] or None -> raw: [P, 4]."""
+        h = self.layer1(positional_encoding(points, **self.encoding_xyz))  # no ReLU here (a quirk)
+        for layer in self.layers_xyz:
+            h = torch.relu(layer(h))
+        if not self.use_viewdirs:
+            return self.fc_out(h)
+        feature = torch.relu(self.fc_feat(h))  # a ReLU on the bottleneck (a quirk)
+        sigma_raw = self.fc_alpha(h)
+        h = torch.cat((feature, positional_encoding(viewdirs, **self.encoding_dir)), dim=-1)
+        h = torch.relu(self.layers_dir[0](h))
+        return torch.cat((self.fc_rgb(h), sigma_raw), dim=-1)
+
+
 def build_model(m: ModelConfig) -> nn.Module:
     """Instantiate the model a `models.coarse` / `models.fine` config section describes."""
     common = dict(num_layers=m.num_layers, hidden_size=m.hidden_size, skip_connect_every=m.skip_connect_every,
@@ -127,9 +177,12 @@ def build_model(m: ModelConfig) -> nn.Module:
                   use_viewdirs=m.use_viewdirs)
     if m.type in ("PaperNeRFModel", "FlexibleNeRFModel"):
         # PaperNeRFModel is the same network with its sizes pinned by config validation.
-        return NeRFModel(hidden_size_dir=m.hidden_size_dir, **common)
+        return NeRFModel(hidden_size_dir=m.hidden_size_dir, layer_widths=m.layer_widths, **common)
     if m.type == "TinyNeRFModel":
         return TinyNeRFModel(**common)
+    if m.type == "Krrish94NeRFModel":
+        del common["skip_connect_every"]  # validation guarantees no skip is reached
+        return Krrish94NeRFModel(hidden_size_dir=m.hidden_size_dir, **common)
     raise ValueError(f"unknown model type {m.type!r}")
 
 

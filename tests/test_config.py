@@ -105,8 +105,10 @@ def test_unknown_key_names_file_and_key(tmp_path):
 
 
 def test_unknown_section(tmp_path):
-    with pytest.raises(ConfigError, match="unknown key 'pruning'"):
-        load_config(_write(tmp_path, KRRISH94_LEGO + "pruning:\n  amount: 0.2\n"))
+    with pytest.raises(ConfigError, match="unknown key 'quantization'"):
+        load_config(_write(tmp_path, KRRISH94_LEGO + "quantization:\n  bits: 8\n"))
+    with pytest.raises(ConfigError, match="unknown key 'pruning.increment_iter'"):  # the fork's dead key
+        load_config(_write(tmp_path, KRRISH94_LEGO + "pruning:\n  increment_iter: 10000\n"))
 
 
 def test_wrong_type_names_key(tmp_path):

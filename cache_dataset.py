@@ -1,0 +1,106 @@
+"""Precompute training rays once, so that experiments start without decoding images.
+
+    python cache_dataset.py --config config/lego.yml --savedir cache/lego [--num-random-rays 8192]
+                            [--num-variations 50 | --sample-all] [--set section.key=value ...]
+    python cache_dataset.py --datapath cache/nerf_synthetic/lego/ --halfres False --savedir cache/legocache/legofull
+                            --num-random-rays 8192 --num-variations 50 [--type blender|llff]
+
+With --config every dataset setting (and the background) comes from the YAML; otherwise from the flags,
+with the type inferred from the folder. Then train with `dataset.cachedir: <savedir>` in the config:
+training checks the cache's manifest against the config and refuses a cache built differently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from tqdm import tqdm
+
+from nerf.cache import build_cache, dataset_settings
+from nerf.config import ConfigError, DatasetConfig, load_config
+from nerf.datasets import DatasetError, load_scene
+
+
+def str2bool(text: str) -> bool:
+    """'True'/'False' (and yes/no, 1/0) as booleans: argparse's type=bool would read 'False' as True."""
+    value = text.strip().lower()
+    if value in ("true", "yes", "1", "on"):
+        return True
+    if value in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Precompute training rays for train_nerf.py (dataset.cachedir).")
+    parser.add_argument("--config", default=None, help="take every dataset setting from this YAML config")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value (with --config)")
+    parser.add_argument("--datapath", default=None, help="scene folder (without --config)")
+    parser.add_argument("--type", choices=("blender", "llff"), default=None, help="inferred from the folder if omitted")
+    parser.add_argument("--halfres", "--blender-half-res", dest="halfres", type=str2bool, default=False,
+                        metavar="BOOL", help="Blender: half resolution (default False)")
+    parser.add_argument("--blender-stride", "--testskip", dest="testskip", type=int, default=1,
+                        help="Blender: use every n-th val frame (default 1)")
+    parser.add_argument("--llff-downsample-factor", type=int, default=8, help="LLFF: images_<factor> (default 8)")
+    parser.add_argument("--llffhold", type=int, default=8, help="LLFF: every n-th image is held out (default 8)")
+    parser.add_argument("--white-background", type=str2bool, default=None, metavar="BOOL",
+                        help="composite on white (default: True for Blender, False for LLFF)")
+    parser.add_argument("--savedir", required=True, help="output folder")
+    parser.add_argument("--num-random-rays", type=int, default=4096, help="rays cached per image and variation")
+    parser.add_argument("--num-variations", type=int, default=1, help="independent random ray sets per image")
+    parser.add_argument("--sample-all", action="store_true", help="cache every pixel of every training image")
+    parser.add_argument("--randomseed", type=int, default=3920)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing cache at --savedir")
+    args = parser.parse_args(argv)
+    if (args.config is None) == (args.datapath is None):
+        parser.error("give either --config FILE or --datapath DIR")
+    if args.num_variations < 1:
+        parser.error("--num-variations must be >= 1")
+    return args
+
+
+def infer_type(folder: str) -> str:
+    if os.path.isfile(os.path.join(folder, "transforms_train.json")):
+        return "blender"
+    if os.path.isfile(os.path.join(folder, "poses_bounds.npy")):
+        return "llff"
+    raise DatasetError(f"{folder}: cannot tell the dataset type (no transforms_train.json or poses_bounds.npy); "
+                       "pass --type")
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    try:
+        if args.config:
+            cfg = load_config(args.config, args.set)
+            dataset, white = cfg.dataset, cfg.nerf.train.white_background
+        else:
+            kind = args.type or infer_type(args.datapath)
+            dataset = DatasetConfig(type=kind, basedir=args.datapath, half_res=args.halfres, testskip=args.testskip,
+                                    downsample_factor=args.llff_downsample_factor, llffhold=args.llffhold)
+            white = args.white_background if args.white_background is not None else kind == "blender"
+        scene = load_scene(dataset, white_background=white)
+    except (ConfigError, DatasetError) as err:
+        sys.exit(f"error: {err}")
+    rays = None if args.sample_all else args.num_random_rays
+    variations = 1 if args.sample_all else args.num_variations
+    start = time.time()
+    with tqdm(total=variations * len(scene.i_train) + len(scene.i_val), desc="caching rays", unit="image") as bar:
+        try:
+            size = build_cache(scene, dataset_settings(dataset, white), args.savedir, rays, variations,
+                               args.randomseed, args.overwrite, bar)
+        except (FileExistsError, ValueError) as err:
+            sys.exit(f"error: {err}")
+    print(f"Wrote {args.savedir}: {variations} variation(s) x {len(scene.i_train)} train images x "
+          f"{rays or scene.height * scene.width} rays + {len(scene.i_val)} val images; "
+          f"{size / 2 ** 20:.1f} MiB on disk in {time.time() - start:.1f} s")
+    print(f"Train from it with: --set dataset.cachedir={args.savedir}")
+    return {"bytes": size, "savedir": args.savedir}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""Render a trained NeRF: the scene's render path as frames, or the test/val views with metrics.
+
+    python eval_nerf.py --config FILE --checkpoint CKPT --savedir DIR [TRIAL] [--split render|test|val]
+                        [--save-disparity-image] [--save-depth] [--downsample N] [--views 0,8,16]
+                        [--max-views N] [--chunksize N] [--set section.key=value ...]
+
+Checkpoints of this project, of krrish94/nerf-pytorch (.ckpt, with its YAML config) and of
+yenchenlin/nerf-pytorch (.tar) are recognised from their contents. Rendering uses the config's
+validation settings (no jitter, no noise) and is chunked, so memory stays bounded.
+
+Outputs in DIR[/TRIAL]: frames 000.png, 001.png, ...; disparity/ and depth/ (PNG, and depth .npy in
+scene units) when asked; for test/val also compare/ (ground truth | render | error), error/ and
+metrics.json with per-view and mean PSNR and SSIM (LPIPS when available offline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from nerf.checkpoint import CheckpointError
+from nerf.config import ConfigError, load_config
+from nerf.datasets import DatasetError, load_scene
+from nerf.device import select_device
+from nerf.importers import load_models
+from nerf.metrics import LpipsMetric, psnr, ssim
+from nerf.rendering import render_image
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Render a trained NeRF and compute test metrics.")
+    parser.add_argument("--config", required=True, help="YAML config (dataset and rendering settings)")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint of this project, krrish94 or yenchenlin")
+    parser.add_argument("--savedir", required=True, help="output folder")
+    parser.add_argument("trial", nargs="?", default=None, help="optional sub-folder of --savedir")
+    parser.add_argument("--split", choices=("render", "test", "val"), default="render",
+                        help="render: the render path (default); test/val: those views with metrics")
+    parser.add_argument("--save-disparity-image", action="store_true", help="also write disparity frames")
+    parser.add_argument("--save-depth", action="store_true", help="also write depth frames (.png and .npy)")
+    parser.add_argument("--downsample", type=int, default=1, help="render at 1/N resolution")
+    parser.add_argument("--views", default=None, help="comma-separated view numbers within the split, e.g. 0,8,16")
+    parser.add_argument("--max-views", type=int, default=None, help="render at most N views (evenly spaced)")
+    parser.add_argument("--chunksize", type=int, default=None, help="rays per chunk (memory knob)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value, e.g. --set dataset.basedir=/data/lego")
+    args = parser.parse_args(argv)
+    if args.downsample < 1:
+        parser.error("--downsample must be >= 1")
+    if args.max_views is not None and args.max_views < 1:
+        parser.error("--max-views must be >= 1")
+    if args.chunksize is not None and args.chunksize < 1:
+        parser.error("--chunksize must be >= 1")
+    if args.views is not None:
+        try:
+            args.views = [int(v) for v in args.views.split(",") if v.strip()]
+        except ValueError:
+            parser.error(f"--views expects comma-separated integers, got {args.views!r}")
+    return args
+
+
+def select_views(count: int, views, max_views) -> list:
+    """Positions within a split of `count` views: an explicit list, or up to max_views evenly spaced."""
+    if views is not None:
+        bad = [v for v in views if not 0 <= v < count]
+        if bad:
+            raise ValueError(f"--views {bad} out of range: this split has {count} views (0..{count - 1})")
+        chosen = list(views)
+    else:
+        chosen = list(range(count))
+    if max_views is not None and max_views < len(chosen):
+        chosen = [chosen[round(k * (len(chosen) - 1) / max(max_views - 1, 1))] for k in range(max_views)]
+    return chosen
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """[H, W(, C)] float in [0, 1] -> uint8, clamped then rounded (not truncated)."""
+    return (image.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).cpu().numpy()
+
+
+def save_png(array: np.ndarray, path: str) -> None:
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def error_image(render: torch.Tensor, target: torch.Tensor, max_error: float = 0.25) -> torch.Tensor:
+    """Per-pixel RMS error over channels as a heat map [H, W, 3] (black 0 to yellow >= max_error)."""
+    err = ((render - target) ** 2).mean(-1).sqrt().div(max_error).clamp(0, 1)  # [H, W]
+    return torch.stack((err.clamp(0, 0.5) * 2, (err - 0.5).clamp(0, 0.5) * 2, torch.zeros_like(err)), -1)
+
+
+def depth_in_scene_units(depth: torch.Tensor, use_ndc: bool) -> torch.Tensor:
+    """Expected depth along the ray. Without NDC it is camera z-depth already; under NDC, t in [0, 1)
+    maps back to the distance 1 / (1 - t) beyond the z = 0 plane of the recentred world (near plane 1)."""
+    if not use_ndc:
+        return depth
+    return 1.0 / (1.0 - depth.clamp(max=1.0 - 1e-6))
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.set)
+    except ConfigError as err:
+        sys.exit(f"error: {err}")
+    device = select_device(cfg.experiment.device)
+    opts = cfg.nerf.validation
+    if args.chunksize is not None:
+        opts = dataclasses.replace(opts, chunksize=args.chunksize)
+    try:
+        loaded = load_models(args.checkpoint, cfg, device)
+        scene = load_scene(cfg.dataset, white_background=opts.white_background)
+    except (CheckpointError, DatasetError) as err:
+        sys.exit(f"error: {err}")
+    print(loaded.description)
+    out_dir = os.path.join(args.savedir, args.trial) if args.trial else args.savedir
+    os.makedirs(out_dir, exist_ok=True)
+
+    factor = args.downsample
+    height, width, focal = scene.height // factor, scene.width // factor, scene.focal / factor
+    if args.split == "render":
+        poses, targets, ids = scene.render_poses, None, list(range(len(scene.render_poses)))
+    else:
+        ids = scene.i_test if args.split == "test" else scene.i_val
+        poses, targets = scene.poses, scene.images
+    try:
+        positions = select_views(len(ids), args.views, args.max_views)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+
+    lpips_metric = LpipsMetric.create(device) if targets is not None else None
+    records, disparities, seconds = [], [], []
+    for position in tqdm(positions, desc=f"rendering {args.split}", dynamic_ncols=True):
+        index = ids[position]
+        start = time.time()
+        out = render_image(loaded.coarse, loaded.fine, poses[index].to(device), height, width, focal, scene.near,
+                           scene.far, scene.use_ndc, opts)
+        seconds.append(time.time() - start)
+        name = f"{position:03d}"
+        save_png(to_uint8(out["rgb"]), os.path.join(out_dir, name + ".png"))
+        if args.save_disparity_image:
+            disparities.append((name, out["disp"].cpu()))
+        if args.save_depth:
+            depth = depth_in_scene_units(out["depth"], scene.use_ndc).cpu()
+            os.makedirs(os.path.join(out_dir, "depth"), exist_ok=True)
+            np.save(os.path.join(out_dir, "depth", name + ".npy"), depth.numpy().astype(np.float32))
+            save_png(to_uint8(depth / depth.max().clamp(min=1e-10)), os.path.join(out_dir, "depth", name + ".png"))
+        if targets is not None:
+            target = targets[index].to(device)
+            if factor > 1:
+                target = F.interpolate(target.permute(2, 0, 1)[None], size=(height, width),
+                                       mode="area")[0].permute(1, 2, 0)
+            rgb = out["rgb"].clamp(0, 1)
+            record = {"view": position, "image_index": index, "psnr": psnr(rgb, target), "ssim": ssim(rgb, target)}
+            if lpips_metric is not None:
+                record["lpips"] = lpips_metric(rgb, target)
+            records.append(record)
+            errors = error_image(rgb, target)
+            save_png(to_uint8(errors), os.path.join(out_dir, "error", name + ".png"))
+            save_png(to_uint8(torch.cat((target, rgb, errors), dim=1)), os.path.join(out_dir, "compare", name + ".png"))
+
+    if disparities:
+        # one scale for the whole sequence, so brightness is comparable across frames
+        scale = max(float(d.max()) for _, d in disparities) or 1.0
+        for name, disp in disparities:
+            save_png(to_uint8(disp / scale), os.path.join(out_dir, "disparity", name + ".png"))
+
+    summary = {"checkpoint": args.checkpoint, "source": loaded.source, "split": args.split,
+               "resolution": [width, height], "downsample": factor, "num_views": len(positions),
+               "seconds_per_frame": float(np.mean(seconds))}
+    if records:
+        summary["mean"] = {key: float(np.mean([r[key] for r in records])) for key in records[0]
+                           if key not in ("view", "image_index")}
+        if lpips_metric is None:
+            summary["lpips"] = LpipsMetric.unavailable_reason()
+        else:
+            summary["lpips_backbone"] = lpips_metric.backbone
+        summary["views"] = records
+        with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+        means = ", ".join(f"{k.upper()} {v:.4f}" for k, v in summary["mean"].items())
+        print(f"{args.split}: {len(records)} views at {width}x{height}: mean {means}")
+    print(f"Wrote {len(positions)} frames to {out_dir} ({summary['seconds_per_frame']:.2f} s per frame)")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Turn rendered frames into a looping GIF (and optionally an MP4).
+
+    python makegif.py DIR [TRIAL] [--output NAME] [--fps F | --duration MS] [--mp4]
+
+Frames are the PNG files directly inside DIR (or DIR/TRIAL), in natural order (frame 2 before 10).
+The GIF (and MP4) are written inside that folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+import numpy as np
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Turn a folder of PNG frames into a looping GIF (and MP4).")
+    parser.add_argument("folder", help="folder of PNG frames, e.g. the --savedir of eval_nerf.py")
+    parser.add_argument("trial", nargs="?", default=None, help="optional sub-folder of FOLDER")
+    parser.add_argument("--output", default="animation.gif", help="file name written inside the folder")
+    timing = parser.add_mutually_exclusive_group()
+    timing.add_argument("--fps", type=float, default=None, help="frames per second")
+    timing.add_argument("--duration", type=float, default=None, help="milliseconds per frame (default 200)")
+    parser.add_argument("--mp4", action="store_true", help="also write an H.264 MP4 next to the GIF")
+    args = parser.parse_args(argv)
+    if args.fps is not None and args.fps <= 0:
+        parser.error("--fps must be > 0")
+    if args.duration is not None and args.duration <= 0:
+        parser.error("--duration must be > 0")
+    return args
+
+
+def natural_key(name: str):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def list_frames(folder: str) -> list:
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder}: folder not found")
+    frames = sorted((name for name in os.listdir(folder) if name.lower().endswith(".png")), key=natural_key)
+    if not frames:
+        raise FileNotFoundError(f"{folder}: no PNG frames in this folder")
+    return [os.path.join(folder, name) for name in frames]
+
+
+def write_gif(paths: list, output: str, duration_ms: float) -> None:
+    from PIL import Image
+
+    frames = [Image.open(path).convert("RGB") for path in paths]
+    frames[0].save(output, save_all=True, append_images=frames[1:], duration=round(duration_ms), loop=0)
+
+
+def write_mp4(paths: list, output: str, fps: float) -> None:
+    import imageio.v2 as imageio
+    from PIL import Image
+
+    with imageio.get_writer(output, fps=fps, codec="libx264", quality=8, macro_block_size=1,
+                            ffmpeg_params=["-pix_fmt", "yuv420p"]) as writer:
+        for path in paths:
+            frame = np.asarray(Image.open(path).convert("RGB"))
+            # yuv420p needs even sizes: pad by repeating the last row/column
+            pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
+            writer.append_data(np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge"))
+
+
+def main(argv=None) -> list:
+    args = parse_args(argv)
+    folder = os.path.join(args.folder, args.trial) if args.trial else args.folder
+    try:
+        paths = list_frames(folder)
+    except FileNotFoundError as err:
+        sys.exit(f"error: {err}")
+    duration = 1000.0 / args.fps if args.fps else (args.duration or 200.0)
+    outputs = [os.path.join(folder, args.output if args.output.lower().endswith(".gif") else args.output + ".gif")]
+    write_gif(paths, outputs[0], duration)
+    if args.mp4:
+        outputs.append(os.path.splitext(outputs[0])[0] + ".mp4")
+        write_mp4(paths, outputs[1], 1000.0 / duration)
+    for path in outputs:
+        print(f"Wrote {path} ({len(paths)} frames, {duration:.0f} ms per frame)")
+    return outputs
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""Precomputed training rays (`cache_dataset.py`) and the batcher that trains from them.
+
+Layout of a cache folder:
+    manifest.json                 settings that produced it (checked against the training config)
+    train/rays_<v>.npy            float32 [N_train, n, 9] = (origin, direction, rgb) per ray, variation v
+    train/pixels_<v>.npy          int32 [N_train, n, 2] = (row, column) of each ray
+    val/rays.npy                  float32 [N_val, H * W, 9], every pixel of every validation view
+The rays are the world-space rays of `RayBatcher` (same code, same conventions); the background is
+composited exactly as in uncached training, and NDC (LLFF) is applied at training time by the same
+`prepare_rays`, so cached and uncached runs see identical rays and targets. Arrays are memory-mapped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .batching import RayBatcher
+from .config import Config, ConfigError, DatasetConfig, TrainConfig
+from .datasets.scene import Scene
+
+SCHEMA = 1
+
+
+def dataset_settings(cfg: DatasetConfig, white_background: bool) -> dict:
+    """The resolved settings that determine the cached rays and targets; a cache must agree with them.
+
+    Keys that do not apply to the dataset type are left out, and defaults are resolved (Blender near/far
+    2/6, LLFF NDC 0/1; LLFF without NDC takes its planes from the bounds, recorded as None), so that a
+    cache built from command-line flags matches a config that spells the same defaults out.
+    """
+    use_ndc = cfg.type == "llff" and not cfg.no_ndc
+    if cfg.near is not None:
+        near, far = cfg.near, cfg.far
+    elif cfg.type == "llff" and not use_ndc:
+        near, far = None, None
+    else:
+        near, far = (0.0, 1.0) if use_ndc else (2.0, 6.0)
+    settings = {"type": cfg.type, "basedir": os.path.abspath(cfg.basedir), "use_ndc": use_ndc, "near": near,
+                "far": far, "white_background": white_background}
+    if cfg.type == "llff":
+        settings.update(downsample_factor=cfg.downsample_factor, llffhold=cfg.llffhold, bd_factor=cfg.bd_factor,
+                        recenter=cfg.recenter, spherify=cfg.spherify)
+    else:
+        settings.update(half_res=cfg.half_res, testskip=cfg.testskip)
+    return settings
+
+
+def _disk_usage(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(folder) for name in names)
+
+
+def build_cache(scene: Scene, settings: dict, savedir: str, num_random_rays: Optional[int], num_variations: int,
+                seed: int, overwrite: bool = False, progress=None) -> int:
+    """Write a cache of `scene` to `savedir` (None rays = every pixel, one variation); return bytes written.
+
+    Everything is written to a temporary folder that replaces `savedir` only when complete, so an
+    interrupted run leaves nothing that training would read.
+    """
+    if os.path.exists(savedir) and not overwrite:
+        raise FileExistsError(f"{savedir}: already exists (choose another --savedir or pass --overwrite)")
+    pixels_per_image = scene.height * scene.width
+    if num_random_rays is not None and not 1 <= num_random_rays <= pixels_per_image:
+        raise ValueError(f"--num-random-rays must be in 1..{pixels_per_image} (pixels per image), "
+                         f"got {num_random_rays}")
+    rays_per_image = pixels_per_image if num_random_rays is None else num_random_rays
+    variations = 1 if num_random_rays is None else num_variations
+    parent = os.path.dirname(os.path.abspath(savedir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".cache-partial-")
+    try:
+        os.makedirs(os.path.join(tmp, "train"))
+        os.makedirs(os.path.join(tmp, "val"))
+        generator = torch.Generator().manual_seed(seed)
+        ray_maker = RayBatcher(scene, TrainConfig(num_random_rays=1), seed)
+        train_ids = torch.tensor(scene.i_train)
+        for v in range(variations):
+            rays = np.lib.format.open_memmap(os.path.join(tmp, "train", f"rays_{v:04d}.npy"), mode="w+",
+                                             dtype=np.float32, shape=(len(train_ids), rays_per_image, 9))
+            pixels = np.empty((len(train_ids), rays_per_image, 2), dtype=np.int32)
+            for k, image_id in enumerate(train_ids):
+                if num_random_rays is None:
+                    chosen = torch.arange(pixels_per_image)
+                else:  # without replacement within an image, fresh for every variation
+                    chosen = torch.randperm(pixels_per_image, generator=generator)[:rays_per_image]
+                rows, cols = chosen // scene.width, chosen % scene.width
+                o, d, rgb = ray_maker.rays_at(image_id.expand(rays_per_image), rows, cols)
+                rays[k] = torch.cat((o, d, rgb), dim=-1).cpu().numpy()
+                pixels[k] = torch.stack((rows, cols), dim=-1).numpy()
+                if progress is not None:
+                    progress.update(1)
+            rays.flush()
+            del rays
+            np.save(os.path.join(tmp, "train", f"pixels_{v:04d}.npy"), pixels)
+        val = np.lib.format.open_memmap(os.path.join(tmp, "val", "rays.npy"), mode="w+", dtype=np.float32,
+                                        shape=(len(scene.i_val), pixels_per_image, 9))
+        all_pixels = torch.arange(pixels_per_image)
+        for k, image_id in enumerate(scene.i_val):
+            o, d, rgb = ray_maker.rays_at(torch.tensor(image_id).expand(pixels_per_image),
+                                          all_pixels // scene.width, all_pixels % scene.width)
+            val[k] = torch.cat((o, d, rgb), dim=-1).cpu().numpy()
+            if progress is not None:
+                progress.update(1)
+        val.flush()
+        del val
+        manifest = {
+            "schema": SCHEMA, "dataset": settings, "height": scene.height, "width": scene.width,
+            "focal": scene.focal, "near": scene.near, "far": scene.far, "use_ndc": scene.use_ndc,
+            "rays_per_image": rays_per_image, "sample_all": num_random_rays is None, "num_variations": variations,
+            "seed": seed, "dtype": "float32", "num_train": len(scene.i_train), "num_val": len(scene.i_val),
+            "val_poses": scene.poses[scene.i_val].cpu().tolist(),
+        }
+        with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:  # written last
+            json.dump(manifest, f, indent=1)
+        size = _disk_usage(tmp)
+        if os.path.exists(savedir):
+            backup = tempfile.mkdtemp(dir=parent, prefix=".cache-old-")
+            os.rmdir(backup)
+            os.replace(savedir, backup)
+            os.replace(tmp, savedir)
+            shutil.rmtree(backup)
+        else:
+            os.replace(tmp, savedir)
+        return size
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class RayCache:
+    """A cache folder opened for training: memory-mapped arrays plus the manifest."""
+
+    def __init__(self, folder: str):
+        path = os.path.join(folder, "manifest.json")
+        if not os.path.isfile(path):
+            raise ConfigError(f"dataset.cachedir: {folder} is not a complete ray cache (no manifest.json); "
+                              "build it with cache_dataset.py")
+        try:
+            with open(path, "r", encoding="utf-8") as f:
+                self.manifest = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: malformed JSON ({err.msg})") from None
+        if self.manifest.get("schema") != SCHEMA:
+            raise ConfigError(f"{path}: cache schema {self.manifest.get('schema')}, expected {SCHEMA}; rebuild it")
+        self.folder = folder
+        self.rays = [np.load(os.path.join(folder, "train", f"rays_{v:04d}.npy"), mmap_mode="r")
+                     for v in range(self.manifest["num_variations"])]  # each [N, n, 9]
+        self.pixels = [np.load(os.path.join(folder, "train", f"pixels_{v:04d}.npy"), mmap_mode="r")
+                       for v in range(self.manifest["num_variations"])]  # each [N, n, 2]
+
+    def check(self, cfg: Config, source: str = "config") -> None:
+        """Refuse a cache whose settings disagree with the training config (one line per difference)."""
+        expected = dataset_settings(cfg.dataset, cfg.nerf.train.white_background)
+        cached = self.manifest["dataset"]
+        keys = sorted(set(expected) | set(cached))
+        diffs = [f"{'nerf.train.' if key == 'white_background' else 'dataset.'}{key}: cache {cached.get(key)!r}, "
+                 f"config {expected.get(key)!r}" for key in keys if cached.get(key) != expected.get(key)]
+        if diffs:
+            raise ConfigError(f"{source}: dataset.cachedir {self.folder} was built with other settings: "
+                              + "; ".join(diffs) + " (rebuild it with cache_dataset.py --config)")
+        opts = cfg.nerf.train
+        n = self.manifest["rays_per_image"]
+        if not opts.use_batching and opts.num_random_rays > n:
+            raise ConfigError(f"{source}: nerf.train.num_random_rays ({opts.num_random_rays}) exceeds the "
+                              f"{n} cached rays per image in {self.folder}")
+
+    def validation_scene(self) -> Scene:
+        """The validation views as a Scene (targets from the cached rays, poses from the manifest)."""
+        m = self.manifest
+        val = np.load(os.path.join(self.folder, "val", "rays.npy"), mmap_mode="r")
+        images = torch.from_numpy(np.ascontiguousarray(val[..., 6:9])).reshape(-1, m["height"], m["width"], 3)
+        poses = torch.tensor(m["val_poses"], dtype=torch.float32).reshape(-1, 4, 4)
+        ids = list(range(len(poses)))
+        return Scene(images=images, poses=poses, height=m["height"], width=m["width"], focal=m["focal"],
+                     i_train=[], i_val=ids, i_test=ids, render_poses=poses, near=m["near"], far=m["far"],
+                     use_ndc=m["use_ndc"], basedir=self.folder)
+
+
+class CachedRayBatcher:
+    """`batch(step)` from a RayCache, with the same two modes as `RayBatcher`.
+
+    Without use_batching each step draws a variation, a training image and num_random_rays of its cached
+    rays (the central crop's rays during precrop); with use_batching all cached rays are shuffled per
+    epoch by a (seed, epoch) generator.
+    """
+
+    def __init__(self, cache: RayCache, opts: TrainConfig, seed: int, device: torch.device):
+        self.cache, self.opts, self.seed, self.device = cache, opts, seed, device
+        m = cache.manifest
+        self.height, self.width = m["height"], m["width"]
+        self.num_images, self.rays_per_image = m["num_train"], m["rays_per_image"]
+        self.per_variation = self.num_images * self.rays_per_image
+        self.total = self.per_variation * m["num_variations"]
+        self.batches_per_epoch = -(-self.total // opts.num_random_rays)
+        self._epoch, self._permutation = -1, None
+
+    def _gather(self, variation: int, image: np.ndarray, ray: np.ndarray):
+        rows = torch.from_numpy(np.asarray(self.cache.rays[variation][image, ray]))  # [R, 9]
+        rows = rows.to(self.device)
+        return rows[:, 0:3], rows[:, 3:6], rows[:, 6:9]
+
+    def batch(self, step: int):
+        opts = self.opts
+        if opts.use_batching:
+            epoch, k = divmod(step, self.batches_per_epoch)
+            if epoch != self._epoch:
+                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                self._permutation = torch.randperm(self.total, generator=generator).numpy()
+                self._epoch = epoch
+            flat = np.sort(self._permutation[k * opts.num_random_rays:(k + 1) * opts.num_random_rays])
+            variation, rest = np.divmod(flat, self.per_variation)
+            image, ray = np.divmod(rest, self.rays_per_image)
+            parts = [self._gather(v, image[variation == v], ray[variation == v]) for v in np.unique(variation)]
+            return tuple(torch.cat(p, dim=0) for p in zip(*parts))
+        variation = int(torch.randint(len(self.cache.rays), (1,)))
+        image = int(torch.randint(self.num_images, (1,)))
+        candidates = torch.arange(self.rays_per_image)
+        if step < opts.precrop_iters:
+            pixels = torch.from_numpy(np.asarray(self.cache.pixels[variation][image]))  # [n, 2]
+            half_h = int(self.height // 2 * opts.precrop_frac)
+            half_w = int(self.width // 2 * opts.precrop_frac)
+            rows, cols = pixels[:, 0], pixels[:, 1]  # same crop as RayBatcher: [c - d, c + d)
+            inside = (rows >= self.height // 2 - half_h) & (rows < self.height // 2 + half_h)
+            inside &= (cols >= self.width // 2 - half_w) & (cols < self.width // 2 + half_w)
+            candidates = candidates[inside]
+            if len(candidates) < opts.num_random_rays:
+                raise ConfigError(f"nerf.train.num_random_rays ({opts.num_random_rays}) exceeds the {len(candidates)} "
+                                  "cached rays inside the precrop region; cache more rays per image")
+        chosen = candidates[torch.randperm(len(candidates))[:opts.num_random_rays]]
+        return self._gather(variation, np.full(len(chosen), image), np.sort(chosen.numpy()))

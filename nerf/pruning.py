@@ -1,0 +1,136 @@
+"""Structured pruning that physically shrinks a NeRFModel.
+
+Whole hidden neurons (rows of a Linear layer) are ranked by the L1 or L2 norm of their incoming weights
+and the weakest are removed: the layer loses those rows and every layer that reads it loses the matching
+input columns (for a skip layer the columns sit after the encoded position). A removed neuron whose
+incoming weights are zero outputs the constant ReLU(b_j); that constant is folded into the consumers'
+biases (b_c += W_c[:, j] ReLU(b_j)), so removing such neurons leaves the network's function unchanged.
+Adam's moment estimates are sliced along with the weights, so fine-tuning continues smoothly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .models import NeRFModel
+
+
+def prunable_layers(model: NeRFModel, excluded=()) -> list:
+    """Names of the layers whose output neurons may be removed: the trunk and the view layer (never the heads)."""
+    names = [f"pts_linears.{k}" for k in range(len(model.pts_linears))]
+    if model.use_viewdirs:
+        names.append("views_linears.0")
+    return [name for name in names if name not in excluded]
+
+
+def consumers(model: NeRFModel, name: str) -> list:
+    """(layer name, first input column) of every layer that reads the outputs of layer `name`."""
+    if name == "views_linears.0":
+        return [("rgb_linear", 0)]
+    k = int(name.split(".")[1])
+    if k + 1 < len(model.pts_linears):
+        return [(f"pts_linears.{k + 1}", model.xyz_width if k in model.skips else 0)]
+    return [("feature_linear", 0), ("alpha_linear", 0)] if model.use_viewdirs else [("output_linear", 0)]
+
+
+def _sliced_linear(layer: nn.Linear, rows=None, cols=None) -> nn.Linear:
+    weight = layer.weight.detach()
+    bias = layer.bias.detach()
+    if rows is not None:
+        weight, bias = weight[rows], bias[rows]
+    if cols is not None:
+        weight = weight[:, cols]
+    new = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        new.bias.copy_(bias)
+    return new
+
+
+def _complement(size: int, removed: torch.Tensor) -> torch.Tensor:
+    keep = torch.ones(size, dtype=torch.bool, device=removed.device)
+    keep[removed] = False
+    return torch.nonzero(keep).squeeze(1)
+
+
+@torch.no_grad()
+def remove_neurons(model: NeRFModel, name: str, removed: torch.Tensor) -> list:
+    """Remove output neurons `removed` of layer `name` in place (folding their ReLU(bias) into consumers).
+
+    Returns (old parameter, new parameter, dim, kept indices or None) for every replaced parameter.
+    """
+    layer = model.get_submodule(name)
+    changes = []
+    constant = torch.relu(layer.bias[removed])  # [n]: what a removed neuron with zero weights outputs
+    for consumer_name, offset in consumers(model, name):
+        consumer = model.get_submodule(consumer_name)
+        columns = removed + offset
+        consumer.bias += consumer.weight[:, columns] @ constant
+        keep_columns = _complement(consumer.in_features, columns)
+        replacement = _sliced_linear(consumer, cols=keep_columns)
+        model.set_submodule(consumer_name, replacement)
+        changes += [(consumer.weight, replacement.weight, 1, keep_columns), (consumer.bias, replacement.bias, 0, None)]
+    keep = _complement(layer.out_features, removed)
+    replacement = _sliced_linear(layer, rows=keep)
+    model.set_submodule(name, replacement)
+    changes += [(layer.weight, replacement.weight, 0, keep), (layer.bias, replacement.bias, 0, keep)]
+    return changes
+
+
+def neuron_scores(layer: nn.Linear, norm: int) -> torch.Tensor:
+    """Rank of each output neuron: the L1 or L2 norm of its incoming weights. [out]"""
+    return layer.weight.detach().norm(p=norm, dim=1)
+
+
+def prune_model(model: NeRFModel, fraction: float, start_widths: dict, norm: int, excluded=()) -> tuple:
+    """Remove neurons until each prunable layer has lost `fraction` of its width in `start_widths`.
+
+    Returns ({layer: (width before, width after)}, parameter changes for `transfer_optimizer`).
+    """
+    report, changes = {}, []
+    for name in prunable_layers(model, excluded):
+        layer = model.get_submodule(name)
+        target_width = max(1, start_widths[name] - math.floor(fraction * start_widths[name] + 1e-9))
+        count = layer.out_features - target_width
+        if count <= 0:
+            continue
+        removed = torch.sort(torch.argsort(neuron_scores(layer, norm))[:count]).values
+        before = layer.out_features
+        changes += remove_neurons(model, name, removed)
+        report[name] = (before, model.get_submodule(name).out_features)
+    return report, changes
+
+
+def layer_widths(model: NeRFModel) -> dict:
+    return {name: model.get_submodule(name).out_features for name in prunable_layers(model)}
+
+
+def pruned_model_config(model: NeRFModel, original: ModelConfig) -> ModelConfig:
+    """The config that rebuilds `model`: a FlexibleNeRFModel with per-layer widths."""
+    return dataclasses.replace(original, type="FlexibleNeRFModel",
+                               layer_widths=[layer.out_features for layer in model.pts_linears],
+                               hidden_size_dir=model.views_linears[0].out_features if model.use_viewdirs
+                               else original.hidden_size_dir)
+
+
+def transfer_optimizer(optimizer: torch.optim.Adam, params: list, changes: list) -> torch.optim.Adam:
+    """A new Adam over `params` whose state is the old one, sliced like the parameters it belonged to."""
+    state = {param: dict(optimizer.state[param]) for param in optimizer.state}
+    for old, new, dim, index in changes:
+        entry = state.pop(old, None)
+        if entry is None:
+            continue
+        state[new] = {key: (value.index_select(dim, index) if index is not None and torch.is_tensor(value)
+                            and value.shape == old.shape else value)
+                      for key, value in entry.items()}
+    hyper = {key: value for key, value in optimizer.param_groups[0].items() if key != "params"}
+    new_optimizer = torch.optim.Adam(params, **hyper)
+    for param in params:
+        if param in state:
+            new_optimizer.state[param] = state[param]
+    return new_optimizer

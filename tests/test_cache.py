@@ -1,0 +1,156 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import cache_dataset
+import train_nerf
+from nerf.batching import RayBatcher
+from nerf.cache import CachedRayBatcher, RayCache
+from nerf.config import TrainConfig, config_from_dict
+from nerf.datasets import load_scene
+from nerf.config import DatasetConfig
+from nerf.datasets.demo import generate_demo_scene
+from nerf.rendering import prepare_rays
+from tests.test_datasets import _write_llff
+
+
+@pytest.fixture(scope="module")
+def blender_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache") / "scene"
+    generate_demo_scene(str(root), size=16, num_train=5, num_val=2, num_test=1)
+    return str(root)
+
+
+def _check_against_uncached(cache_dir, scene, ndc=None):
+    cache = RayCache(cache_dir)
+    reference = RayBatcher(scene, TrainConfig(num_random_rays=1), seed=0)
+    assert len(cache.rays) == cache.manifest["num_variations"]
+    for rays, pixels in zip(cache.rays, cache.pixels):
+        for k, image_id in enumerate(scene.i_train):
+            rows, cols = torch.from_numpy(pixels[k][:, 0].astype(np.int64)), torch.from_numpy(pixels[k][:, 1].astype(np.int64))
+            o, d, rgb = reference.rays_at(torch.tensor(image_id).expand(len(rows)), rows, cols)
+            cached = torch.from_numpy(np.array(rays[k]))
+            assert torch.equal(cached[:, 0:3], o) and torch.equal(cached[:, 3:6], d)
+            assert torch.equal(cached[:, 6:9], rgb)
+            if ndc is not None:
+                a = prepare_rays(cached[:, 0:3], cached[:, 3:6], 0.0, 1.0, ndc)
+                b = prepare_rays(o, d, 0.0, 1.0, ndc)
+                assert torch.equal(a.origins, b.origins) and torch.equal(a.viewdirs, b.viewdirs)
+    return cache
+
+
+def test_blender_cache_matches_uncached_rays_and_white_targets(tmp_path, blender_dir):
+    out = tmp_path / "cache"
+    cache_dataset.main(["--datapath", blender_dir, "--halfres", "False", "--savedir", str(out),
+                        "--num-random-rays", "20", "--num-variations", "3"])
+    scene = load_scene(DatasetConfig(type="blender", basedir=blender_dir), white_background=True)
+    cache = _check_against_uncached(str(out), scene)
+    assert cache.manifest["dataset"]["white_background"] is True
+    assert sorted(os.listdir(out / "train")) == [f"{kind}_{v:04d}.npy" for kind in ("pixels", "rays") for v in range(3)]
+    first, second = (np.asarray(p[0]) for p in cache.pixels[:2])
+    assert not np.array_equal(first, second)  # every variation is stored, none overwritten
+    assert len({tuple(p) for p in first}) == 20  # without replacement within an image
+    val = cache.validation_scene()
+    assert torch.equal(val.images, scene.images[scene.i_val])
+    assert torch.allclose(val.poses, scene.poses[scene.i_val])
+
+
+def test_llff_cache_with_ndc_matches(tmp_path):
+    _write_llff(tmp_path / "llff")
+    config = {"dataset": {"type": "llff", "basedir": str(tmp_path / "llff"), "downsample_factor": 8},
+              "nerf": {"train": {"num_random_rays": 16}}}
+    path = tmp_path / "cfg.yml"
+    path.write_text(yaml.safe_dump(config))
+    cache_dataset.main(["--config", str(path), "--savedir", str(tmp_path / "cache"), "--sample-all"])
+    scene = load_scene(DatasetConfig(type="llff", basedir=str(tmp_path / "llff"), downsample_factor=8), False)
+    cache = _check_against_uncached(str(tmp_path / "cache"), scene, ndc=(scene.height, scene.width, scene.focal))
+    assert cache.manifest["sample_all"] and cache.manifest["rays_per_image"] == 48
+    cache.check(config_from_dict(config))
+
+
+def test_manifest_mismatch_is_refused(tmp_path, blender_dir):
+    out = tmp_path / "cache"
+    cache_dataset.main(["--datapath", blender_dir, "--savedir", str(out), "--num-random-rays", "64"])
+    cfg = {"experiment": {"logdir": str(tmp_path / "logs"), "train_iters": 1, "validate_every": 0, "device": "cpu"},
+           "dataset": {"type": "blender", "basedir": blender_dir, "cachedir": str(out), "half_res": True},
+           "nerf": {"train": {"num_random_rays": 32, "white_background": True},
+                    "validation": {"white_background": True}}}
+    config = tmp_path / "cfg.yml"
+    config.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit) as err:
+        train_nerf.main(["--config", str(config)])
+    assert "built with other settings: dataset.half_res: cache False, config True" in str(err.value)
+    with pytest.raises(SystemExit) as err:
+        train_nerf.main(["--config", str(config), "--set", "dataset.half_res=false",
+                         "--set", "nerf.train.white_background=false", "--set", "nerf.validation.white_background=false"])
+    assert "nerf.train.white_background: cache True, config False" in str(err.value)
+    with pytest.raises(SystemExit) as err:
+        train_nerf.main(["--config", str(config), "--set", "dataset.half_res=false",
+                         "--set", "nerf.train.num_random_rays=100"])
+    assert "exceeds the 64 cached rays" in str(err.value)
+
+
+def test_training_from_a_cache(tmp_path, blender_dir):
+    out = tmp_path / "cache"
+    cache_dataset.main(["--datapath", blender_dir, "--savedir", str(out), "--num-random-rays", "200",
+                        "--num-variations", "2"])
+    model = {"type": "FlexibleNeRFModel", "num_layers": 2, "hidden_size": 16, "skip_connect_every": 0,
+             "hidden_size_dir": 8, "num_encoding_fn_xyz": 3, "num_encoding_fn_dir": 1}
+    cfg = {"experiment": {"logdir": str(tmp_path / "logs"), "train_iters": 4, "validate_every": 4, "device": "cpu"},
+           "dataset": {"type": "blender", "basedir": blender_dir, "cachedir": str(out)},
+           "models": {"coarse": model, "fine": model},
+           "nerf": {"train": {"num_random_rays": 32, "num_coarse": 4, "num_fine": 4, "white_background": True,
+                              "precrop_iters": 2, "precrop_frac": 0.5},
+                    "validation": {"num_coarse": 4, "num_fine": 4, "white_background": True}}}
+    config = tmp_path / "cfg.yml"
+    config.write_text(yaml.safe_dump(cfg))
+    metrics = train_nerf.main(["--config", str(config)])
+    assert np.isfinite(metrics["val_psnr"]) and metrics["step"] == 4
+
+
+def test_cached_batching_visits_every_ray_once_per_epoch(tmp_path, blender_dir):
+    out = tmp_path / "cache"
+    cache_dataset.main(["--datapath", blender_dir, "--savedir", str(out), "--num-random-rays", "6",
+                        "--num-variations", "2"])
+    cache = RayCache(str(out))
+    batcher = CachedRayBatcher(cache, TrainConfig(num_random_rays=7, use_batching=True), 0, torch.device("cpu"))
+    seen = torch.cat([torch.cat(batcher.batch(step), -1) for step in range(batcher.batches_per_epoch)])
+    everything = torch.cat([torch.from_numpy(np.asarray(r)).reshape(-1, 9) for r in cache.rays])
+    assert seen.shape == everything.shape == (60, 9)
+    assert torch.equal(torch.sort(seen, dim=0).values, torch.sort(everything, dim=0).values)
+
+
+def test_halfres_false_means_false_and_flags_are_checked(tmp_path):
+    args = cache_dataset.parse_args(["--datapath", "x", "--halfres", "False", "--savedir", "y",
+                                     "--num-random-rays", "8192", "--num-variations", "50"])
+    assert args.halfres is False and args.num_random_rays == 8192 and args.num_variations == 50
+    assert cache_dataset.parse_args(["--datapath", "x", "--blender-half-res", "true", "--savedir", "y"]).halfres
+    with pytest.raises(SystemExit):
+        cache_dataset.parse_args(["--datapath", "x", "--halfres", "maybe", "--savedir", "y"])
+    with pytest.raises(SystemExit):
+        cache_dataset.parse_args(["--savedir", "y"])  # neither --config nor --datapath
+
+
+def test_interrupted_build_leaves_nothing(tmp_path, blender_dir, monkeypatch):
+    class Interrupt:
+        def __init__(self):
+            self.count = 0
+
+        def update(self, n):
+            self.count += n
+            if self.count == 3:
+                raise KeyboardInterrupt
+
+    from nerf.cache import build_cache, dataset_settings
+
+    scene = load_scene(DatasetConfig(type="blender", basedir=blender_dir), white_background=True)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(scene, dataset_settings(DatasetConfig(basedir=blender_dir), True), str(tmp_path / "c"), 8, 2, 0,
+                    progress=Interrupt())
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(SystemExit, match="already exists"):
+        os.makedirs(tmp_path / "c")
+        cache_dataset.main(["--datapath", blender_dir, "--savedir", str(tmp_path / "c")])

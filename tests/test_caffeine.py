@@ -1,0 +1,40 @@
+import pytest
+
+import caffeine
+
+
+def test_interval_parsing():
+    assert caffeine.parse_interval([]) == 60.0
+    assert caffeine.parse_interval(["2.5"]) == 2.5
+    for bad in (["0"], ["-3"], ["abc"], ["nan"], ["inf"], ["1", "2"]):
+        with pytest.raises(ValueError, match="usage"):
+            caffeine.parse_interval(bad)
+
+
+def test_bad_interval_prints_usage_and_exits_2(capsys):
+    assert caffeine.main(["soon"]) == 2
+    assert "usage: python caffeine.py [interval]" in capsys.readouterr().err
+
+
+def _which(available):
+    return lambda name: f"/usr/bin/{name}" if name in available else None
+
+
+def test_prefers_the_os_inhibitor():
+    no_import = lambda name: False  # noqa: E731
+    assert caffeine.choose_method("win32", _which([]), {}, no_import) == "windows"
+    assert caffeine.choose_method("darwin", _which(["caffeinate"]), {}, no_import) == "caffeinate"
+    assert caffeine.choose_method("linux", _which(["systemd-inhibit"]), {"DISPLAY": ":0"},
+                                  lambda name: True) == "systemd-inhibit"
+
+
+def test_key_press_only_with_display_and_library():
+    assert caffeine.choose_method("linux", _which([]), {"DISPLAY": ":0"}, lambda name: True) == "keypress"
+    assert caffeine.choose_method("linux", _which([]), {"DISPLAY": ":0"}, lambda name: False) == "none"
+    assert caffeine.choose_method("linux", _which([]), {}, lambda name: True) == "none"  # headless
+
+
+def test_headless_without_inhibitor_says_so(monkeypatch, capsys):
+    monkeypatch.setattr(caffeine, "choose_method", lambda *a: "none")
+    assert caffeine.main(["5"]) == 1
+    assert "NOT keeping this machine awake" in capsys.readouterr().out

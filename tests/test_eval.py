@@ -1,0 +1,87 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+import eval_nerf
+import train_nerf
+from nerf.datasets.demo import generate_demo_scene
+
+MODEL = {"type": "FlexibleNeRFModel", "num_layers": 2, "hidden_size": 16, "skip_connect_every": 0,
+         "hidden_size_dir": 8, "num_encoding_fn_xyz": 3, "num_encoding_fn_dir": 1}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    scene = root / "scene"
+    generate_demo_scene(str(scene), size=12, num_train=4, num_val=2, num_test=3)
+    cfg = {"experiment": {"id": "e", "logdir": str(root / "logs"), "train_iters": 3, "validate_every": 0,
+                          "save_every": 0, "device": "cpu"},
+           "dataset": {"type": "blender", "basedir": str(scene)},
+           "models": {"coarse": MODEL, "fine": MODEL},
+           "nerf": {"train": {"num_random_rays": 32, "num_coarse": 4, "num_fine": 4, "white_background": True},
+                    "validation": {"num_coarse": 4, "num_fine": 4, "white_background": True, "chunksize": 50}}}
+    config = root / "cfg.yml"
+    config.write_text(yaml.safe_dump(cfg))
+    train_nerf.main(["--config", str(config)])
+    return str(config), str(root / "logs" / "e" / "checkpoint000003.ckpt"), root
+
+
+def test_render_path_frames_disparity_and_depth(trained):
+    config, ckpt, root = trained
+    out = root / "render"
+    summary = eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(out), "trial1",
+                              "--save-disparity-image", "--save-depth", "--max-views", "5", "--downsample", "2"])
+    folder = out / "trial1"
+    frames = sorted(p for p in os.listdir(folder) if p.endswith(".png"))
+    assert frames == ["000.png", "010.png", "020.png", "029.png", "039.png"]  # 5 of 40, evenly spaced
+    assert Image.open(folder / "000.png").size == (6, 6)
+    assert len(os.listdir(folder / "disparity")) == 5
+    depth = np.load(folder / "depth" / "000.npy")
+    assert depth.shape == (6, 6) and np.all(depth >= 0) and np.all(depth <= 6.0 + 1e-4)
+    assert summary["resolution"] == [6, 6] and "mean" not in summary
+
+
+def test_test_split_metrics(trained):
+    config, ckpt, root = trained
+    out = root / "test"
+    summary = eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(out), "--split", "test",
+                              "--views", "0,2", "--chunksize", "7"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [v["view"] for v in metrics["views"]] == [0, 2]
+    assert [v["image_index"] for v in metrics["views"]] == [6, 8]  # test split follows train (4) + val (2)
+    assert metrics["mean"]["psnr"] == pytest.approx(np.mean([v["psnr"] for v in metrics["views"]]))
+    assert -1 <= metrics["mean"]["ssim"] <= 1
+    assert summary["mean"]["psnr"] == metrics["mean"]["psnr"]
+    # the saved render reproduces the stored PSNR (8-bit rounding aside)
+    render = np.asarray(Image.open(out / "000.png"), dtype=np.float64) / 255
+    compare = np.asarray(Image.open(out / "compare" / "000.png"), dtype=np.float64) / 255
+    target = compare[:, :12]
+    psnr = -10 * np.log10(np.mean((render - target) ** 2))
+    assert psnr == pytest.approx(metrics["views"][0]["psnr"], abs=0.3)
+    assert os.path.isfile(out / "error" / "002.png")
+
+
+def test_bad_arguments(trained, capsys):
+    config, ckpt, root = trained
+    with pytest.raises(SystemExit) as err:
+        eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(root / "x"), "--split", "test",
+                        "--views", "0,9"])
+    assert "out of range" in str(err.value)
+    with pytest.raises(SystemExit):
+        eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(root / "x"), "--downsample", "0"])
+    with pytest.raises(SystemExit) as err:
+        eval_nerf.main(["--config", config, "--checkpoint", str(root / "none.ckpt"), "--savedir", str(root / "x")])
+    assert "checkpoint file not found" in str(err.value)
+
+
+def test_select_views():
+    assert eval_nerf.select_views(10, None, None) == list(range(10))
+    assert eval_nerf.select_views(10, None, 3) == [0, 4, 9]  # round(4.5) == 4
+    assert eval_nerf.select_views(10, [1, 5, 7], 2) == [1, 7]
+    with pytest.raises(ValueError):
+        eval_nerf.select_views(3, [3], None)
