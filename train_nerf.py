@@ -38,6 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--load-checkpoint", default=None, help="resume from this checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a fresh run even if the run folder holds checkpoints of an earlier run")
     parser.add_argument("--prune", choices=("coarse", "fine", "both"), default=None,
                         help="compress the loaded model by structured pruning while fine-tuning (see pruning:)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -178,6 +180,10 @@ def main(argv=None) -> dict:
               f"{pruning.increment:.0%}, every {pruning.every} steps from step {start_step}")
 
     run_dir = os.path.join(exp.logdir, exp.id)
+    earlier = sorted(name for name in os.listdir(run_dir) if name.endswith(".ckpt")) if os.path.isdir(run_dir) else []
+    if earlier and ckpt is None and not args.overwrite:
+        sys.exit(f"error: {run_dir} already holds checkpoints of an earlier run ({earlier[-1]}); resume it with "
+                 "--load-checkpoint, pick another experiment.id (--set experiment.id=NAME), or pass --overwrite")
     os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "config.yml"))
     config_dict = config_to_dict(cfg)

@@ -222,7 +222,7 @@ class CachedRayBatcher:
         image = int(torch.randint(self.num_images, (1,)))
         candidates = torch.arange(self.rays_per_image)
         if step < opts.precrop_iters:
-            pixels = torch.from_numpy(np.asarray(self.cache.pixels[variation][image]))  # [n, 2]
+            pixels = torch.from_numpy(np.array(self.cache.pixels[variation][image]))  # [n, 2], copied from the map
             half_h = int(self.height // 2 * opts.precrop_frac)
             half_w = int(self.width // 2 * opts.precrop_frac)
             rows, cols = pixels[:, 0], pixels[:, 1]  # same crop as RayBatcher: [c - d, c + d)

@@ -118,7 +118,7 @@ def test_cached_batching_visits_every_ray_once_per_epoch(tmp_path, blender_dir):
     cache = RayCache(str(out))
     batcher = CachedRayBatcher(cache, TrainConfig(num_random_rays=7, use_batching=True), 0, torch.device("cpu"))
     seen = torch.cat([torch.cat(batcher.batch(step), -1) for step in range(batcher.batches_per_epoch)])
-    everything = torch.cat([torch.from_numpy(np.asarray(r)).reshape(-1, 9) for r in cache.rays])
+    everything = torch.cat([torch.from_numpy(np.array(r)).reshape(-1, 9) for r in cache.rays])
     assert seen.shape == everything.shape == (60, 9)
     assert torch.equal(torch.sort(seen, dim=0).values, torch.sort(everything, dim=0).values)
 

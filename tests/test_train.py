@@ -92,6 +92,17 @@ def test_short_training_run_learns(tmp_path, scene_dir):
     assert metrics["train_psnr"] > 15.0
 
 
+def test_a_fresh_run_never_overwrites_earlier_checkpoints(tmp_path, scene_dir):
+    config = _config(tmp_path, scene_dir, train_iters=1)
+    train_nerf.main(["--config", config])
+    first = (tmp_path / "logs" / "run" / "checkpoint000001.ckpt").read_bytes()
+    with pytest.raises(SystemExit) as err:
+        train_nerf.main(["--config", config])
+    assert "already holds checkpoints of an earlier run" in str(err.value)
+    assert (tmp_path / "logs" / "run" / "checkpoint000001.ckpt").read_bytes() == first
+    train_nerf.main(["--config", config, "--overwrite"])
+
+
 def test_bad_inputs_exit_with_one_line_errors(tmp_path, scene_dir, capsys):
     config = _config(tmp_path, scene_dir)
     with pytest.raises(SystemExit) as err:
