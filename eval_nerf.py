@@ -24,7 +24,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from nerf.checkpoint import CheckpointError
@@ -46,7 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="render: the render path (default); test/val: those views with metrics")
     parser.add_argument("--save-disparity-image", action="store_true", help="also write disparity frames")
     parser.add_argument("--save-depth", action="store_true", help="also write depth frames (.png and .npy)")
-    parser.add_argument("--downsample", type=int, default=1, help="render at 1/N resolution")
+    parser.add_argument("--downsample", type=int, default=1,
+                        help="render at 1/N resolution (every N-th pixel; metrics against the same pixels)")
     parser.add_argument("--views", default=None, help="comma-separated view numbers within the split, e.g. 0,8,16")
     parser.add_argument("--max-views", type=int, default=None, help="render at most N views (evenly spaced)")
     parser.add_argument("--chunksize", type=int, default=None, help="rays per chunk (memory knob)")
@@ -113,7 +113,10 @@ def main(argv=None) -> dict:
         cfg = load_config(args.config, args.set)
     except ConfigError as err:
         sys.exit(f"error: {err}")
-    device = select_device(cfg.experiment.device)
+    try:
+        device = select_device(cfg.experiment.device)
+    except RuntimeError as err:
+        sys.exit(f"error: {err}")
     opts = cfg.nerf.validation
     if args.chunksize is not None:
         opts = dataclasses.replace(opts, chunksize=args.chunksize)
@@ -127,7 +130,6 @@ def main(argv=None) -> dict:
     os.makedirs(out_dir, exist_ok=True)
 
     factor = args.downsample
-    height, width, focal = scene.height // factor, scene.width // factor, scene.focal / factor
     if args.split == "render":
         poses, targets, ids = scene.render_poses, None, list(range(len(scene.render_poses)))
     else:
@@ -143,8 +145,9 @@ def main(argv=None) -> dict:
     for position in tqdm(positions, desc=f"rendering {args.split}", dynamic_ncols=True):
         index = ids[position]
         start = time.time()
-        out = render_image(loaded.coarse, loaded.fine, poses[index].to(device), height, width, focal, scene.near,
-                           scene.far, scene.use_ndc, opts)
+        out = render_image(loaded.coarse, loaded.fine, poses[index].to(device), scene.height, scene.width,
+                           scene.focal, scene.near, scene.far, scene.use_ndc, opts, stride=factor)
+        height, width = out["rgb"].shape[:2]
         seconds.append(time.time() - start)
         name = f"{position:03d}"
         save_png(to_uint8(out["rgb"]), os.path.join(out_dir, name + ".png"))
@@ -156,11 +159,8 @@ def main(argv=None) -> dict:
             np.save(os.path.join(out_dir, "depth", name + ".npy"), depth.numpy().astype(np.float32))
             save_png(to_uint8(depth / depth.max().clamp(min=1e-10)), os.path.join(out_dir, "depth", name + ".png"))
         if targets is not None:
-            target = targets[index].to(device)
-            if factor > 1:
-                target = F.interpolate(target.permute(2, 0, 1)[None], size=(height, width),
-                                       mode="area")[0].permute(1, 2, 0)
-            rgb = out["rgb"].clamp(0, 1)
+            target = targets[index][::factor, ::factor].to(device)  # the pixels that were rendered
+            rgb = torch.from_numpy(to_uint8(out["rgb"])).to(device).float() / 255.0  # scored as saved (8-bit)
             record = {"view": position, "image_index": index, "psnr": psnr(rgb, target), "ssim": ssim(rgb, target)}
             if lpips_metric is not None:
                 record["lpips"] = lpips_metric(rgb, target)
@@ -176,7 +176,7 @@ def main(argv=None) -> dict:
             save_png(to_uint8(disp / scale), os.path.join(out_dir, "disparity", name + ".png"))
 
     summary = {"checkpoint": args.checkpoint, "source": loaded.source, "split": args.split,
-               "resolution": [width, height], "downsample": factor, "num_views": len(positions),
+               "resolution": [width, height], "metrics_on": "8-bit renders read back / 255", "downsample": factor, "num_views": len(positions),
                "seconds_per_frame": float(np.mean(seconds))}
     if records:
         summary["mean"] = {key: float(np.mean([r[key] for r in records])) for key in records[0]

@@ -79,20 +79,20 @@ def validation_views(scene: Scene, count: int) -> list:
 
 @torch.no_grad()
 def validate(cfg: Config, scene: Scene, coarse, fine) -> dict:
-    """Render the validation views with the validation settings; mean PSNR of the fine output."""
-    opts = cfg.nerf.validation
-    factor = opts.downsample
-    height, width, focal = scene.height // factor, scene.width // factor, scene.focal / factor
+    """Render the validation views with the validation settings; mean PSNR of the fine output.
+
+    With nerf.validation.downsample = k every k-th pixel is rendered and compared with the same pixels.
+    """
+    opts, stride = cfg.nerf.validation, cfg.nerf.validation.downsample
+    device = next(coarse.parameters()).device
     coarse.eval()
     if fine is not None:
         fine.eval()
     psnrs, mses, first = [], [], None
     for view in validation_views(scene, opts.num_views):
-        target = scene.images[view]  # [H, W, 3]
-        if factor > 1:
-            target = F.interpolate(target.permute(2, 0, 1)[None], size=(height, width), mode="area")[0].permute(1, 2, 0)
-        out = render_image(coarse, fine, scene.poses[view], height, width, focal, scene.near, scene.far,
-                           scene.use_ndc, opts)
+        target = scene.images[view][::stride, ::stride].to(device)  # [H', W', 3]
+        out = render_image(coarse, fine, scene.poses[view].to(device), scene.height, scene.width, scene.focal,
+                           scene.near, scene.far, scene.use_ndc, opts, stride=stride)
         mse = torch.mean((out["rgb"] - target) ** 2).item()
         mses.append(mse)
         psnrs.append(mse_to_psnr(mse))
@@ -112,7 +112,10 @@ def main(argv=None) -> dict:
     except ConfigError as err:
         sys.exit(f"error: {err}")
     exp, train_opts = cfg.experiment, cfg.nerf.train
-    device = select_device(exp.device)
+    try:
+        device = select_device(exp.device)
+    except RuntimeError as err:
+        sys.exit(f"error: {err}")
     torch.manual_seed(exp.randomseed)
 
     try:
@@ -125,10 +128,9 @@ def main(argv=None) -> dict:
             scene = load_scene(cfg.dataset, white_background=train_opts.white_background)
     except (ConfigError, DatasetError) as err:
         sys.exit(f"error: {err}")
-    scene.to(device)
     if not cfg.dataset.cachedir:
         try:
-            batcher = RayBatcher(scene, train_opts, exp.randomseed)
+            batcher = RayBatcher(scene, train_opts, exp.randomseed, device)
         except ConfigError as err:
             sys.exit(f"error: {err}")
     ndc = (scene.height, scene.width, scene.focal) if scene.use_ndc else None

@@ -8,6 +8,7 @@ replacement, optionally from the central crop for the first `precrop_iters` step
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
@@ -24,13 +25,19 @@ class RayBatcher:
     RNG is used (its state is saved in checkpoints).
     """
 
-    def __init__(self, scene: Scene, opts: TrainConfig, seed: int):
+    def __init__(self, scene: Scene, opts: TrainConfig, seed: int, device: Optional[torch.device] = None,
+                 views: Optional[list] = None):
         self.scene = scene
         self.opts = opts
         self.seed = seed
-        self.train_ids = torch.tensor(scene.i_train, device=scene.images.device)
+        self.device = device if device is not None else scene.images.device
+        views = scene.i_train if views is None else views
+        # only these views go to the device; the other images stay where the loader put them
+        self.images = scene.images[views].to(self.device)  # [N_train, H, W, 3]
+        self.poses = scene.poses[views].to(self.device)  # [N_train, 4, 4]
+        self.num_train = len(views)
         self.pixels_per_image = scene.height * scene.width
-        self.total_pixels = len(scene.i_train) * self.pixels_per_image
+        self.total_pixels = self.num_train * self.pixels_per_image
         self.batches_per_epoch = math.ceil(self.total_pixels / opts.num_random_rays)
         self._epoch = -1
         self._permutation = None
@@ -38,16 +45,17 @@ class RayBatcher:
             raise ConfigError(f"nerf.train.num_random_rays ({opts.num_random_rays}) exceeds the pixels of one "
                              f"image ({self.pixels_per_image}); lower it or set use_batching")
 
-    def rays_at(self, image_ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
-        """World rays and target colours of pixels (row, col) of images: [R] each -> 3 x [R, 3]."""
+    def rays_at(self, train_index: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
+        """World rays and target colours of pixels (row, col) of the batcher's views (positions in its
+        view list, i_train by default): [R] each -> 3 x [R, 3]."""
         s = self.scene
+        train_index, rows, cols = train_index.to(self.device), rows.to(self.device), cols.to(self.device)
         dirs = pixel_directions(cols, rows, s.height, s.width, s.focal)  # [R, 3]
-        rays_o, rays_d = rays_from_directions(dirs, s.poses[image_ids, :3, :4])  # [R, 3] each
-        return rays_o, rays_d, s.images[image_ids, rows, cols]
+        rays_o, rays_d = rays_from_directions(dirs, self.poses[train_index, :3, :4])  # [R, 3] each
+        return rays_o, rays_d, self.images[train_index, rows, cols]
 
     def batch(self, step: int):
-        s, opts = self.scene, self.opts
-        device = s.images.device
+        s, opts, device = self.scene, self.opts, self.device
         if opts.use_batching:
             epoch, k = divmod(step, self.batches_per_epoch)
             if epoch != self._epoch:
@@ -55,11 +63,10 @@ class RayBatcher:
                 self._permutation = torch.randperm(self.total_pixels, generator=generator).to(device)
                 self._epoch = epoch
             flat = self._permutation[k * opts.num_random_rays:(k + 1) * opts.num_random_rays]  # [R]
-            image_ids = self.train_ids[flat // self.pixels_per_image]
             pixel = flat % self.pixels_per_image
-            return self.rays_at(image_ids, pixel // s.width, pixel % s.width)
+            return self.rays_at(flat // self.pixels_per_image, pixel // s.width, pixel % s.width)
 
-        image_id = self.train_ids[torch.randint(len(self.train_ids), (1,), device=device)]  # [1]
+        image = torch.randint(self.num_train, (1,), device=device)  # [1], a position in i_train
         if step < opts.precrop_iters:
             half_h, half_w = int(s.height // 2 * opts.precrop_frac), int(s.width // 2 * opts.precrop_frac)
             row0, col0 = s.height // 2 - half_h, s.width // 2 - half_w
@@ -71,4 +78,4 @@ class RayBatcher:
                              "precrop region; lower it or nerf.train.precrop_frac")
         chosen = torch.randperm(crop_h * crop_w, device=device)[:opts.num_random_rays]  # without replacement
         rows, cols = row0 + chosen // crop_w, col0 + chosen % crop_w
-        return self.rays_at(image_id.expand(opts.num_random_rays), rows, cols)
+        return self.rays_at(image.expand(opts.num_random_rays), rows, cols)

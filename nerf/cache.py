@@ -79,18 +79,18 @@ def build_cache(scene: Scene, settings: dict, savedir: str, num_random_rays: Opt
         os.makedirs(os.path.join(tmp, "val"))
         generator = torch.Generator().manual_seed(seed)
         ray_maker = RayBatcher(scene, TrainConfig(num_random_rays=1), seed)
-        train_ids = torch.tensor(scene.i_train)
+        num_train = len(scene.i_train)
         for v in range(variations):
             rays = np.lib.format.open_memmap(os.path.join(tmp, "train", f"rays_{v:04d}.npy"), mode="w+",
-                                             dtype=np.float32, shape=(len(train_ids), rays_per_image, 9))
-            pixels = np.empty((len(train_ids), rays_per_image, 2), dtype=np.int32)
-            for k, image_id in enumerate(train_ids):
+                                             dtype=np.float32, shape=(num_train, rays_per_image, 9))
+            pixels = np.empty((num_train, rays_per_image, 2), dtype=np.int32)
+            for k in range(num_train):
                 if num_random_rays is None:
                     chosen = torch.arange(pixels_per_image)
                 else:  # without replacement within an image, fresh for every variation
                     chosen = torch.randperm(pixels_per_image, generator=generator)[:rays_per_image]
                 rows, cols = chosen // scene.width, chosen % scene.width
-                o, d, rgb = ray_maker.rays_at(image_id.expand(rays_per_image), rows, cols)
+                o, d, rgb = ray_maker.rays_at(torch.tensor(k).expand(rays_per_image), rows, cols)
                 rays[k] = torch.cat((o, d, rgb), dim=-1).cpu().numpy()
                 pixels[k] = torch.stack((rows, cols), dim=-1).numpy()
                 if progress is not None:
@@ -101,9 +101,10 @@ def build_cache(scene: Scene, settings: dict, savedir: str, num_random_rays: Opt
         val = np.lib.format.open_memmap(os.path.join(tmp, "val", "rays.npy"), mode="w+", dtype=np.float32,
                                         shape=(len(scene.i_val), pixels_per_image, 9))
         all_pixels = torch.arange(pixels_per_image)
-        for k, image_id in enumerate(scene.i_val):
-            o, d, rgb = ray_maker.rays_at(torch.tensor(image_id).expand(pixels_per_image),
-                                          all_pixels // scene.width, all_pixels % scene.width)
+        val_rays = RayBatcher(scene, TrainConfig(num_random_rays=1), seed, views=scene.i_val)
+        for k in range(len(scene.i_val)):
+            o, d, rgb = val_rays.rays_at(torch.tensor(k).expand(pixels_per_image),
+                                         all_pixels // scene.width, all_pixels % scene.width)
             val[k] = torch.cat((o, d, rgb), dim=-1).cpu().numpy()
             if progress is not None:
                 progress.update(1)

@@ -226,13 +226,29 @@ def _build(cls: type, data: dict, prefix: str, source: str) -> Any:
     return cls(**kwargs)
 
 
+# Validation renders "with everything else as in training" (official test settings): keys the validation
+# section leaves out are taken from the train section rather than from the defaults.
+INHERITED_VALIDATION_KEYS = ("num_coarse", "num_fine", "lindisp", "white_background", "chunksize", "netchunk")
+
+
+def _inherit_validation_settings(data: dict) -> dict:
+    nerf = data.get("nerf")
+    if not isinstance(nerf, dict) or not isinstance(nerf.get("train"), dict):
+        return data
+    validation = nerf.get("validation") if nerf.get("validation") is not None else {}
+    if not isinstance(validation, dict):
+        return data
+    inherited = {k: nerf["train"][k] for k in INHERITED_VALIDATION_KEYS if k in nerf["train"] and k not in validation}
+    return {**data, "nerf": {**nerf, "validation": {**validation, **inherited}}}
+
+
 def config_from_dict(data: dict, source: str = "<dict>") -> Config:
     """Build and validate a Config from nested plain data (as read from YAML)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
-    cfg = _build(Config, data, "", source)
+    cfg = _build(Config, _inherit_validation_settings(data), "", source)
     validate(cfg, source)
     return cfg
 
@@ -397,10 +413,25 @@ def validate(cfg: Config, source: str = "<config>") -> None:
              d.downsample_factor)
     _require(d.llffhold >= 0, source, "dataset.llffhold", "an integer >= 0", d.llffhold)
     _require(d.bd_factor > 0, source, "dataset.bd_factor", "a value > 0", d.bd_factor)
+    defaults = DatasetConfig()
     if d.type in ("blender", "demo"):
         # NDC assumes a forward-facing capture; the 360-degree Blender scenes never use it.
         _require(d.no_ndc in (None, True), source, "dataset.no_ndc", "true (or unset) for Blender scenes",
                  d.no_ndc)
+        foreign = ("downsample_factor", "llffhold", "bd_factor", "recenter", "spherify", "path_zflat")
+    else:
+        foreign = ("half_res", "testskip")
+        _require(not (d.spherify and not d.no_ndc), source, "dataset.spherify",
+                 "false unless dataset.no_ndc is true (spherified 360-degree captures cannot use NDC)", d.spherify)
+        use_ndc = not d.no_ndc
+        for split in ("train", "validation"):
+            lindisp = getattr(cfg.nerf, split).lindisp
+            _require(not (use_ndc and lindisp), source, f"nerf.{split}.lindisp",
+                     "false under NDC (near = 0; the official code forces it off)", lindisp)
+    for key in foreign:  # keys of the other dataset type would be silently ignored: reject them
+        value = getattr(d, key)
+        _require(value == getattr(defaults, key), source, f"dataset.{key}",
+                 f"to be left unset for dataset.type {d.type} (it does not apply)", value)
     if (d.near is None) != (d.far is None):
         raise ConfigError(f"{source}: keys 'dataset.near' and 'dataset.far' must be set together")
     if d.near is not None:

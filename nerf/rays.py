@@ -27,10 +27,16 @@ def rays_from_directions(dirs_cam: torch.Tensor, c2w: torch.Tensor) -> tuple[tor
     return rays_o, rays_d
 
 
-def get_rays(height: int, width: int, focal: float, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """All rays of an image: (rays_o, rays_d), each [H, W, 3]. c2w: [3, 4] or [4, 4]."""
-    j, i = torch.meshgrid(torch.arange(height, device=c2w.device), torch.arange(width, device=c2w.device),
-                          indexing="ij")  # [H, W] each
+def get_rays(height: int, width: int, focal: float, c2w: torch.Tensor,
+             stride: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays of an image: (rays_o, rays_d), each [H, W, 3] (c2w: [3, 4] or [4, 4]).
+
+    With stride k only every k-th row and column is kept ([ceil(H/k), ceil(W/k), 3]): the image at 1/k
+    resolution with the focal scaled by 1/k, whose pixel (i, j) is the full-size pixel (k i, k j).
+    """
+    rows = torch.arange(0, height, stride, device=c2w.device)
+    cols = torch.arange(0, width, stride, device=c2w.device)
+    j, i = torch.meshgrid(rows, cols, indexing="ij")  # [H/k, W/k] each
     dirs = pixel_directions(i, j, height, width, focal).to(c2w.dtype)
     return rays_from_directions(dirs, c2w[:3, :4])
 

@@ -122,12 +122,15 @@ def render_rays(coarse: nn.Module, fine: Optional[nn.Module], rays: Rays, opts: 
 @torch.no_grad()
 def render_image(coarse: nn.Module, fine: Optional[nn.Module], c2w: torch.Tensor, height: int, width: int,
                  focal: float, near: float, far: float, use_ndc: bool, opts: RenderConfig,
-                 generator: Optional[torch.Generator] = None) -> dict:
-    """Render a full image in chunks of `opts.chunksize` rays. c2w: [3, 4] or [4, 4].
+                 generator: Optional[torch.Generator] = None, stride: int = 1) -> dict:
+    """Render an image in chunks of `opts.chunksize` rays. c2w: [3, 4] or [4, 4].
 
-    Returns rgb [H, W, 3], depth, disp, acc [H, W] (fine pass when there is one).
+    height, width, focal are the training intrinsics (they also define the NDC space); stride k renders
+    every k-th pixel, i.e. the image at 1/k resolution, comparable with `target[::k, ::k]`.
+    Returns rgb [H', W', 3], depth, disp, acc [H', W'] (fine pass when there is one).
     """
-    rays_o, rays_d = get_rays(height, width, focal, c2w)  # [H, W, 3] each
+    rays_o, rays_d = get_rays(height, width, focal, c2w, stride)  # [H', W', 3] each
+    out_height, out_width = rays_o.shape[:2]
     rays = prepare_rays(rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), near, far,
                         (height, width, focal) if use_ndc else None)
     keys = ("rgb", "depth", "disp", "acc")
@@ -136,4 +139,4 @@ def render_image(coarse: nn.Module, fine: Optional[nn.Module], c2w: torch.Tensor
         out = render_rays(coarse, fine, rays[start:start + opts.chunksize], opts, generator)
         for key in keys:
             chunks[key].append(out[key])
-    return {key: torch.cat(chunks[key], dim=0).reshape(height, width, -1).squeeze(-1) for key in keys}
+    return {key: torch.cat(chunks[key], dim=0).reshape(out_height, out_width, -1).squeeze(-1) for key in keys}

@@ -31,7 +31,7 @@ def _check_against_uncached(cache_dir, scene, ndc=None):
     for rays, pixels in zip(cache.rays, cache.pixels):
         for k, image_id in enumerate(scene.i_train):
             rows, cols = torch.from_numpy(pixels[k][:, 0].astype(np.int64)), torch.from_numpy(pixels[k][:, 1].astype(np.int64))
-            o, d, rgb = reference.rays_at(torch.tensor(image_id).expand(len(rows)), rows, cols)
+            o, d, rgb = reference.rays_at(torch.tensor(k).expand(len(rows)), rows, cols)
             cached = torch.from_numpy(np.array(rays[k]))
             assert torch.equal(cached[:, 0:3], o) and torch.equal(cached[:, 3:6], d)
             assert torch.equal(cached[:, 6:9], rgb)

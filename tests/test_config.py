@@ -158,12 +158,36 @@ def test_semantic_errors():
     with pytest.raises(ConfigError, match="dataset.near"):
         config_from_dict({"dataset": {"basedir": "x", "near": 2.0}})
     with pytest.raises(ConfigError, match="nerf.validation.white_background"):
-        config_from_dict({**base, "nerf": {"train": {"white_background": True}}})
+        config_from_dict({**base, "nerf": {"train": {"white_background": True},
+                                           "validation": {"white_background": False}}})
     with pytest.raises(ConfigError, match="experiment.device"):
         config_from_dict({**base, "experiment": {"device": "gpu"}})
     ok = config_from_dict({**base, "models": {"fine": None}, "nerf": {"train": {"num_fine": 0},
                                                                        "validation": {"num_fine": 0}}})
     assert ok.models.fine is None
+
+
+def test_validation_inherits_unset_sampling_keys_from_train():
+    cfg = config_from_dict({"dataset": {"basedir": "x"},
+                            "nerf": {"train": {"num_coarse": 32, "num_fine": 16, "white_background": True},
+                                     "validation": {"num_fine": 8}}})
+    v = cfg.nerf.validation
+    assert (v.num_coarse, v.num_fine, v.white_background) == (32, 8, True)
+    assert v.perturb is False and v.radiance_field_noise_std == 0.0  # test settings are never inherited
+
+
+def test_dataset_keys_of_the_other_type_and_ndc_conflicts_are_rejected():
+    with pytest.raises(ConfigError, match="dataset.llffhold"):
+        config_from_dict({"dataset": {"basedir": "x", "type": "blender", "llffhold": 4}})
+    with pytest.raises(ConfigError, match="dataset.half_res"):
+        config_from_dict({"dataset": {"basedir": "x", "type": "llff", "half_res": True}})
+    with pytest.raises(ConfigError, match="nerf.train.lindisp"):
+        config_from_dict({"dataset": {"basedir": "x", "type": "llff"}, "nerf": {"train": {"lindisp": True}}})
+    with pytest.raises(ConfigError, match="dataset.spherify"):
+        config_from_dict({"dataset": {"basedir": "x", "type": "llff", "spherify": True}})
+    ok = config_from_dict({"dataset": {"basedir": "x", "type": "llff", "no_ndc": True, "spherify": True},
+                           "nerf": {"train": {"lindisp": True}}})
+    assert ok.nerf.validation.lindisp is True
 
 
 def test_save_and_reload_round_trip(tmp_path):

@@ -121,3 +121,7 @@ def test_bad_inputs_exit_with_one_line_errors(tmp_path, scene_dir, capsys):
     with pytest.raises(SystemExit) as err:
         train_nerf.main(["--config", config, "--load-checkpoint", str(other)])
     assert "checkpoint file not found" in str(err.value)
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as err:
+            train_nerf.main(["--config", config, "--set", "experiment.device=cuda:0"])
+        assert "CUDA is not available" in str(err.value)
