@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -22,14 +21,15 @@ from tqdm import tqdm
 
 from nerf.batching import RayBatcher
 from nerf.cache import CachedRayBatcher, RayCache
-from nerf.checkpoint import CheckpointError, load_checkpoint, restore_training_state, save_checkpoint
+from nerf.checkpoint import (CheckpointError, import_optimizer_state, load_checkpoint, restore_training_state,
+                             save_checkpoint)
 from nerf.config import Config, ConfigError, config_to_dict, load_config, save_config
 from nerf.datasets import DatasetError, Scene, load_scene
 from nerf.device import select_device
 from nerf.importers import NATIVE, detect_format, models_from_checkpoint, stored_models_if_pruned
 from nerf.metrics import mse_to_psnr
 from nerf.models import NeRFModel, build_model
-from nerf.pruning import layer_widths, prunable_layers, prune_model, pruned_model_config, transfer_optimizer
+from nerf.pruning import PruningRun, apply_pruning_event, layer_widths, prunable_layers, transfer_optimizer
 from nerf.rendering import prepare_rays, render_image, render_rays
 from nerf.schedule import learning_rate
 
@@ -140,7 +140,6 @@ def main(argv=None) -> dict:
         try:
             ckpt = load_checkpoint(args.load_checkpoint)
             if detect_format(ckpt, args.load_checkpoint) != NATIVE:
-                # another implementation's weights start a new run (step 0, fresh optimizer)
                 foreign = models_from_checkpoint(ckpt, args.load_checkpoint, cfg.models)
         except CheckpointError as err:
             sys.exit(f"error: {err}")
@@ -150,7 +149,6 @@ def main(argv=None) -> dict:
                      f"{train_opts.num_fine}; set it to 0 (and nerf.validation.num_fine) to train coarse only")
         cfg = dataclasses.replace(cfg, models=foreign.models)  # the saved config describes the real models
         coarse, fine = foreign.coarse.to(device), foreign.fine.to(device) if foreign.fine is not None else None
-        print(f"Starting weights from {foreign.description}")
     else:
         if ckpt is not None:
             models = stored_models_if_pruned(ckpt, cfg.models)
@@ -162,24 +160,49 @@ def main(argv=None) -> dict:
     optimizer = torch.optim.Adam(model_parameters(coarse, fine), lr=cfg.optimizer.lr,
                                  betas=(cfg.optimizer.beta1, cfg.optimizer.beta2), eps=cfg.optimizer.eps)
     start_step = 0
-    if ckpt is not None and foreign is None:
+    if foreign is not None:
+        # another implementation's run continues at the step after its last update, with its Adam moments
+        # when they fit our parameters (our hyperparameters, e.g. eps 1e-7, replace the stored ones)
+        start_step = foreign.step
+        kept = import_optimizer_state(optimizer, ckpt.get("optimizer_state_dict"), cfg.optimizer)
+        print(f"Starting from {foreign.description}; continuing at step {start_step} with "
+              f"{'its Adam state' if kept else 'a fresh Adam state (the stored one does not fit)'}")
+    elif ckpt is not None:
         try:
             start_step = restore_training_state(ckpt, args.load_checkpoint, coarse, fine, optimizer)
         except CheckpointError as err:
             sys.exit(f"error: {err}")
         print(f"Resumed from {args.load_checkpoint} at step {start_step}")
+
+    # --prune: a new pruning run, or the unfinished one stored in the checkpoint (resumed with or without the flag)
+    stored = ckpt.get("pruning") if ckpt is not None and foreign is None else None
+    pruning_run = PruningRun.from_dict(stored) if stored else None
+    if pruning_run is not None and not pruning_run.finished:
+        if args.prune and args.prune != pruning_run.which:
+            sys.exit(f"error: {args.load_checkpoint}: holds an unfinished --prune {pruning_run.which} run; "
+                     f"resume it (with --prune {pruning_run.which} or no --prune) before pruning {args.prune}")
+        print(f"Continuing the --prune {pruning_run.which} run: {pruning_run.events_done}/{pruning_run.num_events} "
+              "events done")
+    elif args.prune:
+        p = cfg.pruning
+        pruning_run = PruningRun(args.prune, start_step, {}, p.amount, p.increment, p.every)
     pruned_models = {}
-    if args.prune:
+    if pruning_run is not None and not pruning_run.finished:
         try:
-            pruned_models = models_to_prune(args.prune, coarse, fine, args.load_checkpoint,
+            pruned_models = models_to_prune(pruning_run.which, coarse, fine, args.load_checkpoint,
                                             cfg.pruning.excluded_layers)
         except ValueError as err:
             sys.exit(f"error: {err}")
-        start_widths = {which: layer_widths(model) for which, model in pruned_models.items()}
-        pruning = cfg.pruning
-        num_events = math.ceil(pruning.amount / pruning.increment - 1e-9)
-        print(f"Pruning {args.prune}: {pruning.amount:.0%} of each prunable layer in {num_events} events of "
-              f"{pruning.increment:.0%}, every {pruning.every} steps from step {start_step}")
+        if not pruning_run.start_widths:
+            pruning_run.start_widths = {which: layer_widths(model) for which, model in pruned_models.items()}
+        if pruning_run.last_step > exp.train_iters:
+            sys.exit(f"error: the pruning schedule needs steps up to {pruning_run.last_step} ({pruning_run.num_events} "
+                     f"events every {pruning_run.every} steps from {pruning_run.start_step}) but "
+                     f"experiment.train_iters is {exp.train_iters}")
+        print(f"Pruning {pruning_run.which}: {pruning_run.amount:.0%} of each prunable layer in "
+              f"{pruning_run.num_events} events of {pruning_run.increment:.0%}, at steps "
+              f"{pruning_run.start_step + pruning_run.every}..{pruning_run.last_step} (every {pruning_run.every})")
+    lr_scale = cfg.pruning.lr_scale if pruning_run is not None else 1.0  # the whole pruning fine-tune
 
     run_dir = os.path.join(exp.logdir, exp.id)
     earlier = sorted(name for name in os.listdir(run_dir) if name.endswith(".ckpt")) if os.path.isdir(run_dir) else []
@@ -203,9 +226,7 @@ def main(argv=None) -> dict:
     progress = tqdm(range(start_step, exp.train_iters), initial=start_step, total=exp.train_iters,
                     dynamic_ncols=True)
     for step in progress:
-        lr = learning_rate(step, cfg.optimizer.lr, cfg.scheduler.lr_decay, cfg.scheduler.lr_decay_factor)
-        if pruned_models:
-            lr *= cfg.pruning.lr_scale
+        lr = lr_scale * learning_rate(step, cfg.optimizer.lr, cfg.scheduler.lr_decay, cfg.scheduler.lr_decay_factor)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
@@ -220,19 +241,13 @@ def main(argv=None) -> dict:
 
         completed = step + 1
         is_last = completed == exp.train_iters
-        event, remainder = divmod(completed - start_step, cfg.pruning.every)
-        if pruned_models and remainder == 0 and 1 <= event <= num_events:
-            fraction = min(cfg.pruning.amount, event * cfg.pruning.increment)
-            changes, new_models = [], {}
-            for which, model in pruned_models.items():
-                report, model_changes = prune_model(model, fraction, start_widths[which], cfg.pruning.norm,
-                                                    cfg.pruning.excluded_layers)
-                changes += model_changes
-                new_models[which] = pruned_model_config(model, getattr(cfg.models, which))
-                sizes = ", ".join(f"{name} {a}->{b}" for name, (a, b) in report.items())
-                tqdm.write(f"[step {completed}] pruned {which} to {1 - fraction:.0%} of its width: {sizes}")
+        if pruned_models and pruning_run.due(completed):
+            changes, models, lines = apply_pruning_event(pruning_run, pruned_models, cfg.models, cfg.pruning.norm,
+                                                         cfg.pruning.excluded_layers)
+            for line in lines:
+                tqdm.write(f"[step {completed}] {line}")
             optimizer = transfer_optimizer(optimizer, model_parameters(coarse, fine), changes)
-            cfg = dataclasses.replace(cfg, models=dataclasses.replace(cfg.models, **new_models))
+            cfg = dataclasses.replace(cfg, models=models)
             config_dict = config_to_dict(cfg)
             save_config(cfg, os.path.join(run_dir, "config.yml"))
             writer.add_scalar("pruning/parameters", sum(p.numel() for p in model_parameters(coarse, fine)), completed)
@@ -260,7 +275,8 @@ def main(argv=None) -> dict:
                        f"({time.time() - start_time:.0f} s)")
         if (exp.save_every and completed % exp.save_every == 0) or is_last:
             save_checkpoint(os.path.join(run_dir, f"checkpoint{completed:06d}.ckpt"), completed, coarse, fine,
-                            optimizer, config_dict, metrics)
+                            optimizer, config_dict, metrics,
+                            {"pruning": pruning_run.to_dict() if pruning_run is not None else None})
     progress.close()
     writer.close()
     metrics["seconds"] = time.time() - start_time

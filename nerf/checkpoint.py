@@ -22,17 +22,29 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model; the message names the file."""
 
 
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
 def rng_state() -> dict:
+    """The generators training draws from: CPU, every CUDA device, and MPS."""
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if _mps_available():
+        state["mps"] = torch.mps.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    try:
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        if "mps" in state and _mps_available():
+            torch.mps.set_rng_state(state["mps"])
+    except (RuntimeError, IndexError) as err:  # e.g. resumed on a machine with another GPU count
+        print(f"warning: device RNG state not restored ({err}); the resumed run is not bit-exact")
 
 
 def atomic_torch_save(obj: object, path: str) -> None:
@@ -53,8 +65,10 @@ def atomic_torch_save(obj: object, path: str) -> None:
 
 
 def save_checkpoint(path: str, step: int, coarse: nn.Module, fine: Optional[nn.Module],
-                    optimizer: torch.optim.Optimizer, config: dict, metrics: Optional[dict] = None) -> None:
+                    optimizer: torch.optim.Optimizer, config: dict, metrics: Optional[dict] = None,
+                    extra: Optional[dict] = None) -> None:
     atomic_torch_save({
+        **(extra or {}),
         "format_version": FORMAT_VERSION,
         "step": step,
         "model_coarse_state_dict": coarse.state_dict(),
@@ -101,7 +115,8 @@ def load_model_state(model: nn.Module, state: Optional[dict], path: str, name: s
     own = model.state_dict()
     if set(own) != set(state) or any(tuple(state[k].shape) != tuple(v.shape) for k, v in own.items()):
         raise CheckpointError(f"{path}: the {name} weights do not fit the configured model "
-                              f"({_describe_mismatch(model, state)}); was it trained with another architecture?")
+                              f"({_describe_mismatch(model, state)}); it was trained with another architecture "
+                              "(the config.yml saved beside it describes that one)")
     model.load_state_dict(state)
 
 
@@ -124,3 +139,23 @@ def restore_training_state(ckpt: dict, path: str, coarse: nn.Module, fine: Optio
     if "rng_state" in ckpt:
         set_rng_state(ckpt["rng_state"])
     return int(ckpt["step"])
+
+
+def import_optimizer_state(optimizer: torch.optim.Optimizer, state: Optional[dict], hyper) -> bool:
+    """Load another implementation's Adam state if every moment tensor fits our parameters, then put our
+    own hyperparameters (lr, betas, eps) back; leave the optimizer fresh and return False otherwise."""
+    if not isinstance(state, dict) or not state.get("state"):
+        return False
+    fresh = optimizer.state_dict()
+    try:
+        optimizer.load_state_dict(state)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        fits = all(optimizer.state[p]["exp_avg"].shape == p.shape for p in params if p in optimizer.state)
+    except (ValueError, KeyError, RuntimeError, TypeError):
+        fits = False
+    if not fits:
+        optimizer.load_state_dict(fresh)
+        return False
+    for group in optimizer.param_groups:
+        group.update(lr=hyper.lr, betas=(hyper.beta1, hyper.beta2), eps=hyper.eps)
+    return True

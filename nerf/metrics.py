@@ -33,8 +33,9 @@ def ssim(image: torch.Tensor, target: torch.Tensor, window_size: int = 11, sigma
     SSIM = (2 mu_x mu_y + C1)(2 s_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(s_x^2 + s_y^2 + C2)),
     C1 = (k1 L)^2, C2 = (k2 L)^2, with local statistics under the Gaussian window.
     """
-    x = image.double().permute(2, 0, 1)[:, None]  # [C, 1, H, W]
-    y = target.double().permute(2, 0, 1)[:, None]
+    # float64 on the CPU: exact enough for comparisons, and MPS has no float64
+    x = image.detach().to("cpu", torch.float64).permute(2, 0, 1)[:, None]  # [C, 1, H, W]
+    y = target.detach().to("cpu", torch.float64).permute(2, 0, 1)[:, None]
     g = _gaussian_window(window_size, sigma, x.dtype, x.device)
     window = (g[:, None] * g[None, :])[None, None]  # [1, 1, k, k]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -134,3 +135,57 @@ def transfer_optimizer(optimizer: torch.optim.Adam, params: list, changes: list)
         if param in state:
             new_optimizer.state[param] = state[param]
     return new_optimizer
+
+
+@dataclass
+class PruningRun:
+    """The schedule of one `--prune` run, stored in its checkpoints so that an interrupted run resumes with
+    the same events at the same absolute steps: events fire at start_step + k * every, k = 1..num_events."""
+
+    which: str  # coarse | fine | both
+    start_step: int
+    start_widths: dict  # {"coarse": {layer: width}, ...} at the start of the run
+    amount: float
+    increment: float
+    every: int
+    events_done: int = 0
+
+    @property
+    def num_events(self) -> int:
+        return math.ceil(self.amount / self.increment - 1e-9)
+
+    @property
+    def last_step(self) -> int:
+        return self.start_step + self.num_events * self.every
+
+    @property
+    def finished(self) -> bool:
+        return self.events_done >= self.num_events
+
+    def due(self, completed: int) -> bool:
+        return not self.finished and completed == self.start_step + (self.events_done + 1) * self.every
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PruningRun":
+        return cls(**data)
+
+
+def apply_pruning_event(run: PruningRun, models: dict, model_configs, norm: int, excluded) -> tuple:
+    """Fire the next event of `run` on `models` ({"coarse": model, ...}).
+
+    Returns (parameter changes for transfer_optimizer, updated ModelsConfig, one report line per model).
+    """
+    event = run.events_done + 1
+    fraction = min(run.amount, event * run.increment)
+    changes, updated, lines = [], {}, []
+    for which, model in models.items():
+        report, model_changes = prune_model(model, fraction, run.start_widths[which], norm, excluded)
+        changes += model_changes
+        updated[which] = pruned_model_config(model, getattr(model_configs, which))
+        sizes = ", ".join(f"{name} {a}->{b}" for name, (a, b) in report.items())
+        lines.append(f"pruned {which} to {1 - fraction:.0%} of its width (event {event}/{run.num_events}): {sizes}")
+    run.events_done = event
+    return changes, dataclasses.replace(model_configs, **updated), lines

@@ -119,10 +119,27 @@ def test_prune_run_shrinks_checkpoint_and_resumes(tmp_path):
     assert summary["num_views"] == 1
     # and can be pruned further
     train_nerf.main(["--config", str(config), "--load-checkpoint", str(pruned), "--prune", "coarse",
-                     "--set", "experiment.id=again", "--set", "experiment.train_iters=9"])
-    again = load_checkpoint(str(tmp_path / "logs" / "again" / "checkpoint000009.ckpt"))
-    assert again["config"]["models"]["coarse"]["layer_widths"] == [6, 6, 6]  # 8 - floor(0.25 * 8)
+                     "--set", "experiment.id=again", "--set", "experiment.train_iters=11"])
+    again = load_checkpoint(str(tmp_path / "logs" / "again" / "checkpoint000011.ckpt"))
+    assert again["config"]["models"]["coarse"]["layer_widths"] == [4, 4, 4]  # 8 - floor(0.5 * 8)
     assert again["config"]["models"]["fine"]["layer_widths"] == [8, 8, 8]
+    with pytest.raises(SystemExit, match="pruning schedule needs steps up to 11"):
+        train_nerf.main(["--config", str(config), "--load-checkpoint", str(pruned), "--prune", "coarse",
+                         "--set", "experiment.id=short", "--set", "experiment.train_iters=10"])
+
+    # an interrupted pruning run resumes (without --prune) to the same weights as an uninterrupted one
+    train_nerf.main(["--config", str(config), "--load-checkpoint", str(base), "--prune", "both",
+                     "--set", "experiment.id=part", "--set", "experiment.train_iters=7",
+                     "--set", "experiment.save_every=5"])
+    part = tmp_path / "logs" / "part" / "checkpoint000005.ckpt"
+    assert load_checkpoint(str(part))["pruning"]["events_done"] == 1
+    train_nerf.main(["--config", str(config), "--load-checkpoint", str(part), "--set", "experiment.id=resumed",
+                     "--set", "experiment.train_iters=7"])
+    resumed = load_checkpoint(str(tmp_path / "logs" / "resumed" / "checkpoint000007.ckpt"))
+    assert resumed["pruning"]["events_done"] == 2
+    for name in ("model_coarse_state_dict", "model_fine_state_dict"):
+        for key, value in ckpt[name].items():
+            assert torch.equal(resumed[name][key], value), key
 
 
 def test_prune_refusals(tmp_path):

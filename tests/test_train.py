@@ -125,3 +125,28 @@ def test_bad_inputs_exit_with_one_line_errors(tmp_path, scene_dir, capsys):
         with pytest.raises(SystemExit) as err:
             train_nerf.main(["--config", config, "--set", "experiment.device=cuda:0"])
         assert "CUDA is not available" in str(err.value)
+
+
+def test_yenchenlin_checkpoint_continues_its_schedule_and_adam_state(tmp_path, scene_dir, capsys):
+    from nerf.models import NeRFModel
+
+    torch.manual_seed(0)
+    coarse = NeRFModel(num_layers=3, hidden_size=16, skip_connect_every=1, hidden_size_dir=8,
+                       num_encoding_fn_xyz=5, num_encoding_fn_dir=2)
+    fine = NeRFModel(num_layers=3, hidden_size=16, skip_connect_every=1, hidden_size_dir=8,
+                     num_encoding_fn_xyz=5, num_encoding_fn_dir=2)
+    adam = torch.optim.Adam(list(coarse.parameters()) + list(fine.parameters()), lr=1e-3, eps=1e-8)
+    (coarse(torch.randn(4, 3), torch.randn(4, 3)).sum() + fine(torch.randn(4, 3), torch.randn(4, 3)).sum()).backward()
+    adam.step()
+    tar = tmp_path / "000005.tar"
+    torch.save({"global_step": 4, "network_fn_state_dict": coarse.state_dict(),
+                "network_fine_state_dict": fine.state_dict(), "optimizer_state_dict": adam.state_dict()}, tar)
+    config = _config(tmp_path, scene_dir, train_iters=7, save_every=0)
+    train_nerf.main(["--config", config, "--load-checkpoint", str(tar), "--set", "experiment.id=imported"])
+    assert "continuing at step 5 with its Adam state" in capsys.readouterr().out
+    ckpt = load_checkpoint(str(tmp_path / "logs" / "imported" / "checkpoint000007.ckpt"))
+    assert ckpt["step"] == 7
+    assert ckpt["config"]["models"]["coarse"]["hidden_size"] == 16
+    state = ckpt["optimizer_state_dict"]
+    assert float(state["state"][0]["step"]) == 3  # 1 imported update + 2 here
+    assert state["param_groups"][0]["eps"] == pytest.approx(1e-7)  # our epsilon, not theirs
