@@ -150,10 +150,17 @@ class RayCache:
         if self.manifest.get("schema") != SCHEMA:
             raise ConfigError(f"{path}: cache schema {self.manifest.get('schema')}, expected {SCHEMA}; rebuild it")
         self.folder = folder
-        self.rays = [np.load(os.path.join(folder, "train", f"rays_{v:04d}.npy"), mmap_mode="r")
-                     for v in range(self.manifest["num_variations"])]  # each [N, n, 9]
-        self.pixels = [np.load(os.path.join(folder, "train", f"pixels_{v:04d}.npy"), mmap_mode="r")
-                       for v in range(self.manifest["num_variations"])]  # each [N, n, 2]
+        variations = range(self.manifest["num_variations"])
+        self.rays = [self._load("train", f"rays_{v:04d}.npy") for v in variations]  # each [N, n, 9]
+        self.pixels = [self._load("train", f"pixels_{v:04d}.npy") for v in variations]  # each [N, n, 2]
+
+    def _load(self, *parts: str) -> np.ndarray:
+        path = os.path.join(self.folder, *parts)
+        try:
+            return np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{path}: missing or unreadable cache file ({err.__class__.__name__}); rebuild the "
+                              "cache with cache_dataset.py") from None
 
     def check(self, cfg: Config, source: str = "config") -> None:
         """Refuse a cache whose settings disagree with the training config (one line per difference)."""
@@ -174,7 +181,7 @@ class RayCache:
     def validation_scene(self) -> Scene:
         """The validation views as a Scene (targets from the cached rays, poses from the manifest)."""
         m = self.manifest
-        val = np.load(os.path.join(self.folder, "val", "rays.npy"), mmap_mode="r")
+        val = self._load("val", "rays.npy")
         images = torch.from_numpy(np.ascontiguousarray(val[..., 6:9])).reshape(-1, m["height"], m["width"], 3)
         poses = torch.tensor(m["val_poses"], dtype=torch.float32).reshape(-1, 4, 4)
         ids = list(range(len(poses)))

@@ -91,6 +91,10 @@ def test_manifest_mismatch_is_refused(tmp_path, blender_dir):
         train_nerf.main(["--config", str(config), "--set", "dataset.half_res=false",
                          "--set", "nerf.train.num_random_rays=100"])
     assert "exceeds the 64 cached rays" in str(err.value)
+    os.remove(out / "train" / "rays_0000.npy")
+    with pytest.raises(SystemExit) as err:
+        train_nerf.main(["--config", str(config), "--set", "dataset.half_res=false"])
+    assert "rays_0000.npy: missing or unreadable cache file" in str(err.value)
 
 
 def test_training_from_a_cache(tmp_path, blender_dir):
