@@ -29,7 +29,22 @@ def _linear(in_features: int, out_features: int) -> nn.Linear:
     return layer
 
 
-class NeRFModel(nn.Module):
+class EncodedField(nn.Module):
+    """Base of the models: the positional-encoding settings of the position and direction inputs."""
+
+    def __init__(self, num_encoding_fn_xyz: int, num_encoding_fn_dir: int, include_input_xyz: bool,
+                 include_input_dir: bool, log_sampling_xyz: bool, log_sampling_dir: bool, use_viewdirs: bool):
+        super().__init__()
+        self.encoding_xyz = dict(num_freqs=num_encoding_fn_xyz, include_input=include_input_xyz,
+                                 log_sampling=log_sampling_xyz)
+        self.encoding_dir = dict(num_freqs=num_encoding_fn_dir, include_input=include_input_dir,
+                                 log_sampling=log_sampling_dir)
+        self.use_viewdirs = use_viewdirs
+        self.xyz_width = encoding_width(num_encoding_fn_xyz, include_input_xyz)
+        self.dir_width = encoding_width(num_encoding_fn_dir, include_input_dir)
+
+
+class NeRFModel(EncodedField):
     """The NeRF MLP (paper: Mildenhall et al. 2020, Fig. 7; official run_nerf_helpers.init_nerf_model).
 
     h_0 = gamma(x); h_{k+1} = ReLU(L_k(h_k)); after the ReLU of each skip layer, h <- [gamma(x), h].
@@ -42,14 +57,8 @@ class NeRFModel(nn.Module):
                  include_input_xyz: bool = True, include_input_dir: bool = True,
                  log_sampling_xyz: bool = True, log_sampling_dir: bool = True, use_viewdirs: bool = True,
                  layer_widths: Optional[Sequence[int]] = None):
-        super().__init__()
-        self.encoding_xyz = dict(num_freqs=num_encoding_fn_xyz, include_input=include_input_xyz,
-                                 log_sampling=log_sampling_xyz)
-        self.encoding_dir = dict(num_freqs=num_encoding_fn_dir, include_input=include_input_dir,
-                                 log_sampling=log_sampling_dir)
-        self.use_viewdirs = use_viewdirs
-        self.xyz_width = encoding_width(num_encoding_fn_xyz, include_input_xyz)
-        dir_width = encoding_width(num_encoding_fn_dir, include_input_dir)
+        super().__init__(num_encoding_fn_xyz, num_encoding_fn_dir, include_input_xyz, include_input_dir,
+                         log_sampling_xyz, log_sampling_dir, use_viewdirs)
         # A skip after the last layer would feed nothing, so only interior layers qualify.
         self.skips = tuple(i for i in range(1, num_layers - 1)
                            if skip_connect_every > 0 and i % skip_connect_every == 0)
@@ -59,7 +68,7 @@ class NeRFModel(nn.Module):
         self.pts_linears = nn.ModuleList(_linear(w_in, w_out) for w_in, w_out in zip(widths_in, widths))
         if use_viewdirs:
             # registration order = yenchenlin's, so its optimizer state maps onto ours index by index
-            self.views_linears = nn.ModuleList([_linear(hidden_size + dir_width, hidden_size_dir)])
+            self.views_linears = nn.ModuleList([_linear(hidden_size + self.dir_width, hidden_size_dir)])
             self.feature_linear = _linear(widths[-1], hidden_size)
             self.alpha_linear = _linear(widths[-1], 1)
             self.rgb_linear = _linear(hidden_size_dir, 3)
@@ -83,7 +92,7 @@ class NeRFModel(nn.Module):
         return torch.cat((self.rgb_linear(h), sigma_raw), dim=-1)  # [P, 4]
 
 
-class TinyNeRFModel(nn.Module):
+class TinyNeRFModel(EncodedField):
     """A small MLP for quick experiments: raw = L_out(MLP([gamma(x), gamma(d)])), with optional skips.
 
     The view direction (when used) enters at the input; there is no separate density or view head.
@@ -93,15 +102,9 @@ class TinyNeRFModel(nn.Module):
                  num_encoding_fn_xyz: int = 6, num_encoding_fn_dir: int = 4, include_input_xyz: bool = True,
                  include_input_dir: bool = True, log_sampling_xyz: bool = True, log_sampling_dir: bool = True,
                  use_viewdirs: bool = True):
-        super().__init__()
-        self.encoding_xyz = dict(num_freqs=num_encoding_fn_xyz, include_input=include_input_xyz,
-                                 log_sampling=log_sampling_xyz)
-        self.encoding_dir = dict(num_freqs=num_encoding_fn_dir, include_input=include_input_dir,
-                                 log_sampling=log_sampling_dir)
-        self.use_viewdirs = use_viewdirs
-        in_width = encoding_width(num_encoding_fn_xyz, include_input_xyz)
-        if use_viewdirs:
-            in_width += encoding_width(num_encoding_fn_dir, include_input_dir)
+        super().__init__(num_encoding_fn_xyz, num_encoding_fn_dir, include_input_xyz, include_input_dir,
+                         log_sampling_xyz, log_sampling_dir, use_viewdirs)
+        in_width = self.xyz_width + (self.dir_width if use_viewdirs else 0)
         self.skips = tuple(i for i in range(1, num_layers - 1)
                            if skip_connect_every > 0 and i % skip_connect_every == 0)
         widths_in = [in_width] + [hidden_size + (in_width if i - 1 in self.skips else 0)
@@ -122,7 +125,7 @@ class TinyNeRFModel(nn.Module):
         return self.output_linear(h)
 
 
-class Krrish94NeRFModel(nn.Module):
+class Krrish94NeRFModel(EncodedField):
     """Compatibility model: what krrish94/nerf-pytorch's FlexibleNeRFModel computes, quirks included, so
     that its checkpoints render as they did there. Not the paper model:
 
@@ -137,17 +140,12 @@ class Krrish94NeRFModel(nn.Module):
                  num_encoding_fn_xyz: int = 6, num_encoding_fn_dir: int = 4, include_input_xyz: bool = True,
                  include_input_dir: bool = True, log_sampling_xyz: bool = True, log_sampling_dir: bool = True,
                  use_viewdirs: bool = True):
-        super().__init__()
-        self.encoding_xyz = dict(num_freqs=num_encoding_fn_xyz, include_input=include_input_xyz,
-                                 log_sampling=log_sampling_xyz)
-        self.encoding_dir = dict(num_freqs=num_encoding_fn_dir, include_input=include_input_dir,
-                                 log_sampling=log_sampling_dir)
-        self.use_viewdirs = use_viewdirs
-        self.layer1 = nn.Linear(encoding_width(num_encoding_fn_xyz, include_input_xyz), hidden_size)
+        super().__init__(num_encoding_fn_xyz, num_encoding_fn_dir, include_input_xyz, include_input_dir,
+                         log_sampling_xyz, log_sampling_dir, use_viewdirs)
+        self.layer1 = nn.Linear(self.xyz_width, hidden_size)
         self.layers_xyz = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(num_layers - 1))
         if use_viewdirs:
-            dir_width = encoding_width(num_encoding_fn_dir, include_input_dir)
-            self.layers_dir = nn.ModuleList([nn.Linear(hidden_size + dir_width, hidden_size_dir)])
+            self.layers_dir = nn.ModuleList([nn.Linear(hidden_size + self.dir_width, hidden_size_dir)])
             self.fc_alpha = nn.Linear(hidden_size, 1)
             self.fc_rgb = nn.Linear(hidden_size_dir, 3)
             self.fc_feat = nn.Linear(hidden_size, hidden_size)
