@@ -10,6 +10,10 @@ if ROOT not in sys.path:
 
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 
+# The tests use tiny networks, for which thread start-up costs more than it saves (and a busy machine
+# makes extra threads much slower).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():
