@@ -58,7 +58,7 @@ def write_mp4(paths: list, output: str, fps: float) -> None:
     from PIL import Image
 
     with imageio.get_writer(output, fps=fps, codec="libx264", quality=8, macro_block_size=1,
-                            ffmpeg_params=["-pix_fmt", "yuv420p"]) as writer:
+                            pixelformat="yuv420p") as writer:  # yuv420p: playable everywhere
         for path in paths:
             frame = np.asarray(Image.open(path).convert("RGB"))
             # yuv420p needs even sizes: pad by repeating the last row/column
