@@ -47,12 +47,20 @@ def set_rng_state(state: dict) -> None:
         print(f"warning: device RNG state not restored ({err}); the resumed run is not bit-exact")
 
 
+def default_file_mode() -> int:
+    """0666 less the process umask: the mode open() would have given a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_torch_save(obj: object, path: str) -> None:
     """torch.save to a temporary file in the same folder, then rename: a crash never leaves a partial file."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ckpt-", suffix=".tmp")
     try:
+        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()

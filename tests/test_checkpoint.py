@@ -92,4 +92,7 @@ def test_interrupted_write_keeps_the_previous_file(tmp_path, monkeypatch):
         atomic_torch_save({"version": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"version": 1}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     assert os.listdir(tmp_path) == ["ckpt.ckpt"]  # no temporary file left behind
