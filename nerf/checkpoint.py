@@ -15,6 +15,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .config import default_file_mode
+
 FORMAT_VERSION = 1
 
 
@@ -45,13 +47,6 @@ def set_rng_state(state: dict) -> None:
             torch.mps.set_rng_state(state["mps"])
     except (RuntimeError, IndexError) as err:  # e.g. resumed on a machine with another GPU count
         print(f"warning: device RNG state not restored ({err}); the resumed run is not bit-exact")
-
-
-def default_file_mode() -> int:
-    """0666 less the process umask: the mode open() would have given a new file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def atomic_torch_save(obj: object, path: str) -> None:
