@@ -126,13 +126,9 @@ def main(argv=None) -> dict:
             batcher = CachedRayBatcher(cache, train_opts, exp.randomseed, device)
         else:
             scene = load_scene(cfg.dataset, white_background=train_opts.white_background)
+            batcher = RayBatcher(scene, train_opts, exp.randomseed, device)
     except (ConfigError, DatasetError) as err:
         sys.exit(f"error: {err}")
-    if not cfg.dataset.cachedir:
-        try:
-            batcher = RayBatcher(scene, train_opts, exp.randomseed, device)
-        except ConfigError as err:
-            sys.exit(f"error: {err}")
     ndc = (scene.height, scene.width, scene.focal) if scene.use_ndc else None
 
     ckpt, foreign = None, None
