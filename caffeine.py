@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         if process is None:
             method = "keypress" if has_display(sys.platform, os.environ) and _can_import("pyautogui") else "none"
     if method == "none":
-        print("No sleep inhibitor is available (systemd-inhibit, caffeinate) and there is no display for a "
+        print("No working sleep inhibitor (systemd-inhibit, caffeinate) and no display for a "
               "simulated key press: caffeine.py is NOT keeping this machine awake. On a headless server, "
               "sleep is usually disabled already; otherwise install systemd or disable suspend.")
         return 1

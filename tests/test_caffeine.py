@@ -38,3 +38,14 @@ def test_headless_without_inhibitor_says_so(monkeypatch, capsys):
     monkeypatch.setattr(caffeine, "choose_method", lambda *a: "none")
     assert caffeine.main(["5"]) == 1
     assert "NOT keeping this machine awake" in capsys.readouterr().out
+
+
+def test_ctrl_c_exits_cleanly_with_start_and_end_times(monkeypatch, capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(caffeine, "choose_method", lambda *a: "windows")
+    monkeypatch.setattr(caffeine, "_windows_keep_awake", interrupted)
+    assert caffeine.main(["0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "caffeine.py started at" in out and "Started" in out and "ended" in out
