@@ -19,7 +19,7 @@ import time
 
 from tqdm import tqdm
 
-from nerf.cache import build_cache, dataset_settings
+from nerf.cache import build_cache, check_savedir, dataset_settings
 from nerf.config import ConfigError, DatasetConfig, load_config
 from nerf.datasets import DatasetError, load_scene
 
@@ -83,8 +83,9 @@ def main(argv=None) -> dict:
             dataset = DatasetConfig(type=kind, basedir=args.datapath, half_res=args.halfres, testskip=args.testskip,
                                     downsample_factor=args.llff_downsample_factor, llffhold=args.llffhold)
             white = args.white_background if args.white_background is not None else kind == "blender"
+        check_savedir(args.savedir, dataset.basedir, args.overwrite)  # before the slow part
         scene = load_scene(dataset, white_background=white)
-    except (ConfigError, DatasetError) as err:
+    except (ConfigError, DatasetError, FileExistsError) as err:
         sys.exit(f"error: {err}")
     rays = None if args.sample_all else args.num_random_rays
     variations = 1 if args.sample_all else args.num_variations

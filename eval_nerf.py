@@ -35,6 +35,9 @@ from nerf.metrics import LpipsMetric, psnr, ssim
 from nerf.rendering import render_image
 
 
+SSIM_WINDOW = 11  # the NeRF convention (tf.image.ssim)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Render a trained NeRF and compute test metrics.")
     parser.add_argument("--config", required=True, help="YAML config (dataset and rendering settings)")
@@ -73,11 +76,13 @@ def select_views(count: int, views, max_views) -> list:
         bad = [v for v in views if not 0 <= v < count]
         if bad:
             raise ValueError(f"--views {bad} out of range: this split has {count} views (0..{count - 1})")
-        chosen = list(views)
+        chosen = list(dict.fromkeys(views))  # each view once, in the order given
     else:
         chosen = list(range(count))
     if max_views is not None and max_views < len(chosen):
         chosen = [chosen[round(k * (len(chosen) - 1) / max(max_views - 1, 1))] for k in range(max_views)]
+    if not chosen:
+        raise ValueError("no views selected: the split is empty or --views lists none")
     return chosen
 
 
@@ -141,7 +146,7 @@ def main(argv=None) -> dict:
         sys.exit(f"error: {err}")
 
     lpips_metric = LpipsMetric.create(device) if targets is not None else None
-    records, disparities, seconds = [], [], []
+    records, disparities, depths, seconds = [], [], [], []
     for position in tqdm(positions, desc=f"rendering {args.split}", dynamic_ncols=True):
         index = ids[position]
         start = time.time()
@@ -157,11 +162,13 @@ def main(argv=None) -> dict:
             depth = depth_in_scene_units(out["depth"], scene.use_ndc).cpu()
             os.makedirs(os.path.join(out_dir, "depth"), exist_ok=True)
             np.save(os.path.join(out_dir, "depth", name + ".npy"), depth.numpy().astype(np.float32))
-            save_png(to_uint8(depth / depth.max().clamp(min=1e-10)), os.path.join(out_dir, "depth", name + ".png"))
+            depths.append((name, depth))
         if targets is not None:
             target = targets[index][::factor, ::factor].to(device)  # the pixels that were rendered
             rgb = torch.from_numpy(to_uint8(out["rgb"])).to(device).float() / 255.0  # scored as saved (8-bit)
-            record = {"view": position, "image_index": index, "psnr": psnr(rgb, target), "ssim": ssim(rgb, target)}
+            record = {"view": position, "image_index": index, "psnr": psnr(rgb, target)}
+            if min(height, width) >= SSIM_WINDOW:
+                record["ssim"] = ssim(rgb, target, window_size=SSIM_WINDOW)
             if lpips_metric is not None:
                 record["lpips"] = lpips_metric(rgb, target)
             records.append(record)
@@ -169,11 +176,11 @@ def main(argv=None) -> dict:
             save_png(to_uint8(errors), os.path.join(out_dir, "error", name + ".png"))
             save_png(to_uint8(torch.cat((target, rgb, errors), dim=1)), os.path.join(out_dir, "compare", name + ".png"))
 
-    if disparities:
-        # one scale for the whole sequence, so brightness is comparable across frames
-        scale = max(float(d.max()) for _, d in disparities) or 1.0
-        for name, disp in disparities:
-            save_png(to_uint8(disp / scale), os.path.join(out_dir, "disparity", name + ".png"))
+    # one brightness scale for the whole sequence, so that frames are comparable
+    for folder, frames in (("disparity", disparities), ("depth", depths)):
+        scale = max((float(frame.max()) for _, frame in frames), default=0.0) or 1.0
+        for name, frame in frames:
+            save_png(to_uint8(frame / scale), os.path.join(out_dir, folder, name + ".png"))
 
     summary = {"checkpoint": args.checkpoint, "source": loaded.source, "split": args.split,
                "resolution": [width, height], "metrics_on": "8-bit renders read back / 255", "downsample": factor, "num_views": len(positions),
@@ -181,6 +188,8 @@ def main(argv=None) -> dict:
     if records:
         summary["mean"] = {key: float(np.mean([r[key] for r in records])) for key in records[0]
                            if key not in ("view", "image_index")}
+        if "ssim" not in records[0]:
+            summary["ssim"] = f"not computed: renders smaller than the {SSIM_WINDOW}x{SSIM_WINDOW} SSIM window"
         if lpips_metric is None:
             summary["lpips"] = LpipsMetric.unavailable_reason()
         else:

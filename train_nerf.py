@@ -24,6 +24,7 @@ from nerf.cache import CachedRayBatcher, RayCache
 from nerf.checkpoint import (CheckpointError, import_optimizer_state, load_checkpoint, restore_training_state,
                              save_checkpoint)
 from nerf.config import Config, ConfigError, config_to_dict, load_config, save_config
+from nerf.config import validate as validate_config
 from nerf.datasets import DatasetError, Scene, load_scene
 from nerf.device import select_device
 from nerf.importers import NATIVE, detect_format, models_from_checkpoint, stored_models_if_pruned
@@ -45,6 +46,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (repeatable), e.g. --set experiment.train_iters=1000")
     return parser.parse_args(argv)
+
+
+def checkpoint_step(name: str) -> int:
+    """The step in a checkpoint file name (checkpoint001000.ckpt -> 1000); -1 for other names."""
+    digits = "".join(ch for ch in name if ch.isdigit())
+    return int(digits) if digits else -1
 
 
 def model_parameters(coarse, fine) -> list:
@@ -144,6 +151,10 @@ def main(argv=None) -> dict:
             sys.exit(f"error: {args.load_checkpoint}: has no fine model but nerf.train.num_fine is "
                      f"{train_opts.num_fine}; set it to 0 (and nerf.validation.num_fine) to train coarse only")
         cfg = dataclasses.replace(cfg, models=foreign.models)  # the saved config describes the real models
+        try:
+            validate_config(cfg, f"{args.config} with the models of {args.load_checkpoint}")
+        except ConfigError as err:
+            sys.exit(f"error: {err}")
         coarse, fine = foreign.coarse.to(device), foreign.fine.to(device) if foreign.fine is not None else None
     else:
         if ckpt is not None:
@@ -181,12 +192,15 @@ def main(argv=None) -> dict:
               "events done")
     elif args.prune:
         p = cfg.pruning
-        pruning_run = PruningRun(args.prune, start_step, {}, p.amount, p.increment, p.every)
+        pruning_run = PruningRun(args.prune, start_step, {}, p.amount, p.increment, p.every, lr_scale=p.lr_scale,
+                                 norm=p.norm, excluded_layers=list(p.excluded_layers), end_step=exp.train_iters)
+    elif pruning_run is not None and start_step >= pruning_run.end_step:
+        pruning_run = None  # that pruning fine-tune is over: train on at the normal learning rate
     pruned_models = {}
     if pruning_run is not None and not pruning_run.finished:
         try:
             pruned_models = models_to_prune(pruning_run.which, coarse, fine, args.load_checkpoint,
-                                            cfg.pruning.excluded_layers)
+                                            pruning_run.excluded_layers)
         except ValueError as err:
             sys.exit(f"error: {err}")
         if not pruning_run.start_widths:
@@ -198,13 +212,15 @@ def main(argv=None) -> dict:
         print(f"Pruning {pruning_run.which}: {pruning_run.amount:.0%} of each prunable layer in "
               f"{pruning_run.num_events} events of {pruning_run.increment:.0%}, at steps "
               f"{pruning_run.start_step + pruning_run.every}..{pruning_run.last_step} (every {pruning_run.every})")
-    lr_scale = cfg.pruning.lr_scale if pruning_run is not None else 1.0  # the whole pruning fine-tune
 
     run_dir = os.path.join(exp.logdir, exp.id)
+    # checkpoints this run would overwrite: any, for a fresh run; those after the start step, for a resumed one
     earlier = sorted(name for name in os.listdir(run_dir) if name.endswith(".ckpt")) if os.path.isdir(run_dir) else []
-    if earlier and ckpt is None and not args.overwrite:
-        sys.exit(f"error: {run_dir} already holds checkpoints of an earlier run ({earlier[-1]}); resume it with "
-                 "--load-checkpoint, pick another experiment.id (--set experiment.id=NAME), or pass --overwrite")
+    at_risk = [name for name in earlier if ckpt is None or checkpoint_step(name) > start_step]
+    if at_risk and not args.overwrite:
+        sys.exit(f"error: {run_dir} already holds checkpoints of another run ({at_risk[-1]}) that this run would "
+                 "overwrite; pick another experiment.id (--set experiment.id=NAME), resume from its last "
+                 "checkpoint, or pass --overwrite")
     os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "config.yml"))
     config_dict = config_to_dict(cfg)
@@ -222,7 +238,9 @@ def main(argv=None) -> dict:
     progress = tqdm(range(start_step, exp.train_iters), initial=start_step, total=exp.train_iters,
                     dynamic_ncols=True)
     for step in progress:
-        lr = lr_scale * learning_rate(step, cfg.optimizer.lr, cfg.scheduler.lr_decay, cfg.scheduler.lr_decay_factor)
+        lr = learning_rate(step, cfg.optimizer.lr, cfg.scheduler.lr_decay, cfg.scheduler.lr_decay_factor)
+        if pruning_run is not None and step < pruning_run.end_step:
+            lr *= pruning_run.lr_scale  # for the whole pruning fine-tune
         for group in optimizer.param_groups:
             group["lr"] = lr
 
@@ -238,8 +256,7 @@ def main(argv=None) -> dict:
         completed = step + 1
         is_last = completed == exp.train_iters
         if pruned_models and pruning_run.due(completed):
-            changes, models, lines = apply_pruning_event(pruning_run, pruned_models, cfg.models, cfg.pruning.norm,
-                                                         cfg.pruning.excluded_layers)
+            changes, models, lines = apply_pruning_event(pruning_run, pruned_models, cfg.models)
             for line in lines:
                 tqdm.write(f"[step {completed}] {line}")
             optimizer = transfer_optimizer(optimizer, model_parameters(coarse, fine), changes)
@@ -272,7 +289,8 @@ def main(argv=None) -> dict:
         if (exp.save_every and completed % exp.save_every == 0) or is_last:
             save_checkpoint(os.path.join(run_dir, f"checkpoint{completed:06d}.ckpt"), completed, coarse, fine,
                             optimizer, config_dict, metrics,
-                            {"pruning": pruning_run.to_dict() if pruning_run is not None else None})
+                            {"pruning": pruning_run.to_dict()
+                             if pruning_run is not None and completed <= pruning_run.end_step else None})
     progress.close()
     writer.close()
     metrics["seconds"] = time.time() - start_time

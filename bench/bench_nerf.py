@@ -62,8 +62,11 @@ def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, size: int = 204
 
 
 def sync(device: torch.device) -> None:
+    """Wait for queued device work, so that wall-clock laps measure it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def timed_step(step, batcher, scene, coarse, fine, optimizer, opts, device) -> dict:
@@ -126,7 +129,8 @@ def main(argv=None) -> dict:
     coarse = build_model(cfg.models.coarse).to(device)
     fine = build_model(cfg.models.fine).to(device) if cfg.models.fine is not None else None
     params = list(coarse.parameters()) + (list(fine.parameters()) if fine is not None else [])
-    optimizer = torch.optim.Adam(params, lr=cfg.optimizer.lr, eps=cfg.optimizer.eps)
+    optimizer = torch.optim.Adam(params, lr=cfg.optimizer.lr, betas=(cfg.optimizer.beta1, cfg.optimizer.beta2),
+                                 eps=cfg.optimizer.eps)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 

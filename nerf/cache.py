@@ -52,8 +52,29 @@ def dataset_settings(cfg: DatasetConfig, white_background: bool) -> dict:
     return settings
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def _disk_usage(folder: str) -> int:
     return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(folder) for name in names)
+
+
+def check_savedir(savedir: str, basedir: str, overwrite: bool) -> None:
+    """Refuse a --savedir that would destroy anything but an earlier cache (FileExistsError)."""
+    target, data = os.path.abspath(savedir), os.path.abspath(basedir)
+    if os.path.commonpath([target, data]) == target:
+        raise FileExistsError(f"{savedir}: is (or contains) the dataset folder {basedir}; choose another --savedir")
+    if not os.path.exists(target):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{savedir}: already exists (choose another --savedir or pass --overwrite)")
+    is_cache = os.path.isfile(os.path.join(target, "manifest.json"))
+    if not is_cache and not (os.path.isdir(target) and not os.listdir(target)):
+        raise FileExistsError(f"{savedir}: exists and is not a ray cache (no manifest.json); --overwrite only "
+                              "replaces an earlier cache or an empty folder")
 
 
 def build_cache(scene: Scene, settings: dict, savedir: str, num_random_rays: Optional[int], num_variations: int,
@@ -63,8 +84,7 @@ def build_cache(scene: Scene, settings: dict, savedir: str, num_random_rays: Opt
     Everything is written to a temporary folder that replaces `savedir` only when complete, so an
     interrupted run leaves nothing that training would read.
     """
-    if os.path.exists(savedir) and not overwrite:
-        raise FileExistsError(f"{savedir}: already exists (choose another --savedir or pass --overwrite)")
+    check_savedir(savedir, settings["basedir"], overwrite)
     pixels_per_image = scene.height * scene.width
     if num_random_rays is not None and not 1 <= num_random_rays <= pixels_per_image:
         raise ValueError(f"--num-random-rays must be in 1..{pixels_per_image} (pixels per image), "
@@ -75,6 +95,7 @@ def build_cache(scene: Scene, settings: dict, savedir: str, num_random_rays: Opt
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=".cache-partial-")
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the usual permissions
         os.makedirs(os.path.join(tmp, "train"))
         os.makedirs(os.path.join(tmp, "val"))
         generator = torch.Generator().manual_seed(seed)

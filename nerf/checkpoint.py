@@ -150,15 +150,20 @@ def import_optimizer_state(optimizer: torch.optim.Optimizer, state: Optional[dic
     if not isinstance(state, dict) or not state.get("state"):
         return False
     fresh = optimizer.state_dict()
+    ours = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     try:
         optimizer.load_state_dict(state)
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        fits = all(optimizer.state[p]["exp_avg"].shape == p.shape for p in params if p in optimizer.state)
+        fits = all(optimizer.state[p][key].shape == p.shape for p in params if p in optimizer.state
+                   for key in ("exp_avg", "exp_avg_sq"))
     except (ValueError, KeyError, RuntimeError, TypeError):
         fits = False
     if not fits:
         optimizer.load_state_dict(fresh)
         return False
-    for group in optimizer.param_groups:
+    for group, settings in zip(optimizer.param_groups, ours):
+        group.update(settings)  # our Adam variant (no weight decay, no amsgrad, ...) and hyperparameters
         group.update(lr=hyper.lr, betas=(hyper.beta1, hyper.beta2), eps=hyper.eps)
+    for param_state in optimizer.state.values():
+        param_state.pop("max_exp_avg_sq", None)  # amsgrad state, meaningless for our plain Adam
     return True

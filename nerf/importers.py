@@ -178,9 +178,13 @@ def stored_models_if_pruned(ckpt: dict, configured: ModelsConfig) -> ModelsConfi
         stored_models = models_config_from_dict(stored, "stored config")
     except ConfigError:
         return configured
-    same = all(_base_architecture(getattr(stored_models, k)) == _base_architecture(getattr(configured, k))
-               for k in ("coarse", "fine"))
-    return stored_models if same else configured
+    def pruned_from(stored_model, configured_model) -> bool:
+        return (stored_model is not None and stored_model.layer_widths is not None
+                and _base_architecture(stored_model) == _base_architecture(configured_model))
+
+    pruned = [pruned_from(getattr(stored_models, k), getattr(configured, k)) for k in ("coarse", "fine")]
+    same = all(p or getattr(stored_models, k) == getattr(configured, k) for p, k in zip(pruned, ("coarse", "fine")))
+    return stored_models if same and any(pruned) else configured
 
 
 def load_models(path: str, cfg, device: torch.device) -> LoadedModels:

@@ -149,6 +149,11 @@ class PruningRun:
     increment: float
     every: int
     events_done: int = 0
+    # the rest of the run's settings, so that a resume does not depend on the config it is given
+    lr_scale: float = 0.1
+    norm: int = 1
+    excluded_layers: list = dataclasses.field(default_factory=list)
+    end_step: int = 0  # experiment.train_iters when the run started: the fine-tune ends there
 
     @property
     def num_events(self) -> int:
@@ -173,7 +178,7 @@ class PruningRun:
         return cls(**data)
 
 
-def apply_pruning_event(run: PruningRun, models: dict, model_configs, norm: int, excluded) -> tuple:
+def apply_pruning_event(run: PruningRun, models: dict, model_configs) -> tuple:
     """Fire the next event of `run` on `models` ({"coarse": model, ...}).
 
     Returns (parameter changes for transfer_optimizer, updated ModelsConfig, one report line per model).
@@ -182,7 +187,7 @@ def apply_pruning_event(run: PruningRun, models: dict, model_configs, norm: int,
     fraction = min(run.amount, event * run.increment)
     changes, updated, lines = [], {}, []
     for which, model in models.items():
-        report, model_changes = prune_model(model, fraction, run.start_widths[which], norm, excluded)
+        report, model_changes = prune_model(model, fraction, run.start_widths[which], run.norm, run.excluded_layers)
         changes += model_changes
         updated[which] = pruned_model_config(model, getattr(model_configs, which))
         sizes = ", ".join(f"{name} {a}->{b}" for name, (a, b) in report.items())

@@ -158,3 +158,20 @@ def test_interrupted_build_leaves_nothing(tmp_path, blender_dir, monkeypatch):
     with pytest.raises(SystemExit, match="already exists"):
         os.makedirs(tmp_path / "c")
         cache_dataset.main(["--datapath", blender_dir, "--savedir", str(tmp_path / "c")])
+
+
+def test_overwrite_only_replaces_an_earlier_cache(tmp_path, blender_dir):
+    out = tmp_path / "cache"
+    cache_dataset.main(["--datapath", blender_dir, "--savedir", str(out), "--num-random-rays", "8"])
+    first = (out / "manifest.json").read_text()
+    cache_dataset.main(["--datapath", blender_dir, "--savedir", str(out), "--num-random-rays", "9", "--overwrite"])
+    assert (out / "manifest.json").read_text() != first
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit, match="is not a ray cache"):
+        cache_dataset.main(["--datapath", blender_dir, "--savedir", str(precious), "--overwrite"])
+    assert (precious / "notes.txt").read_text() == "keep me"
+    with pytest.raises(SystemExit, match="contains\\) the dataset folder"):
+        cache_dataset.main(["--datapath", blender_dir, "--savedir", blender_dir, "--overwrite"])
+    assert os.path.isfile(os.path.join(blender_dir, "transforms_train.json"))

@@ -79,6 +79,16 @@ def test_bad_arguments(trained, capsys):
     assert "checkpoint file not found" in str(err.value)
 
 
+def test_tiny_renders_skip_ssim_and_empty_selections_are_refused(trained):
+    config, ckpt, root = trained
+    summary = eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(root / "tiny"),
+                              "--split", "test", "--downsample", "2", "--views", "1,1"])
+    assert summary["num_views"] == 1  # duplicates rendered once
+    assert "ssim" not in summary["mean"] and "not computed" in summary["ssim"]
+    with pytest.raises(SystemExit, match="no views selected"):
+        eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(root / "none"), "--views", ","])
+
+
 def test_select_views():
     assert eval_nerf.select_views(10, None, None) == list(range(10))
     assert eval_nerf.select_views(10, None, 3) == [0, 4, 9]  # round(4.5) == 4

@@ -132,9 +132,10 @@ def test_prune_run_shrinks_checkpoint_and_resumes(tmp_path):
                      "--set", "experiment.id=part", "--set", "experiment.train_iters=7",
                      "--set", "experiment.save_every=5"])
     part = tmp_path / "logs" / "part" / "checkpoint000005.ckpt"
-    assert load_checkpoint(str(part))["pruning"]["events_done"] == 1
+    stored = load_checkpoint(str(part))["pruning"]
+    assert stored["events_done"] == 1 and stored["lr_scale"] == 0.1 and stored["end_step"] == 7
     train_nerf.main(["--config", str(config), "--load-checkpoint", str(part), "--set", "experiment.id=resumed",
-                     "--set", "experiment.train_iters=7"])
+                     "--set", "experiment.train_iters=7", "--set", "pruning.lr_scale=0.5"])  # the stored 0.1 wins
     resumed = load_checkpoint(str(tmp_path / "logs" / "resumed" / "checkpoint000007.ckpt"))
     assert resumed["pruning"]["events_done"] == 2
     for name in ("model_coarse_state_dict", "model_fine_state_dict"):

@@ -98,9 +98,16 @@ def test_a_fresh_run_never_overwrites_earlier_checkpoints(tmp_path, scene_dir):
     first = (tmp_path / "logs" / "run" / "checkpoint000001.ckpt").read_bytes()
     with pytest.raises(SystemExit) as err:
         train_nerf.main(["--config", config])
-    assert "already holds checkpoints of an earlier run" in str(err.value)
+    assert "already holds checkpoints of another run" in str(err.value)
     assert (tmp_path / "logs" / "run" / "checkpoint000001.ckpt").read_bytes() == first
-    train_nerf.main(["--config", config, "--overwrite"])
+    train_nerf.main(["--config", config, "--overwrite", "--set", "experiment.train_iters=2"])
+    # resuming from step 1 into the same folder would overwrite checkpoint000002: refused too
+    with pytest.raises(SystemExit) as err:
+        train_nerf.main(["--config", config, "--set", "experiment.train_iters=2", "--load-checkpoint",
+                         str(tmp_path / "logs" / "run" / "checkpoint000001.ckpt")])
+    assert "checkpoint000002.ckpt" in str(err.value)
+    train_nerf.main(["--config", config, "--set", "experiment.train_iters=3", "--load-checkpoint",
+                     str(tmp_path / "logs" / "run" / "checkpoint000002.ckpt")])  # continuing from the last is fine
 
 
 def test_bad_inputs_exit_with_one_line_errors(tmp_path, scene_dir, capsys):
@@ -150,3 +157,8 @@ def test_yenchenlin_checkpoint_continues_its_schedule_and_adam_state(tmp_path, s
     state = ckpt["optimizer_state_dict"]
     assert float(state["state"][0]["step"]) == 3  # 1 imported update + 2 here
     assert state["param_groups"][0]["eps"] == pytest.approx(1e-7)  # our epsilon, not theirs
+    # a coarse-only config cannot silently carry the imported fine model into an unloadable run
+    with pytest.raises(SystemExit, match="defines a fine model but nerf.train.num_fine is 0"):
+        train_nerf.main(["--config", config, "--load-checkpoint", str(tar), "--set", "experiment.id=coarse_only",
+                         "--set", "models.fine=null", "--set", "nerf.train.num_fine=0",
+                         "--set", "nerf.validation.num_fine=0"])
