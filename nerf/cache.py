@@ -228,6 +228,20 @@ class CachedRayBatcher:
         self.total = self.per_variation * m["num_variations"]
         self.batches_per_epoch = -(-self.total // opts.num_random_rays)
         self._epoch, self._permutation = -1, None
+        if opts.precrop_iters > 0 and not opts.use_batching:  # fail now, not at step 0
+            fewest = min(int(self._in_crop(torch.from_numpy(np.array(p))).sum(-1).min()) for p in cache.pixels)
+            if fewest < opts.num_random_rays:
+                raise ConfigError(f"dataset.cachedir: some image has only {fewest} cached rays inside the precrop "
+                                  f"region, fewer than nerf.train.num_random_rays ({opts.num_random_rays}); cache "
+                                  "more rays per image (or --sample-all), or set nerf.train.precrop_iters to 0")
+
+    def _in_crop(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[..., 2] (row, col) -> [...] bool: inside the central crop of RayBatcher ([c - d, c + d))."""
+        half_h = int(self.height // 2 * self.opts.precrop_frac)
+        half_w = int(self.width // 2 * self.opts.precrop_frac)
+        rows, cols = pixels[..., 0], pixels[..., 1]
+        inside = (rows >= self.height // 2 - half_h) & (rows < self.height // 2 + half_h)
+        return inside & (cols >= self.width // 2 - half_w) & (cols < self.width // 2 + half_w)
 
     def _gather(self, variation: int, image: np.ndarray, ray: np.ndarray):
         rows = torch.from_numpy(np.asarray(self.cache.rays[variation][image, ray]))  # [R, 9]
@@ -252,14 +266,6 @@ class CachedRayBatcher:
         candidates = torch.arange(self.rays_per_image)
         if step < opts.precrop_iters:
             pixels = torch.from_numpy(np.array(self.cache.pixels[variation][image]))  # [n, 2], copied from the map
-            half_h = int(self.height // 2 * opts.precrop_frac)
-            half_w = int(self.width // 2 * opts.precrop_frac)
-            rows, cols = pixels[:, 0], pixels[:, 1]  # same crop as RayBatcher: [c - d, c + d)
-            inside = (rows >= self.height // 2 - half_h) & (rows < self.height // 2 + half_h)
-            inside &= (cols >= self.width // 2 - half_w) & (cols < self.width // 2 + half_w)
-            candidates = candidates[inside]
-            if len(candidates) < opts.num_random_rays:
-                raise ConfigError(f"nerf.train.num_random_rays ({opts.num_random_rays}) exceeds the {len(candidates)} "
-                                  "cached rays inside the precrop region; cache more rays per image")
+            candidates = candidates[self._in_crop(pixels)]  # at least num_random_rays: checked in __init__
         chosen = candidates[torch.randperm(len(candidates))[:opts.num_random_rays]]
         return self._gather(variation, np.full(len(chosen), image), np.sort(chosen.numpy()))

@@ -9,7 +9,7 @@ import cache_dataset
 import train_nerf
 from nerf.batching import RayBatcher
 from nerf.cache import CachedRayBatcher, RayCache
-from nerf.config import TrainConfig, config_from_dict
+from nerf.config import ConfigError, TrainConfig, config_from_dict
 from nerf.datasets import load_scene
 from nerf.config import DatasetConfig
 from nerf.datasets.demo import generate_demo_scene
@@ -175,3 +175,11 @@ def test_overwrite_only_replaces_an_earlier_cache(tmp_path, blender_dir):
     with pytest.raises(SystemExit, match="contains\\) the dataset folder"):
         cache_dataset.main(["--datapath", blender_dir, "--savedir", blender_dir, "--overwrite"])
     assert os.path.isfile(os.path.join(blender_dir, "transforms_train.json"))
+
+
+def test_too_few_cached_rays_in_the_precrop_region_is_refused_up_front(tmp_path, blender_dir):
+    out = tmp_path / "cache"
+    cache_dataset.main(["--datapath", blender_dir, "--savedir", str(out), "--num-random-rays", "64"])
+    opts = TrainConfig(num_random_rays=32, precrop_iters=10, precrop_frac=0.5)
+    with pytest.raises(ConfigError, match="inside the precrop region"):
+        CachedRayBatcher(RayCache(str(out)), opts, 0, torch.device("cpu"))
