@@ -9,7 +9,6 @@ median time per training batch of each path. Run it on the same machine for both
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -19,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from bench.bench_nerf import sync, write_json  # noqa: E402
 from nerf.batching import RayBatcher  # noqa: E402
 from nerf.cache import CachedRayBatcher, RayCache  # noqa: E402
 from nerf.config import load_config  # noqa: E402
@@ -32,8 +32,7 @@ def time_batches(batcher, steps: int, device: torch.device) -> float:
     for step in range(steps):
         start = time.perf_counter()
         batch = batcher.batch(step)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         float(batch[2][0, 0])  # make sure the data is really there
         times.append(time.perf_counter() - start)
     return statistics.median(times[steps // 10:])
@@ -70,8 +69,7 @@ def main(argv=None) -> dict:
     print(f"start-up: load scene {load_seconds:.2f} s, open cache {open_seconds:.2f} s")
     print(f"per batch of {opts.num_random_rays} rays: uncached {uncached * 1e3:.2f} ms, cached {cached * 1e3:.2f} ms")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        write_json(result, args.json)
     return result
 
 

@@ -69,6 +69,11 @@ def sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def write_json(result: dict, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+
+
 def timed_step(step, batcher, scene, coarse, fine, optimizer, opts, device) -> dict:
     """One training step of train_nerf.py, phase by phase. Returns seconds per phase."""
     times = dict.fromkeys(PHASES, 0.0)
@@ -184,8 +189,7 @@ def main(argv=None) -> dict:
         print(f"  frame {result['frame_resolution'][0]}x{result['frame_resolution'][1]}  {result['seconds_per_frame']:9.2f} s")
     print(f"  peak memory     {result['peak_memory_mb']:9.0f} MiB")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        write_json(result, args.json)
     return result
 
 
