@@ -32,7 +32,9 @@ from nerf.datasets import DatasetError, load_scene
 from nerf.device import select_device
 from nerf.importers import load_models
 from nerf.metrics import LpipsMetric, psnr, ssim
-from nerf.rendering import render_image
+from nerf.occupancy import sampler_for_rendering
+from nerf.rendering import render_image, set_compiled_compositing
+from nerf.runtime import field_runners
 
 
 SSIM_WINDOW = 11  # the NeRF convention (tf.image.ssim)
@@ -131,6 +133,23 @@ def main(argv=None) -> dict:
     except (CheckpointError, DatasetError) as err:
         sys.exit(f"error: {err}")
     print(loaded.description)
+    try:
+        coarse, fine = field_runners(loaded.coarse, loaded.fine, cfg.runtime, device)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    set_compiled_compositing(cfg.runtime.compile)
+    sampler = None
+    if cfg.occupancy.enabled:
+        start = time.time()
+        try:
+            sampler = sampler_for_rendering(cfg.occupancy, fine if fine is not None else coarse, scene.use_ndc,
+                                            device, loaded.occupancy_grid)
+        except ValueError as err:
+            sys.exit(f"error: {args.checkpoint}: {err}")
+        how = "stored in the checkpoint" if loaded.occupancy_grid is not None else \
+            f"filled from the model's density in {time.time() - start:.1f} s"
+        print(f"Occupancy grid {cfg.occupancy.resolution}^3 ({how}): "
+              f"{100 * sampler.grid.occupied_fraction():.1f} % of the cells occupied")
     out_dir = os.path.join(args.savedir, args.trial) if args.trial else args.savedir
     os.makedirs(out_dir, exist_ok=True)
 
@@ -150,8 +169,8 @@ def main(argv=None) -> dict:
     for position in tqdm(positions, desc=f"rendering {args.split}", dynamic_ncols=True):
         index = ids[position]
         start = time.time()
-        out = render_image(loaded.coarse, loaded.fine, poses[index].to(device), scene.height, scene.width,
-                           scene.focal, scene.near, scene.far, scene.use_ndc, opts, stride=factor)
+        out = render_image(coarse, fine, poses[index].to(device), scene.height, scene.width,
+                           scene.focal, scene.near, scene.far, scene.use_ndc, opts, stride=factor, sampler=sampler)
         height, width = out["rgb"].shape[:2]
         seconds.append(time.time() - start)
         name = f"{position:03d}"
@@ -184,7 +203,8 @@ def main(argv=None) -> dict:
 
     summary = {"checkpoint": args.checkpoint, "source": loaded.source, "split": args.split,
                "resolution": [width, height], "metrics_on": "8-bit renders read back / 255", "downsample": factor, "num_views": len(positions),
-               "seconds_per_frame": float(np.mean(seconds))}
+               "seconds_per_frame": float(np.mean(seconds)), "precision": cfg.runtime.precision,
+               "sampler": "occupancy" if sampler is not None else "hierarchical"}
     if records:
         summary["mean"] = {key: float(np.mean([r[key] for r in records])) for key in records[0]
                            if key not in ("view", "image_index")}

@@ -31,7 +31,9 @@ from nerf.importers import NATIVE, detect_format, models_from_checkpoint, stored
 from nerf.metrics import mse_to_psnr
 from nerf.models import NeRFModel, build_model
 from nerf.pruning import PruningRun, apply_pruning_event, layer_widths, prunable_layers, transfer_optimizer
-from nerf.rendering import prepare_rays, render_image, render_rays
+from nerf.occupancy import build_sampler
+from nerf.rendering import prepare_rays, render_image, render_rays, set_compiled_compositing
+from nerf.runtime import field_runners, grad_scaler
 from nerf.schedule import learning_rate
 
 
@@ -85,10 +87,11 @@ def validation_views(scene: Scene, count: int) -> list:
 
 
 @torch.no_grad()
-def validate(cfg: Config, scene: Scene, coarse, fine) -> dict:
+def validate(cfg: Config, scene: Scene, coarse, fine, sampler=None) -> dict:
     """Render the validation views with the validation settings; mean PSNR of the fine output.
 
     With nerf.validation.downsample = k every k-th pixel is rendered and compared with the same pixels.
+    coarse, fine: the models or their FieldRunners; sampler: the occupancy sampler when training with one.
     """
     opts, stride = cfg.nerf.validation, cfg.nerf.validation.downsample
     device = next(coarse.parameters()).device
@@ -99,7 +102,7 @@ def validate(cfg: Config, scene: Scene, coarse, fine) -> dict:
     for view in validation_views(scene, opts.num_views):
         target = scene.images[view][::stride, ::stride].to(device)  # [H', W', 3]
         out = render_image(coarse, fine, scene.poses[view].to(device), scene.height, scene.width, scene.focal,
-                           scene.near, scene.far, scene.use_ndc, opts, stride=stride)
+                           scene.near, scene.far, scene.use_ndc, opts, stride=stride, sampler=sampler)
         mse = torch.mean((out["rgb"] - target) ** 2).item()
         mses.append(mse)
         psnrs.append(mse_to_psnr(mse))
@@ -164,6 +167,16 @@ def main(argv=None) -> dict:
                 cfg = dataclasses.replace(cfg, models=models)
         coarse = build_model(cfg.models.coarse).to(device)
         fine = build_model(cfg.models.fine).to(device) if cfg.models.fine is not None else None
+    if cfg.occupancy.enabled and fine is not None:
+        sys.exit("error: occupancy.enabled: the occupancy-grid sampler trains one network; set models.fine to null "
+                 "and nerf.train.num_fine / nerf.validation.num_fine to 0")
+    try:
+        runners = field_runners(coarse, fine, cfg.runtime, device)  # what renders: precision, compile
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    set_compiled_compositing(cfg.runtime.compile)
+    scaler = grad_scaler(cfg.runtime, device)
+    sampler = build_sampler(cfg.occupancy, scene.use_ndc, device) if cfg.occupancy.enabled else None
     optimizer = torch.optim.Adam(model_parameters(coarse, fine), lr=cfg.optimizer.lr,
                                  betas=(cfg.optimizer.beta1, cfg.optimizer.beta2), eps=cfg.optimizer.eps)
     start_step = 0
@@ -180,6 +193,14 @@ def main(argv=None) -> dict:
         except CheckpointError as err:
             sys.exit(f"error: {err}")
         print(f"Resumed from {args.load_checkpoint} at step {start_step}")
+    if ckpt is not None and foreign is None:
+        if sampler is not None and ckpt.get("occupancy_grid") is not None:
+            try:
+                sampler.grid.load_state_dict(ckpt["occupancy_grid"])
+            except ValueError as err:
+                sys.exit(f"error: {args.load_checkpoint}: {err}")
+        if scaler.is_enabled() and ckpt.get("grad_scaler"):
+            scaler.load_state_dict(ckpt["grad_scaler"])
 
     # --prune: a new pruning run, or the unfinished one stored in the checkpoint (resumed with or without the flag)
     stored = ckpt.get("pruning") if ckpt is not None and foreign is None else None
@@ -234,7 +255,7 @@ def main(argv=None) -> dict:
           f"{', NDC' if scene.use_ndc else ''}; device {device}; run dir {run_dir}")
 
     metrics = {}
-    start_time = time.time()
+    start_time, validation_seconds = time.time(), 0.0
     progress = tqdm(range(start_step, exp.train_iters), initial=start_step, total=exp.train_iters,
                     dynamic_ncols=True)
     for step in progress:
@@ -244,14 +265,22 @@ def main(argv=None) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
 
+        if sampler is not None:
+            occ = cfg.occupancy
+            sampler.skipping = step >= occ.warmup_steps
+            if step % occ.update_every == 0:
+                sampler.grid.update(runners[0].density, sampler.step_size, all_cells=step < occ.warmup_steps)
+
         rays_o, rays_d, target = batcher.batch(step)  # [R, 3] each
-        out = render_rays(coarse, fine, prepare_rays(rays_o, rays_d, scene.near, scene.far, ndc), train_opts)
+        out = render_rays(*runners, prepare_rays(rays_o, rays_d, scene.near, scene.far, ndc), train_opts,
+                          sampler=sampler)
         loss_fine = F.mse_loss(out["rgb"], target)
         loss = (loss_fine + F.mse_loss(out["rgb0"], target)) if "rgb0" in out else loss_fine
 
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()  # the scaler is a pass-through except for fp16
+        scaler.step(optimizer)
+        scaler.update()
 
         completed = step + 1
         is_last = completed == exp.train_iters
@@ -261,6 +290,7 @@ def main(argv=None) -> dict:
                 tqdm.write(f"[step {completed}] {line}")
             optimizer = transfer_optimizer(optimizer, model_parameters(coarse, fine), changes)
             cfg = dataclasses.replace(cfg, models=models)
+            runners = field_runners(coarse, fine, cfg.runtime, device)  # recompiled for the new layer sizes
             config_dict = config_to_dict(cfg)
             save_config(cfg, os.path.join(run_dir, "config.yml"))
             writer.add_scalar("pruning/parameters", sum(p.numel() for p in model_parameters(coarse, fine)), completed)
@@ -274,8 +304,13 @@ def main(argv=None) -> dict:
                 writer.add_scalar("train/psnr_coarse", mse_to_psnr(F.mse_loss(out["rgb0"], target).item()),
                                   completed)
             writer.add_scalar("train/lr", lr, completed)
+            if sampler is not None:
+                writer.add_scalar("occupancy/occupied_fraction", sampler.grid.occupied_fraction(), completed)
+                writer.add_scalar("occupancy/samples_per_ray", out["num_samples"].float().mean().item(), completed)
         if (exp.validate_every and completed % exp.validate_every == 0) or (is_last and exp.validate_every):
-            val = validate(cfg, scene, coarse, fine)
+            val_start = time.time()
+            val = validate(cfg, scene, *runners, sampler)
+            validation_seconds += time.time() - val_start
             metrics["val_psnr"], metrics["val_step"] = val["psnr"], completed
             writer.add_scalar("validation/psnr", val["psnr"], completed)
             writer.add_scalar("validation/loss", val["mse"], completed)
@@ -284,16 +319,21 @@ def main(argv=None) -> dict:
             writer.add_image("validation/disparity", (disp / disp.max().clamp(min=1e-10))[None], completed)
             if completed == exp.validate_every or step == start_step:
                 writer.add_image("validation/target", val["target"], completed, dataformats="HWC")
+            train_seconds = time.time() - start_time - validation_seconds
+            writer.add_scalar("validation/psnr_vs_train_seconds", val["psnr"], round(train_seconds))
             tqdm.write(f"[step {completed}] validation PSNR {val['psnr']:.2f} dB "
-                       f"({time.time() - start_time:.0f} s)")
+                       f"({time.time() - start_time:.0f} s; {train_seconds:.0f} s training)")
         if (exp.save_every and completed % exp.save_every == 0) or is_last:
             save_checkpoint(os.path.join(run_dir, f"checkpoint{completed:06d}.ckpt"), completed, coarse, fine,
                             optimizer, config_dict, metrics,
                             {"pruning": pruning_run.to_dict()
-                             if pruning_run is not None and completed <= pruning_run.end_step else None})
+                             if pruning_run is not None and completed <= pruning_run.end_step else None,
+                             "occupancy_grid": sampler.grid.state_dict() if sampler is not None else None,
+                             "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None})
     progress.close()
     writer.close()
     metrics["seconds"] = time.time() - start_time
+    metrics["validation_seconds"] = validation_seconds
     steps_run = max(exp.train_iters - start_step, 0)
     if steps_run:
         summary = f"Trained steps {start_step}..{exp.train_iters} in {metrics['seconds']:.1f} s " \

@@ -1,16 +1,18 @@
 """Benchmark the training step and rendering of a config.
 
     python bench/bench_nerf.py --config config/lego.yml --set dataset.basedir=... [--iters 5] [--warmup 2]
-                               [--render-stride 4] [--json out.json]
+                               [--render-stride 4] [--checkpoint CKPT] [--json out.json]
 
 Prints a table and (with --json) writes JSON: seconds per training iteration (median after warm-up), rays/s
 and network samples/s, the time split (data, sampling, network forward with the positional encoding,
-rendering, backward, optimizer),
-the networks' achieved GFLOP/s against this machine's matrix-multiply peak measured here for the same dtype,
-seconds per rendered frame, and peak memory (RSS on CPU, max allocated on CUDA).
+rendering, backward, optimizer; with the occupancy grid also its updates, amortised), the networks' achieved
+GFLOP/s against this machine's matrix-multiply peak measured here for the same dtype (runtime.precision),
+seconds per rendered frame (of a trained model with --checkpoint, with its PSNR), and peak memory (RSS on
+CPU, max allocated on CUDA).
 
 The step is the same computation as train_nerf.py (same functions, same order), timed phase by phase with
-device synchronisation, so it runs a little slower than the real loop.
+device synchronisation, so it runs a little slower than the real loop. With occupancy.enabled the timed
+steps are taken after the grid warm-up (skipping on), from the grid of --checkpoint when it has one.
 """
 
 from __future__ import annotations
@@ -33,11 +35,17 @@ from nerf.batching import RayBatcher  # noqa: E402
 from nerf.config import load_config  # noqa: E402
 from nerf.datasets import load_scene  # noqa: E402
 from nerf.device import select_device  # noqa: E402
+from nerf.importers import load_models  # noqa: E402
+from nerf.metrics import psnr  # noqa: E402
 from nerf.models import build_model  # noqa: E402
-from nerf.rendering import prepare_rays, render_image, run_network, volume_render  # noqa: E402
+from nerf.occupancy import (composite_samples, field_at_samples, occupancy_samples,  # noqa: E402
+                            sampler_for_rendering)
+from nerf.rendering import (prepare_rays, render_image, run_network, set_compiled_compositing,  # noqa: E402
+                            volume_render)
+from nerf.runtime import DTYPES, field_runners  # noqa: E402
 from nerf.sampling import hierarchical_samples, stratified_samples  # noqa: E402
 
-PHASES = ("data", "sampling", "network_forward", "rendering", "backward", "optimizer")
+PHASES = ("grid_update", "data", "sampling", "network_forward", "rendering", "backward", "optimizer")
 
 
 def network_flops_per_point(model: nn.Module) -> float:
@@ -74,17 +82,23 @@ def write_json(result: dict, path: str) -> None:
         json.dump(result, f, indent=2)
 
 
-def timed_step(step, batcher, scene, coarse, fine, optimizer, opts, device) -> dict:
-    """One training step of train_nerf.py, phase by phase. Returns seconds per phase."""
-    times = dict.fromkeys(PHASES, 0.0)
-    clock = [time.perf_counter()]
+class Laps:
+    """Wall-clock time per phase, with device synchronisation at each lap."""
 
-    def lap(phase: str) -> None:
-        sync(device)
+    def __init__(self, device: torch.device):
+        self.device, self.times, self.clock = device, dict.fromkeys(PHASES, 0.0), time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        sync(self.device)
         now = time.perf_counter()
-        times[phase] += now - clock[0]
-        clock[0] = now
+        self.times[phase] += now - self.clock
+        self.clock = now
 
+
+def timed_step(step, batcher, scene, coarse, fine, optimizer, opts, device) -> dict:
+    """One training step of train_nerf.py (coarse/fine sampler), phase by phase. Returns seconds per
+    phase and the network points evaluated with gradients."""
+    lap = Laps(device)
     rays_o, rays_d, target = batcher.batch(step)
     rays = prepare_rays(rays_o, rays_d, scene.near, scene.far,
                         (scene.height, scene.width, scene.focal) if scene.use_ndc else None)
@@ -111,7 +125,34 @@ def timed_step(step, batcher, scene, coarse, fine, optimizer, opts, device) -> d
     lap("backward")
     optimizer.step()
     lap("optimizer")
-    return times
+    return {"times": lap.times, "coarse_points": len(rays) * opts.num_coarse,
+            "fine_points": len(rays) * (opts.num_coarse + opts.num_fine) if fine is not None and opts.num_fine else 0}
+
+
+def timed_occupancy_step(step, batcher, scene, field, sampler, optimizer, opts, occ, device) -> dict:
+    """One training step of train_nerf.py with the occupancy grid, phase by phase (grid update every
+    update_every steps, as in training; the density pass of early termination counts as sampling)."""
+    lap = Laps(device)
+    if step % occ.update_every == 0:
+        sampler.grid.update(field.density, sampler.step_size, all_cells=False)
+    lap("grid_update")
+    rays_o, rays_d, target = batcher.batch(step)
+    rays = prepare_rays(rays_o, rays_d, scene.near, scene.far,
+                        (scene.height, scene.width, scene.focal) if scene.use_ndc else None)
+    lap("data")
+    t, valid, dt = occupancy_samples(field, rays, opts, sampler)
+    lap("sampling")
+    raw = field_at_samples(field, rays, t, valid, opts)
+    lap("network_forward")
+    out = composite_samples(raw, rays, t, valid, dt, opts)
+    loss = F.mse_loss(out["rgb"], target)
+    lap("rendering")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    lap("backward")
+    optimizer.step()
+    lap("optimizer")
+    return {"times": lap.times, "coarse_points": int(valid.sum()), "fine_points": 0}
 
 
 def main(argv=None) -> dict:
@@ -122,6 +163,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--render-stride", type=int, default=1, help="render every k-th pixel of a frame")
     parser.add_argument("--no-render", action="store_true", help="skip the frame rendering")
+    parser.add_argument("--checkpoint", default=None, help="time a trained model (and its occupancy grid)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -131,62 +173,100 @@ def main(argv=None) -> dict:
     opts = cfg.nerf.train
     scene = load_scene(cfg.dataset, white_background=opts.white_background)
     batcher = RayBatcher(scene, opts, cfg.experiment.randomseed, device)
-    coarse = build_model(cfg.models.coarse).to(device)
-    fine = build_model(cfg.models.fine).to(device) if cfg.models.fine is not None else None
-    params = list(coarse.parameters()) + (list(fine.parameters()) if fine is not None else [])
+    stored_grid = None
+    if args.checkpoint:
+        loaded = load_models(args.checkpoint, cfg, device)
+        coarse, fine, stored_grid = loaded.coarse.train(), loaded.fine, loaded.occupancy_grid
+        if fine is not None:
+            fine.train()
+    else:
+        coarse = build_model(cfg.models.coarse).to(device)
+        fine = build_model(cfg.models.fine).to(device) if cfg.models.fine is not None else None
+    models = [m for m in (coarse, fine) if m is not None]
+    params = [p for m in models for p in m.parameters()]
     optimizer = torch.optim.Adam(params, lr=cfg.optimizer.lr, betas=(cfg.optimizer.beta1, cfg.optimizer.beta2),
                                  eps=cfg.optimizer.eps)
+    run_coarse, run_fine = field_runners(coarse, fine, cfg.runtime, device)
+    set_compiled_compositing(cfg.runtime.compile)
+    result = {"config": args.config, "overrides": args.set, "checkpoint": args.checkpoint, "device": str(device),
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "precision": cfg.runtime.precision,
+              "compile": cfg.runtime.compile, "sampler": "occupancy" if cfg.occupancy.enabled else "hierarchical"}
+    sampler = None
+    if cfg.occupancy.enabled:
+        field = run_fine if run_fine is not None else run_coarse
+        start = time.perf_counter()
+        sampler = sampler_for_rendering(cfg.occupancy, field, scene.use_ndc, device, stored_grid)
+        sync(device)
+        result["grid_build_seconds"] = None if stored_grid is not None else time.perf_counter() - start
+        result["grid_occupied_fraction"] = sampler.grid.occupied_fraction()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    steps = [timed_step(k, batcher, scene, coarse, fine, optimizer, opts, device)
-             for k in range(args.warmup + args.iters)][args.warmup:]
-    totals = [sum(s.values()) for s in steps]
+    if sampler is None:
+        steps = [timed_step(k, batcher, scene, run_coarse, run_fine, optimizer, opts, device)
+                 for k in range(args.warmup + args.iters)][args.warmup:]
+    else:
+        steps = [timed_occupancy_step(k, batcher, scene, field, sampler, optimizer, opts, cfg.occupancy, device)
+                 for k in range(args.warmup + args.iters)][args.warmup:]
+    totals = [sum(s["times"].values()) for s in steps]
     median_step = statistics.median(totals)
-    split = {phase: statistics.median(s[phase] for s in steps) for phase in PHASES}
-
-    rays = opts.num_random_rays
-    fine_samples = opts.num_coarse + opts.num_fine if fine is not None and opts.num_fine > 0 else 0
-    points = rays * (opts.num_coarse + fine_samples)
-    flops = rays * opts.num_coarse * network_flops_per_point(coarse)
-    if fine_samples:
-        flops += rays * fine_samples * network_flops_per_point(fine)
+    split = {phase: statistics.median(s["times"][phase] for s in steps) for phase in PHASES}
+    coarse_points = statistics.median(s["coarse_points"] for s in steps)
+    fine_points = statistics.median(s["fine_points"] for s in steps)
+    points = coarse_points + fine_points
+    # forward + backward FLOPs of the points evaluated with gradients (the density-only pass of the
+    # occupancy sampler is not counted: it runs inside "sampling")
+    flops = coarse_points * network_flops_per_point(coarse) + (fine_points * network_flops_per_point(fine)
+                                                               if fine_points else 0)
     # the backward phase also contains the volume-rendering backward; the network dominates it
     network_seconds = split["network_forward"] + split["backward"]
-    peak = matmul_peak_gflops(device, torch.float32)
-
-    result = {
-        "config": args.config, "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    dtype = DTYPES[cfg.runtime.precision]
+    peak = matmul_peak_gflops(device, dtype)
+    rays = opts.num_random_rays
+    result.update({
         "rays_per_step": rays, "network_points_per_step": points,
         "seconds_per_step": median_step, "rays_per_second": rays / median_step,
         "network_samples_per_second": points / median_step,
         "split_seconds": split, "split_fraction": {k: v / median_step for k, v in split.items()},
         "network_gflop_per_step": flops / 1e9, "network_gflops_achieved": flops / network_seconds / 1e9,
-        "matmul_peak_gflops_fp32": peak, "network_fraction_of_peak": flops / network_seconds / 1e9 / peak,
-    }
+        "matmul_peak_dtype": str(dtype).replace("torch.", ""), "matmul_peak_gflops": peak,
+        "network_fraction_of_peak": flops / network_seconds / 1e9 / peak,
+        "non_network_fraction": 1.0 - network_seconds / median_step,
+    })
     if not args.no_render:
         view = (scene.i_test or scene.i_val)[0]
+        for m in models:
+            m.eval()
         start = time.perf_counter()
-        frame = render_image(coarse, fine, scene.poses[view].to(device), scene.height, scene.width, scene.focal,
-                             scene.near, scene.far, scene.use_ndc, cfg.nerf.validation, stride=args.render_stride)
+        if sampler is not None:
+            sampler.skipping = True
+        frame = render_image(run_coarse, run_fine, scene.poses[view].to(device), scene.height, scene.width,
+                             scene.focal, scene.near, scene.far, scene.use_ndc, cfg.nerf.validation,
+                             stride=args.render_stride, sampler=sampler)
         sync(device)
         result["seconds_per_frame"] = time.perf_counter() - start
         result["frame_resolution"] = list(frame["rgb"].shape[1::-1])
+        if args.checkpoint:
+            target = scene.images[view][::args.render_stride, ::args.render_stride].to(device)
+            result["frame_psnr"] = psnr(frame["rgb"].clamp(0, 1), target)
     if device.type == "cuda":
         result["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
     else:
         result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
-    print(f"{args.config} on {device} ({result['threads']} threads), {rays} rays x "
-          f"{opts.num_coarse}+{fine_samples} samples = {points} network points per step")
+    print(f"{args.config} on {device} ({result['threads']} threads, {result['precision']}, "
+          f"{result['sampler']} sampler): {rays} rays, {points:.0f} network points per step")
     print(f"  step            {median_step:9.3f} s   ({result['rays_per_second']:.0f} rays/s, "
           f"{result['network_samples_per_second']:.0f} samples/s)")
     for phase in PHASES:
         print(f"  {phase:<15} {split[phase]:9.3f} s   {100 * split[phase] / median_step:5.1f} %")
-    print(f"  network         {result['network_gflops_achieved']:9.1f} GFLOP/s of {peak:.1f} measured fp32 matmul peak "
-          f"({100 * result['network_fraction_of_peak']:.0f} %)")
+    print(f"  network         {result['network_gflops_achieved']:9.1f} GFLOP/s of {peak:.1f} measured "
+          f"{result['matmul_peak_dtype']} matmul peak ({100 * result['network_fraction_of_peak']:.0f} %); "
+          f"everything else {100 * result['non_network_fraction']:.1f} % of the step")
     if "seconds_per_frame" in result:
-        print(f"  frame {result['frame_resolution'][0]}x{result['frame_resolution'][1]}  {result['seconds_per_frame']:9.2f} s")
+        psnr_text = f", PSNR {result['frame_psnr']:.2f} dB" if "frame_psnr" in result else ""
+        print(f"  frame {result['frame_resolution'][0]}x{result['frame_resolution'][1]}  "
+              f"{result['seconds_per_frame']:9.2f} s{psnr_text}")
     print(f"  peak memory     {result['peak_memory_mb']:9.0f} MiB")
     if args.json:
         write_json(result, args.json)

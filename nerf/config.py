@@ -84,7 +84,7 @@ class ModelsConfig:
 @dataclass
 class RenderConfig:
     chunksize: int = 32768  # rays rendered per chunk (memory knob only)
-    netchunk: int = 65536  # points per network call (memory knob only)
+    netchunk: int = 65536  # points per network call at most (memory knob only; CPU calls take <= 4096)
     perturb: bool = True  # stratified jitter of the coarse samples; also makes sample_pdf random
     num_coarse: int = 64
     num_fine: int = 128  # 0 disables hierarchical sampling
@@ -145,6 +145,36 @@ class PruningConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """How the networks run. None of these change the model; precision and compile change rounding."""
+
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only): autocast of the networks; encoding, rendering fp32
+    compile: bool = False  # torch.compile the networks and the compositing; falls back to eager if unavailable
+
+
+@dataclass
+class OccupancyConfig:
+    """Occupancy-grid sampling (Instant-NGP / nerfacc): march only through occupied cells, stop early.
+
+    Replaces the coarse/fine sampler when enabled; the field is the fine model if there is one, else
+    the coarse one. Cells hold an EMA of sigma * step_size (the opacity of one marching step).
+    """
+
+    enabled: bool = False
+    resolution: int = 128  # cells per axis
+    aabb: Optional[list[float]] = None  # [xmin, ymin, zmin, xmax, ymax, zmax]; None: Blender +-1.5, NDC about +-1
+    num_steps: int = 1024  # marching steps along the aabb diagonal: step size = diagonal / num_steps
+    density_threshold: float = 0.01  # a cell is occupied if its opacity estimate exceeds this (or the mean)
+    decay: float = 0.95  # EMA decay of the cell estimates at each update
+    update_every: int = 16  # training steps between grid updates
+    warmup_steps: int = 256  # no skipping before this step; until then every update evaluates all cells
+    early_stop_eps: float = 1e-4  # a ray stops when its transmittance falls below this
+    alpha_threshold: float = 0.0  # samples with a smaller alpha are dropped (0 keeps all)
+    render_chunk: int = 4096  # rays marched at once when rendering images (memory knob only)
+    fill_samples: int = 2  # points per axis and cell when a grid is built for a model trained without one
+
+
+@dataclass
 class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -153,8 +183,11 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    occupancy: OccupancyConfig = field(default_factory=OccupancyConfig)
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
 MODEL_TYPES = ("PaperNeRFModel", "FlexibleNeRFModel", "TinyNeRFModel", "Krrish94NeRFModel")
 DATASET_TYPES = ("blender", "llff", "demo")
 
@@ -494,6 +527,28 @@ def validate(cfg: Config, source: str = "<config>") -> None:
     _require(0 <= o.beta1 < 1, source, "optimizer.beta1", "a value in [0, 1)", o.beta1)
     _require(0 <= o.beta2 < 1, source, "optimizer.beta2", "a value in [0, 1)", o.beta2)
     _require(s.lr_decay_factor > 0, source, "scheduler.lr_decay_factor", "a value > 0", s.lr_decay_factor)
+
+    rt = cfg.runtime
+    _require(rt.precision in PRECISIONS, source, "runtime.precision", "one of " + ", ".join(PRECISIONS),
+             rt.precision)
+    _require(not (rt.precision == "fp16" and e.device in ("cpu", "mps")), source, "runtime.precision",
+             f"fp32 or bf16 on experiment.device {e.device} (fp16 autocast needs CUDA)", rt.precision)
+
+    g = cfg.occupancy
+    _require(g.resolution >= 2, source, "occupancy.resolution", "an integer >= 2", g.resolution)
+    _require(g.num_steps >= 2, source, "occupancy.num_steps", "an integer >= 2", g.num_steps)
+    _require(g.density_threshold > 0, source, "occupancy.density_threshold", "a value > 0", g.density_threshold)
+    _require(0 <= g.decay <= 1, source, "occupancy.decay", "a value in [0, 1]", g.decay)
+    _require(g.update_every >= 1, source, "occupancy.update_every", "an integer >= 1", g.update_every)
+    _require(g.warmup_steps >= 0, source, "occupancy.warmup_steps", "an integer >= 0", g.warmup_steps)
+    _require(0 <= g.early_stop_eps < 1, source, "occupancy.early_stop_eps", "a value in [0, 1)", g.early_stop_eps)
+    _require(0 <= g.alpha_threshold < 1, source, "occupancy.alpha_threshold", "a value in [0, 1)",
+             g.alpha_threshold)
+    _require(g.render_chunk >= 1, source, "occupancy.render_chunk", "an integer >= 1", g.render_chunk)
+    _require(g.fill_samples >= 1, source, "occupancy.fill_samples", "an integer >= 1", g.fill_samples)
+    if g.aabb is not None:
+        _require(len(g.aabb) == 6 and all(g.aabb[k + 3] > g.aabb[k] for k in range(3)), source, "occupancy.aabb",
+                 "[xmin, ymin, zmin, xmax, ymax, zmax] with max > min", g.aabb)
 
     p = cfg.pruning
     _require(0 < p.amount < 1, source, "pruning.amount", "a fraction in (0, 1)", p.amount)

@@ -33,6 +33,7 @@ class LoadedModels:
     source: str
     step: int
     description: str
+    occupancy_grid: Optional[dict] = None  # the grid state a run with occupancy sampling stored
 
 
 def detect_format(ckpt: dict, path: str) -> str:
@@ -189,7 +190,9 @@ def stored_models_if_pruned(ckpt: dict, configured: ModelsConfig) -> ModelsConfi
 
 def load_models(path: str, cfg, device: torch.device) -> LoadedModels:
     """Read any supported checkpoint and return its models on `device`, in eval mode."""
-    loaded = models_from_checkpoint(load_checkpoint(path), path, cfg.models)
+    ckpt = load_checkpoint(path)
+    loaded = models_from_checkpoint(ckpt, path, cfg.models)
+    loaded.occupancy_grid = ckpt.get("occupancy_grid") if isinstance(ckpt, dict) else None
     loaded.coarse.to(device).eval()
     if loaded.fine is not None:
         loaded.fine.to(device).eval()

@@ -75,14 +75,24 @@ class NeRFModel(EncodedField):
         else:
             self.output_linear = _linear(widths[-1], 4)
 
-    def forward(self, points: torch.Tensor, viewdirs: Optional[torch.Tensor]) -> torch.Tensor:
-        """points: [P, 3], viewdirs: [P, 3] unit vectors (or None without viewdirs) -> raw: [P, 4]."""
+    def trunk(self, points: torch.Tensor) -> torch.Tensor:
+        """points: [P, 3] -> the last trunk activation h: [P, W]."""
         x = positional_encoding(points, **self.encoding_xyz)  # [P, Ex]
         h = x
         for i, layer in enumerate(self.pts_linears):
             h = torch.relu(layer(h))
             if i in self.skips:
                 h = torch.cat((x, h), dim=-1)  # points first, as in the official code
+        return h
+
+    def density(self, points: torch.Tensor) -> torch.Tensor:
+        """points: [P, 3] -> sigma_raw: [P], without the view branch (the occupancy grid's query)."""
+        h = self.trunk(points)
+        return (self.alpha_linear(h) if self.use_viewdirs else self.output_linear(h)[:, 3:])[:, 0]
+
+    def forward(self, points: torch.Tensor, viewdirs: Optional[torch.Tensor]) -> torch.Tensor:
+        """points: [P, 3], viewdirs: [P, 3] unit vectors (or None without viewdirs) -> raw: [P, 4]."""
+        h = self.trunk(points)
         if not self.use_viewdirs:
             return self.output_linear(h)
         sigma_raw = self.alpha_linear(h)  # [P, 1]
@@ -152,11 +162,20 @@ class Krrish94NeRFModel(EncodedField):
         else:
             self.fc_out = nn.Linear(hidden_size, 4)
 
-    def forward(self, points: torch.Tensor, viewdirs: Optional[torch.Tensor]) -> torch.Tensor:
-        """points: [P, 3], viewdirs: [P, 3] or None -> raw: [P, 4]."""
+    def trunk(self, points: torch.Tensor) -> torch.Tensor:
         h = self.layer1(positional_encoding(points, **self.encoding_xyz))  # no ReLU here (a quirk)
         for layer in self.layers_xyz:
             h = torch.relu(layer(h))
+        return h
+
+    def density(self, points: torch.Tensor) -> torch.Tensor:
+        """points: [P, 3] -> sigma_raw: [P], without the view branch."""
+        h = self.trunk(points)
+        return (self.fc_alpha(h) if self.use_viewdirs else self.fc_out(h)[:, 3:])[:, 0]
+
+    def forward(self, points: torch.Tensor, viewdirs: Optional[torch.Tensor]) -> torch.Tensor:
+        """points: [P, 3], viewdirs: [P, 3] or None -> raw: [P, 4]."""
+        h = self.trunk(points)
         if not self.use_viewdirs:
             return self.fc_out(h)
         feature = torch.relu(self.fc_feat(h))  # a ReLU on the bottleneck (a quirk)

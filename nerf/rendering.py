@@ -10,6 +10,7 @@ from torch import nn
 
 from .config import RenderConfig
 from .rays import get_rays, ndc_rays
+from .runtime import network_chunk
 from .sampling import hierarchical_samples, stratified_samples
 
 
@@ -43,31 +44,22 @@ def prepare_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, near: float, far: f
     return Rays(rays_o, rays_d, viewdirs, near_t, far_t)
 
 
-def volume_render(raw: torch.Tensor, z_vals: torch.Tensor, rays_d: torch.Tensor, noise_std: float = 0.0,
-                  white_background: bool = False, generator: Optional[torch.Generator] = None) -> dict:
-    """Composite raw network outputs along rays (official raw2outputs).
+def composite(rgb: torch.Tensor, sigma: torch.Tensor, deltas: torch.Tensor, t: torch.Tensor,
+              white_background: bool = False) -> dict:
+    """Alpha compositing along rays (the body of the official raw2outputs).
 
-    raw: [R, S, 4] = [rgb_raw, sigma_raw]; z_vals: [R, S]; rays_d: [R, 3] (un-normalised; NDC under NDC).
-    delta_k = (z_{k+1} - z_k) |d|, delta_last = 1e10 |d|; sigma = ReLU(sigma_raw + N(0, noise_std^2));
+    rgb: [R, S, 3] in [0, 1]; sigma: [R, S] >= 0; deltas: [R, S] interval lengths in world units; t: [R, S].
     alpha_k = 1 - exp(-sigma_k delta_k); T_k = prod_{j<k} (1 - alpha_j + 1e-10); w_k = alpha_k T_k.
-    rgb = sum w sigmoid(rgb_raw) (+ 1 - acc on white); depth = sum w z; acc = sum w;
+    rgb = sum w rgb (+ 1 - acc on white); depth = sum w t; acc = sum w;
     disp = 1 / max(1e-10, depth / acc), and 0 where acc = 0.
     Returns rgb [R, 3], depth [R], disp [R], acc [R], weights [R, S].
     """
-    deltas = z_vals[:, 1:] - z_vals[:, :-1]  # [R, S-1]
-    deltas = torch.cat((deltas, torch.full_like(deltas[:, :1], 1e10)), dim=-1)  # [R, S]
-    deltas = deltas * torch.linalg.norm(rays_d[:, None, :], dim=-1)
-    rgb = torch.sigmoid(raw[..., :3])  # [R, S, 3]
-    sigma_raw = raw[..., 3]
-    if noise_std > 0:
-        sigma_raw = sigma_raw + noise_std * torch.randn(sigma_raw.shape, device=raw.device, dtype=raw.dtype,
-                                                        generator=generator)
-    alpha = 1.0 - torch.exp(-torch.relu(sigma_raw) * deltas)  # [R, S]
+    alpha = 1.0 - torch.exp(-sigma * deltas)  # [R, S]
     transmittance = torch.cumprod(torch.cat((torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-10), dim=-1),
                                   dim=-1)[:, :-1]  # [R, S], exclusive
     weights = alpha * transmittance
     rgb_map = (weights[..., None] * rgb).sum(dim=-2)  # [R, 3]
-    depth = (weights * z_vals).sum(dim=-1)  # [R]
+    depth = (weights * t).sum(dim=-1)  # [R]
     acc = weights.sum(dim=-1)
     safe_acc = torch.where(acc > 0, acc, torch.ones_like(acc))
     disp = torch.where(acc > 0, 1.0 / torch.clamp(depth / safe_acc, min=1e-10), torch.zeros_like(acc))
@@ -76,28 +68,68 @@ def volume_render(raw: torch.Tensor, z_vals: torch.Tensor, rays_d: torch.Tensor,
     return {"rgb": rgb_map, "depth": depth, "disp": disp, "acc": acc, "weights": weights}
 
 
+# composite() as run by the renderers; set_compiled_compositing() swaps in a torch.compile'd version
+_COMPOSITE = {"fn": composite}
+
+
+def set_compiled_compositing(enabled: bool) -> None:
+    """Run the compositing through torch.compile (runtime.compile) or eagerly."""
+    from .runtime import try_compile
+
+    _COMPOSITE["fn"] = try_compile(composite, "composite") if enabled else composite
+
+
+def volume_render(raw: torch.Tensor, z_vals: torch.Tensor, rays_d: torch.Tensor, noise_std: float = 0.0,
+                  white_background: bool = False, generator: Optional[torch.Generator] = None) -> dict:
+    """Composite raw network outputs along rays (official raw2outputs).
+
+    raw: [R, S, 4] = [rgb_raw, sigma_raw]; z_vals: [R, S]; rays_d: [R, 3] (un-normalised; NDC under NDC).
+    delta_k = (z_{k+1} - z_k) |d|, delta_last = 1e10 |d|; sigma = ReLU(sigma_raw + N(0, noise_std^2));
+    then `composite` (rgb = sigmoid(rgb_raw)).
+    Returns rgb [R, 3], depth [R], disp [R], acc [R], weights [R, S].
+    """
+    deltas = z_vals[:, 1:] - z_vals[:, :-1]  # [R, S-1]
+    deltas = torch.cat((deltas, torch.full_like(deltas[:, :1], 1e10)), dim=-1)  # [R, S]
+    deltas = deltas * torch.linalg.norm(rays_d[:, None, :], dim=-1)
+    sigma_raw = raw[..., 3]
+    if noise_std > 0:
+        sigma_raw = sigma_raw + noise_std * torch.randn(sigma_raw.shape, device=raw.device, dtype=raw.dtype,
+                                                        generator=generator)
+    return _COMPOSITE["fn"](torch.sigmoid(raw[..., :3]), torch.relu(sigma_raw), deltas, z_vals, white_background)
+
+
 def run_network(model: nn.Module, points: torch.Tensor, viewdirs: torch.Tensor, netchunk: int) -> torch.Tensor:
     """Evaluate the field at points: [R, S, 3] with per-ray viewdirs [R, 3] -> raw [R, S, 4],
-    in chunks of at most `netchunk` points (a memory knob that does not change the result)."""
+    in chunks of at most `netchunk` points (a memory knob that does not change the result; on the CPU
+    smaller chunks are used, see runtime.network_chunk)."""
     num_rays, num_samples = points.shape[:2]
     flat_points = points.reshape(-1, 3)  # [P, 3]
     flat_dirs = viewdirs[:, None, :].expand(points.shape).reshape(-1, 3)  # [P, 3]
-    if flat_points.shape[0] <= netchunk:
-        raw = model(flat_points, flat_dirs)
-    else:
-        raw = torch.cat([model(flat_points[k:k + netchunk], flat_dirs[k:k + netchunk])
-                         for k in range(0, flat_points.shape[0], netchunk)], dim=0)
-    return raw.reshape(num_rays, num_samples, -1)  # [R, S, 4]
+    return evaluate_points(model, flat_points, flat_dirs, netchunk).reshape(num_rays, num_samples, -1)  # [R, S, 4]
+
+
+def evaluate_points(model: nn.Module, points: torch.Tensor, viewdirs: torch.Tensor, netchunk: int) -> torch.Tensor:
+    """model(points [P, 3], viewdirs [P, 3]) -> raw [P, 4], in calls of at most network_chunk(netchunk) points."""
+    chunk = network_chunk(netchunk, points.device)
+    if points.shape[0] <= chunk:
+        return model(points, viewdirs)
+    return torch.cat([model(points[k:k + chunk], viewdirs[k:k + chunk])
+                      for k in range(0, points.shape[0], chunk)], dim=0)
 
 
 def render_rays(coarse: nn.Module, fine: Optional[nn.Module], rays: Rays, opts: RenderConfig,
-                generator: Optional[torch.Generator] = None) -> dict:
+                generator: Optional[torch.Generator] = None, sampler=None) -> dict:
     """Render rays with the coarse model and, if num_fine > 0, the fine model on coarse + fine samples.
 
     Returns the fine outputs (rgb [R, 3], depth, disp, acc [R], weights [R, S_c + S_f], z_std [R]) and the
     coarse ones with suffix 0 (rgb0, depth0, disp0, acc0); without a fine pass the coarse outputs are the
-    main ones.
+    main ones. With an occupancy `sampler` (nerf.occupancy.OccupancySampler) the rays are marched through
+    its grid instead and rendered by one field: the fine model if there is one, else the coarse one.
     """
+    if sampler is not None:
+        from .occupancy import render_rays_occupancy  # late: occupancy builds on this module
+
+        return render_rays_occupancy(fine if fine is not None else coarse, rays, opts, sampler, generator)
     z_coarse = stratified_samples(rays.near, rays.far, opts.num_coarse, opts.perturb, opts.lindisp,
                                   generator)  # [R, S_c]
     points = rays.origins[:, None, :] + rays.directions[:, None, :] * z_coarse[..., None]  # [R, S_c, 3]
@@ -122,11 +154,12 @@ def render_rays(coarse: nn.Module, fine: Optional[nn.Module], rays: Rays, opts: 
 @torch.no_grad()
 def render_image(coarse: nn.Module, fine: Optional[nn.Module], c2w: torch.Tensor, height: int, width: int,
                  focal: float, near: float, far: float, use_ndc: bool, opts: RenderConfig,
-                 generator: Optional[torch.Generator] = None, stride: int = 1) -> dict:
+                 generator: Optional[torch.Generator] = None, stride: int = 1, sampler=None) -> dict:
     """Render an image in chunks of `opts.chunksize` rays. c2w: [3, 4] or [4, 4].
 
     height, width, focal are the training intrinsics (they also define the NDC space); stride k renders
-    every k-th pixel, i.e. the image at 1/k resolution, comparable with `target[::k, ::k]`.
+    every k-th pixel, i.e. the image at 1/k resolution, comparable with `target[::k, ::k]`. With an
+    occupancy `sampler`, rays are marched occupancy.render_chunk at a time.
     Returns rgb [H', W', 3], depth, disp, acc [H', W'] (fine pass when there is one).
     """
     rays_o, rays_d = get_rays(height, width, focal, c2w, stride)  # [H', W', 3] each
@@ -135,8 +168,9 @@ def render_image(coarse: nn.Module, fine: Optional[nn.Module], c2w: torch.Tensor
                         (height, width, focal) if use_ndc else None)
     keys = ("rgb", "depth", "disp", "acc")
     chunks = {key: [] for key in keys}
-    for start in range(0, len(rays), opts.chunksize):
-        out = render_rays(coarse, fine, rays[start:start + opts.chunksize], opts, generator)
+    chunk = sampler.cfg.render_chunk if sampler is not None else opts.chunksize
+    for start in range(0, len(rays), chunk):
+        out = render_rays(coarse, fine, rays[start:start + chunk], opts, generator, sampler)
         for key in keys:
             chunks[key].append(out[key])
     return {key: torch.cat(chunks[key], dim=0).reshape(out_height, out_width, -1).squeeze(-1) for key in keys}

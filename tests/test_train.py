@@ -162,3 +162,54 @@ def test_yenchenlin_checkpoint_continues_its_schedule_and_adam_state(tmp_path, s
         train_nerf.main(["--config", config, "--load-checkpoint", str(tar), "--set", "experiment.id=coarse_only",
                          "--set", "models.fine=null", "--set", "nerf.train.num_fine=0",
                          "--set", "nerf.validation.num_fine=0"])
+
+
+OCCUPANCY_SETS = ["models.fine=null", "nerf.train.num_fine=0", "nerf.validation.num_fine=0", "occupancy.enabled=true",
+                  "occupancy.resolution=16", "occupancy.warmup_steps=2", "occupancy.update_every=2",
+                  "occupancy.num_steps=64", "nerf.train.num_coarse=8"]
+
+
+def _sets(values):
+    return [a for s in values for a in ("--set", s)]
+
+
+def test_occupancy_training_resumes_exactly_with_its_grid(tmp_path, scene_dir):
+    config = _config(tmp_path, scene_dir)
+    train_nerf.main(["--config", config, "--set", "experiment.id=full"] + _sets(OCCUPANCY_SETS))
+    full_dir = tmp_path / "logs" / "full"
+    train_nerf.main(["--config", config, "--set", "experiment.id=resumed", "--load-checkpoint",
+                     str(full_dir / "checkpoint000003.ckpt")] + _sets(OCCUPANCY_SETS))
+    a = load_checkpoint(str(full_dir / "checkpoint000006.ckpt"))
+    b = load_checkpoint(str(tmp_path / "logs" / "resumed" / "checkpoint000006.ckpt"))
+    assert a["model_fine_state_dict"] is None
+    for key, value in a["model_coarse_state_dict"].items():
+        assert torch.equal(value, b["model_coarse_state_dict"][key]), key
+    assert torch.equal(a["occupancy_grid"]["estimates"], b["occupancy_grid"]["estimates"])
+    assert torch.equal(a["occupancy_grid"]["occupied"], b["occupancy_grid"]["occupied"])
+    assert a["occupancy_grid"]["estimates"].abs().sum() > 0  # the grid was updated
+
+
+def test_occupancy_needs_a_single_network(tmp_path, scene_dir, capsys):
+    config = _config(tmp_path, scene_dir)
+    with pytest.raises(SystemExit) as err:
+        train_nerf.main(["--config", config, "--set", "occupancy.enabled=true"])
+    assert "trains one network" in str(err.value)
+
+
+@pytest.mark.parametrize("sets", [["runtime.precision=bf16"], OCCUPANCY_SETS + ["occupancy.warmup_steps=20"]],
+                         ids=["bf16", "occupancy"])
+def test_fast_options_learn(tmp_path, scene_dir, sets):
+    config = _config(tmp_path, scene_dir, train_iters=150, validate_every=150, save_every=0)
+    cfg = load_config(config, sets)
+    scene = load_scene(cfg.dataset, white_background=True)
+    torch.manual_seed(cfg.experiment.randomseed)
+    coarse = build_model(cfg.models.coarse)
+    fine = build_model(cfg.models.fine) if cfg.models.fine is not None else None
+    sampler = None
+    if cfg.occupancy.enabled:
+        from nerf.occupancy import build_sampler
+        sampler = build_sampler(cfg.occupancy, False, torch.device("cpu"))
+        sampler.skipping = False
+    before = train_nerf.validate(cfg, scene, coarse, fine, sampler)["psnr"]
+    metrics = train_nerf.main(["--config", config, "--set", "nerf.train.radiance_field_noise_std=0"] + _sets(sets))
+    assert metrics["val_psnr"] > before + 4.0, (before, metrics["val_psnr"])

@@ -1,0 +1,338 @@
+"""Occupancy-grid ray marching (Instant-NGP; nerfacc's OccupancyGrid), in pure PyTorch.
+
+A grid of C = resolution^3 cells over an axis-aligned box holds, per cell, an exponential moving maximum of
+the opacity of one marching step, sigma * step_size, measured by the field itself. Rays are marched with
+a fixed world-space step; samples in unoccupied cells are skipped, and a ray stops once its transmittance
+falls below `early_stop_eps`. The hierarchical coarse/fine sampler stays the default; this is an option.
+
+Shape legend: R rays, M marched samples per ray (padded; `valid` marks the real ones), P points, C cells.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .config import OccupancyConfig, RenderConfig
+from .rendering import Rays, _COMPOSITE
+from .runtime import network_chunk
+
+BLENDER_AABB = (-1.5, -1.5, -1.5, 1.5, 1.5, 1.5)
+# NDC x, y reach +-1 exactly at the image border (get_rays' pixel convention), so the box reaches a little
+# further than the unit cube; z runs from -1 (near plane) to 1 (infinity).
+NDC_AABB = (-1.05, -1.05, -1.0, 1.05, 1.05, 1.0)
+
+
+def default_aabb(cfg: OccupancyConfig, use_ndc: bool) -> tuple:
+    """occupancy.aabb, or the scene type's box: NDC space is about [-1, 1]^3, Blender objects fit in [-1.5, 1.5]^3."""
+    if cfg.aabb is not None:
+        return tuple(cfg.aabb)
+    return NDC_AABB if use_ndc else BLENDER_AABB
+
+
+class OccupancyGrid:
+    """Occupancy of `resolution`^3 cells over `aabb`; all cells start occupied.
+
+    estimates: [C] EMA maximum of sigma * step_size seen in each cell;
+    occupied: [C] bool = estimates > min(density_threshold, mean(estimates)) after an update, so a cell
+    whose estimate exceeds density_threshold is always occupied. Cell index = (i * res + j) * res + k for
+    the cell (i, j, k) along (x, y, z).
+    """
+
+    def __init__(self, aabb, resolution: int, density_threshold: float = 0.01, decay: float = 0.95,
+                 device: Optional[torch.device] = None):
+        self.aabb = torch.as_tensor(aabb, dtype=torch.float32, device=device)  # [6]
+        self.resolution = resolution
+        self.density_threshold = density_threshold
+        self.decay = decay
+        num_cells = resolution ** 3
+        self.estimates = torch.zeros(num_cells, device=device)
+        self.occupied = torch.ones(num_cells, dtype=torch.bool, device=device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.estimates.device
+
+    def cell_index(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """points: [..., 3] -> (cell index [...] long, inside-the-box mask [...])."""
+        lo, hi = self.aabb[:3], self.aabb[3:]
+        unit = (points - lo) / (hi - lo)  # [..., 3] in [0, 1) inside the box
+        inside = ((unit >= 0) & (unit < 1)).all(dim=-1)
+        ijk = (unit * self.resolution).long().clamp(0, self.resolution - 1)
+        index = (ijk[..., 0] * self.resolution + ijk[..., 1]) * self.resolution + ijk[..., 2]
+        return index, inside
+
+    def is_occupied(self, points: torch.Tensor) -> torch.Tensor:
+        """points: [..., 3] -> bool [...]: inside the box and in an occupied cell."""
+        index, inside = self.cell_index(points)
+        return inside & self.occupied[index]
+
+    def cell_points(self, cells: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """cells: [P] indices, offsets: [P, 3] in [0, 1) within the cell -> world points [P, 3]."""
+        res = self.resolution
+        ijk = torch.stack((cells // (res * res), (cells // res) % res, cells % res), dim=-1)  # [P, 3]
+        lo, hi = self.aabb[:3], self.aabb[3:]
+        return lo + (ijk.to(offsets.dtype) + offsets) / res * (hi - lo)
+
+    def _estimate(self, density_fn: Callable, cells: torch.Tensor, offsets: torch.Tensor, step_size: float,
+                  chunk: int) -> torch.Tensor:
+        """Opacity sigma * step_size at the given points of the given cells: [P]."""
+        points = self.cell_points(cells, offsets)
+        with torch.no_grad():
+            sigma = torch.cat([torch.relu(density_fn(points[k:k + chunk])) for k in range(0, len(points), chunk)])
+        return sigma * step_size
+
+    def _set_occupied(self) -> None:
+        threshold = torch.clamp(self.estimates.mean(), max=self.density_threshold)
+        self.occupied = self.estimates > threshold
+        self._box = None
+
+    def occupied_box(self) -> torch.Tensor:
+        """The smallest box [6] made of whole cells that holds every occupied cell (empty: a zero-size box)."""
+        if getattr(self, "_box", None) is None:
+            res = self.resolution
+            cells = self.occupied.nonzero()[:, 0]
+            lo, size = self.aabb[:3], self.aabb[3:] - self.aabb[:3]
+            if len(cells) == 0:
+                self._box = torch.cat((lo, lo))
+            else:
+                ijk = torch.stack((cells // (res * res), (cells // res) % res, cells % res), dim=-1)  # [P, 3]
+                self._box = torch.cat((lo + ijk.amin(dim=0) / res * size, lo + (ijk.amax(dim=0) + 1) / res * size))
+        return self._box
+
+    def cells_along(self, origins: torch.Tensor, directions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Cell index [R, N] of o + t d for t: [R, N] (points assumed inside the box; clamped to its cells)."""
+        res, lo, size = self.resolution, self.aabb[:3], self.aabb[3:] - self.aabb[:3]
+        start = (origins - lo) / size * res  # [R, 3] in cell units
+        step = directions / size * res
+        ijk = torch.addcmul(start[:, None, :], t[..., None], step[:, None, :])  # [R, N, 3]
+        ijk = ijk.floor_().clamp_(0, res - 1).long()
+        return (ijk[..., 0] * res + ijk[..., 1]) * res + ijk[..., 2]
+
+    def update(self, density_fn: Callable, step_size: float, all_cells: bool,
+               generator: Optional[torch.Generator] = None, chunk: int = 65536) -> None:
+        """One EMA update from the field's densities at one random point per chosen cell.
+
+        Chosen cells: all of them (warm-up), else C/4 uniformly random cells and C/4 of the occupied ones.
+        estimate <- max(decay * estimate, sigma(x) * step_size) for each chosen cell; the others keep theirs.
+        """
+        num_cells = self.estimates.numel()
+        device = self.device
+        if all_cells:
+            cells = torch.arange(num_cells, device=device)
+        else:
+            uniform = torch.randint(num_cells, (num_cells // 4,), device=device, generator=generator)
+            occupied = self.occupied.nonzero()[:, 0]
+            if len(occupied) > num_cells // 4:
+                pick = torch.randint(len(occupied), (num_cells // 4,), device=device, generator=generator)
+                occupied = occupied[pick]
+            cells = torch.cat((uniform, occupied))
+        offsets = torch.rand((len(cells), 3), device=device, generator=generator)
+        opacity = self._estimate(density_fn, cells, offsets, step_size, chunk)
+        decayed = self.estimates.clone()
+        decayed[cells] = self.estimates[cells] * self.decay
+        self.estimates = decayed.scatter_reduce(0, cells, opacity, reduce="amax")  # duplicates: their max
+        self._set_occupied()
+
+    def fill(self, density_fn: Callable, step_size: float, samples_per_axis: int = 2, chunk: int = 65536) -> None:
+        """Deterministic estimate from scratch: the max opacity over a samples_per_axis^3 lattice of points
+        (the centres of equal sub-cells) in every cell. Builds a grid for a model trained without one."""
+        num_cells, k = self.estimates.numel(), samples_per_axis
+        centres = (torch.stack(torch.meshgrid(*[torch.arange(k, device=self.device)] * 3, indexing="ij"),
+                               dim=-1).reshape(-1, 3) + 0.5) / k  # [k^3, 3]
+        estimates = torch.zeros(num_cells, device=self.device)
+        cells_per_call = max(1, chunk // len(centres))
+        for start in range(0, num_cells, cells_per_call):
+            cells = torch.arange(start, min(start + cells_per_call, num_cells), device=self.device)
+            cells_rep = cells.repeat_interleave(len(centres))  # [P]
+            offsets = centres.repeat(len(cells), 1)  # [P, 3]
+            opacity = self._estimate(density_fn, cells_rep, offsets, step_size, chunk)
+            estimates[cells] = opacity.reshape(len(cells), len(centres)).amax(dim=-1)
+        self.estimates = estimates
+        self._set_occupied()
+
+    def state_dict(self) -> dict:
+        return {"aabb": self.aabb.cpu(), "resolution": self.resolution, "estimates": self.estimates.cpu(),
+                "occupied": self.occupied.cpu(), "density_threshold": self.density_threshold, "decay": self.decay}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["resolution"]) != self.resolution or not torch.allclose(state["aabb"].to(self.aabb), self.aabb):
+            raise ValueError(f"stored occupancy grid ({state['resolution']}^3 over {state['aabb'].tolist()}) does "
+                             f"not match the config ({self.resolution}^3 over {self.aabb.tolist()})")
+        self.estimates = state["estimates"].to(self.device, torch.float32)
+        self.occupied = state["occupied"].to(self.device, torch.bool)
+        self._box = None
+
+    def occupied_fraction(self) -> float:
+        return self.occupied.float().mean().item()
+
+
+@dataclass
+class OccupancySampler:
+    """An occupancy grid with its marching settings. `skipping` False (warm-up) marches through every cell."""
+
+    grid: OccupancyGrid
+    cfg: OccupancyConfig
+    skipping: bool = True
+
+    @property
+    def step_size(self) -> float:
+        """World-space marching step: the box diagonal / num_steps."""
+        size = self.grid.aabb[3:] - self.grid.aabb[:3]
+        return float(torch.linalg.norm(size)) / self.cfg.num_steps
+
+
+def build_sampler(cfg: OccupancyConfig, use_ndc: bool, device: torch.device) -> OccupancySampler:
+    grid = OccupancyGrid(default_aabb(cfg, use_ndc), cfg.resolution, cfg.density_threshold, cfg.decay, device)
+    return OccupancySampler(grid, cfg)
+
+
+def sampler_for_rendering(cfg: OccupancyConfig, field: nn.Module, use_ndc: bool, device: torch.device,
+                          stored: Optional[dict] = None) -> OccupancySampler:
+    """The grid a trained model renders with: the one its run stored, or (for a model trained without one)
+    a grid filled from the field's density at occupancy.fill_samples^3 points per cell."""
+    sampler = build_sampler(cfg, use_ndc, device)
+    if stored is not None:
+        sampler.grid.load_state_dict(stored)
+    else:
+        sampler.grid.fill(field.density, sampler.step_size, cfg.fill_samples)
+    return sampler
+
+
+def ray_box_interval(origins: torch.Tensor, directions: torch.Tensor, aabb: torch.Tensor) -> tuple:
+    """Slab test. origins, directions: [R, 3] -> (t_enter, t_exit): [R]; t_exit <= t_enter means a miss."""
+    safe = torch.where(directions.abs() < 1e-12, torch.full_like(directions, 1e-12), directions)
+    t0 = (aabb[:3] - origins) / safe  # [R, 3]
+    t1 = (aabb[3:] - origins) / safe
+    return torch.minimum(t0, t1).amax(dim=-1), torch.maximum(t0, t1).amin(dim=-1)
+
+
+def compact(t: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each ray's valid samples to the front, in order, and drop all-invalid columns.
+
+    t, valid: [R, N] -> [R, M] with M = the largest number of valid samples of a ray."""
+    order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices  # valid first, order kept
+    width = int(valid.sum(dim=1).max().item()) if valid.numel() else 0
+    order = order[:, :width]  # [R, M]
+    return torch.gather(t, 1, order), torch.gather(valid, 1, order)
+
+
+def march(sampler: OccupancySampler, rays: Rays, perturb: bool,
+          generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample positions along rays through occupied cells.
+
+    t_k = t_enter + (k + u) dt for k = 0, 1, ... with dt = step_size / |d| (t is in units of d) and
+    u ~ U[0, 1) per ray when perturb (else 1/2), kept where t_k < t_exit and the cell of o + t_k d is occupied;
+    [t_enter, t_exit] = the ray's interval inside the box, clipped to [near, far]. When skipping, the box is
+    the one around the occupied cells (the same samples, fewer steps to test).
+    Returns t [R, M], valid [R, M] and dt [R]; each sample stands for the interval t_k +- dt/2.
+    """
+    grid = sampler.grid
+    norms = torch.linalg.norm(rays.directions, dim=-1)  # [R]
+    dt = sampler.step_size / norms  # [R]
+    box = grid.occupied_box() if sampler.skipping else grid.aabb
+    t_enter, t_exit = ray_box_interval(rays.origins, rays.directions, box)
+    if sampler.skipping:  # start on the lattice of the whole box, so that the samples do not depend on the cells
+        t_start, _ = ray_box_interval(rays.origins, rays.directions, grid.aabb)
+        t_start = torch.maximum(t_start, rays.near)
+    t_enter, t_exit = torch.maximum(t_enter, rays.near), torch.minimum(t_exit, rays.far)
+    if not sampler.skipping:
+        t_start = t_enter
+    first = torch.floor(((t_enter - t_start) / dt).clamp(min=0))  # [R] first step index inside
+    span = ((t_exit - t_start) / dt - first).clamp(min=0)  # [R] steps to cover
+    num_steps = int(span.max().ceil().item()) + 1 if span.numel() else 0
+    if perturb:
+        u = torch.rand(t_enter.shape, device=t_enter.device, generator=generator)
+    else:
+        u = torch.full_like(t_enter, 0.5)
+    steps = torch.arange(num_steps, device=t_enter.device, dtype=t_enter.dtype)
+    t = t_start[:, None] + (first[:, None] + steps + u[:, None]) * dt[:, None]  # [R, N]
+    valid = (t >= t_enter[:, None]) & (t < t_exit[:, None])
+    if sampler.skipping:
+        valid &= grid.occupied[grid.cells_along(rays.origins, rays.directions, t)]
+    t, valid = compact(t, valid)
+    return t, valid, dt
+
+
+def _dense(values: torch.Tensor, valid: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    """Scatter packed values [P, ...] into a [R, M, ...] tensor at the valid entries."""
+    out = values.new_full(valid.shape + values.shape[1:], fill)
+    out[valid] = values
+    return out
+
+
+def early_termination(density_fn: Callable, rays: Rays, t: torch.Tensor, valid: torch.Tensor, dt: torch.Tensor,
+                      early_stop_eps: float, alpha_threshold: float, netchunk: int) -> torch.Tensor:
+    """The samples worth evaluating (no gradients): valid, with transmittance T_k >= early_stop_eps and
+    alpha_k >= alpha_threshold, from a density-only pass. Dropping the samples after T < eps changes each
+    colour channel by at most eps (their weights sum to at most T)."""
+    with torch.no_grad():
+        points = (rays.origins[:, None, :] + rays.directions[:, None, :] * t[..., None])[valid]  # [P, 3]
+        chunk = network_chunk(netchunk, points.device)
+        sigma = torch.cat([torch.relu(density_fn(points[k:k + chunk])) for k in range(0, len(points), chunk)]) \
+            if len(points) else points.new_zeros(0)
+        sigma = _dense(sigma, valid)  # [R, M]
+        deltas = (dt * torch.linalg.norm(rays.directions, dim=-1))[:, None]  # [R, 1] = step_size
+        alpha = 1.0 - torch.exp(-sigma * deltas)
+        transmittance = torch.cumprod(torch.cat((torch.ones_like(alpha[:, :1]), 1.0 - alpha), dim=-1), dim=-1)[:, :-1]
+        return valid & (transmittance >= early_stop_eps) & (alpha >= alpha_threshold)
+
+
+def occupancy_samples(field: nn.Module, rays: Rays, opts: RenderConfig, sampler: OccupancySampler,
+                      generator: Optional[torch.Generator] = None) -> tuple:
+    """March through occupied cells, then thin by early termination: (t [R, M], valid [R, M], dt [R])."""
+    t, valid, dt = march(sampler, rays, opts.perturb, generator)
+    cfg = sampler.cfg
+    if cfg.early_stop_eps > 0 or cfg.alpha_threshold > 0:
+        keep = early_termination(field.density, rays, t, valid, dt, cfg.early_stop_eps, cfg.alpha_threshold,
+                                 opts.netchunk)
+        t, valid = compact(t, keep)
+    return t, valid, dt
+
+
+def field_at_samples(field: nn.Module, rays: Rays, t: torch.Tensor, valid: torch.Tensor,
+                     opts: RenderConfig) -> torch.Tensor:
+    """Run the field once on the valid samples: raw [P, 4] for the P valid entries of t [R, M] (row-major)."""
+    ray_ids = valid.nonzero()[:, 0]  # [P]
+    points = rays.origins[ray_ids] + rays.directions[ray_ids] * t[valid][:, None]  # [P, 3]
+    chunk = network_chunk(opts.netchunk, points.device)
+    viewdirs = rays.viewdirs[ray_ids]
+    if not len(points):
+        return points.new_zeros(0, 4)
+    return torch.cat([field(points[k:k + chunk], viewdirs[k:k + chunk]) for k in range(0, len(points), chunk)])
+
+
+def composite_samples(raw: torch.Tensor, rays: Rays, t: torch.Tensor, valid: torch.Tensor, dt: torch.Tensor,
+                      opts: RenderConfig, generator: Optional[torch.Generator] = None) -> dict:
+    """Composite packed raw outputs [P, 4] of the valid samples of t [R, M].
+
+    sigma = ReLU(sigma_raw (+ noise)), rgb = sigmoid(rgb_raw), delta = step_size for every sample, invalid
+    samples have sigma = 0; then `composite` as in the paper renderer. Returns rgb [R, 3], depth, disp,
+    acc [R], weights [R, M], num_samples [R] (evaluated samples per ray).
+    """
+    sigma_raw = raw[:, 3]
+    if opts.radiance_field_noise_std > 0:
+        sigma_raw = sigma_raw + opts.radiance_field_noise_std * torch.randn(
+            sigma_raw.shape, device=raw.device, dtype=raw.dtype, generator=generator)
+    rgb = _dense(torch.sigmoid(raw[:, :3]), valid)  # [R, M, 3]
+    sigma = _dense(torch.relu(sigma_raw), valid)  # [R, M]
+    deltas = (dt * torch.linalg.norm(rays.directions, dim=-1))[:, None].expand_as(t)  # [R, M] = step_size
+    out = _COMPOSITE["fn"](rgb, sigma, deltas, t, opts.white_background)
+    out["num_samples"] = valid.sum(dim=1)
+    return out
+
+
+def render_samples(field: nn.Module, rays: Rays, t: torch.Tensor, valid: torch.Tensor, dt: torch.Tensor,
+                   opts: RenderConfig, generator: Optional[torch.Generator] = None) -> dict:
+    """`field_at_samples`, then `composite_samples`."""
+    return composite_samples(field_at_samples(field, rays, t, valid, opts), rays, t, valid, dt, opts, generator)
+
+
+def render_rays_occupancy(field: nn.Module, rays: Rays, opts: RenderConfig, sampler: OccupancySampler,
+                          generator: Optional[torch.Generator] = None) -> dict:
+    """Render rays with the grid sampler and one field (a FieldRunner or a model with a `density`)."""
+    t, valid, dt = occupancy_samples(field, rays, opts, sampler, generator)
+    return render_samples(field, rays, t, valid, dt, opts, generator)

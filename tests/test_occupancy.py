@@ -1,0 +1,221 @@
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from nerf.config import OccupancyConfig, RenderConfig
+from nerf.occupancy import (OccupancyGrid, OccupancySampler, compact, early_termination, march, occupancy_samples,
+                            ray_box_interval, render_samples)
+from nerf.rendering import Rays, composite
+
+BLOBS = torch.tensor([[0.3, -0.2, 0.1], [-0.5, 0.4, -0.3]])
+
+
+def blob_density(points):
+    """Two Gaussian blobs of peak density 50 and width 0.15: smooth, mostly empty space."""
+    d2 = ((points[:, None, :] - BLOBS) ** 2).sum(-1)  # [P, 2]
+    return 50.0 * torch.exp(-d2 / (2 * 0.15 ** 2)).sum(-1) - 1.0  # raw: ReLU gives 0 far from the blobs
+
+
+class BlobField(nn.Module):
+    """An analytic field: density from the blobs, colour from the position."""
+
+    def density(self, points):
+        return blob_density(points)
+
+    def forward(self, points, viewdirs):
+        return torch.cat((3.0 * points, blob_density(points)[:, None]), dim=-1)
+
+
+def _rays(num, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    origins = torch.nn.functional.normalize(torch.randn(num, 3, generator=g), dim=-1) * 4.0
+    targets = 0.6 * torch.randn(num, 3, generator=g)
+    directions = (targets - origins) * (0.5 + torch.rand(num, 1, generator=g))  # un-normalised, as in training
+    viewdirs = torch.nn.functional.normalize(directions, dim=-1)
+    near = torch.full((num,), 2.0) / directions.norm(dim=-1) * 1.0
+    far = torch.full((num,), 6.5) / directions.norm(dim=-1)
+    return Rays(origins, directions, viewdirs, near, far)
+
+
+def test_cell_index_by_hand():
+    grid = OccupancyGrid([0, 0, 0, 1, 1, 1], resolution=4)
+    index, inside = grid.cell_index(torch.tensor([[0.3, 0.6, 0.9], [0.0, 0.0, 0.0], [1.0, 0.5, 0.5],
+                                                  [-0.1, 0.5, 0.5]]))
+    assert index[0].item() == (1 * 4 + 2) * 4 + 3 and index[1].item() == 0
+    assert inside.tolist() == [True, True, False, False]
+
+
+def test_cell_points_round_trip():
+    grid = OccupancyGrid([-1.5, -1, -2, 1.5, 1, 2], resolution=7)
+    cells = torch.randint(7 ** 3, (500,))
+    points = grid.cell_points(cells, torch.rand(500, 3) * 0.98 + 0.01)
+    assert torch.equal(grid.cell_index(points)[0], cells)
+    t = torch.rand(50, 9)
+    origins, directions = torch.rand(50, 3) - 0.5, 0.1 * (torch.rand(50, 3) - 0.5)
+    along = grid.cells_along(origins, directions, t)
+    assert torch.equal(along, grid.cell_index(origins[:, None] + directions[:, None] * t[..., None])[0])
+
+
+def test_fill_matches_brute_force_and_never_skips_dense_cells():
+    res, k, step, threshold = 8, 3, 0.01, 0.01
+    grid = OccupancyGrid([-1, -1, -1, 1, 1, 1], res, density_threshold=threshold)
+    grid.fill(blob_density, step, samples_per_axis=k)
+    # brute force: the (res k)^3 lattice of sub-cell centres, grouped by cell
+    n = res * k
+    axis = -1 + (torch.arange(n) + 0.5) * 2 / n
+    lattice = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1)  # [n, n, n, 3]
+    opacity = torch.relu(blob_density(lattice.reshape(-1, 3))).reshape(n, n, n) * step
+    per_cell = opacity.reshape(res, k, res, k, res, k).amax(dim=(1, 3, 5)).reshape(-1)
+    assert torch.allclose(grid.estimates, per_cell)
+    expected = per_cell > min(threshold, per_cell.mean().item())
+    assert torch.equal(grid.occupied, expected)
+    assert grid.occupied[per_cell > threshold].all()  # the invariant the marching relies on
+    assert 0 < grid.occupied_fraction() < 0.5
+
+
+def test_update_marks_every_cell_where_it_saw_density():
+    seen = []
+
+    def recording_density(points):
+        seen.append(points)
+        return blob_density(points)
+
+    grid = OccupancyGrid([-1, -1, -1, 1, 1, 1], 16, density_threshold=0.01)
+    grid.update(recording_density, 0.01, all_cells=True)
+    for _ in range(3):
+        grid.update(recording_density, 0.01, all_cells=False)
+    points = torch.cat(seen)
+    hot = torch.relu(blob_density(points)) * 0.01 > 0.01
+    cells, _ = grid.cell_index(points[hot])
+    assert len(cells) > 0 and grid.occupied[cells].all()
+    assert grid.occupied_fraction() < 0.2
+
+
+def test_update_decays_cells_it_revisits():
+    grid = OccupancyGrid([0, 0, 0, 1, 1, 1], 4, density_threshold=0.01, decay=0.5)
+    grid.estimates = torch.full((64,), 0.8)
+    grid.update(lambda p: torch.zeros(len(p)), 1.0, all_cells=True)
+    assert torch.allclose(grid.estimates, torch.full((64,), 0.4))
+    grid.update(lambda p: torch.full((len(p),), 0.6), 1.0, all_cells=True)
+    assert torch.allclose(grid.estimates, torch.full((64,), 0.6))  # max(0.2, 0.6)
+
+
+def test_grid_state_round_trip_and_mismatch():
+    grid = OccupancyGrid([-1, -1, -1, 1, 1, 1], 8)
+    grid.fill(blob_density, 0.01, 1)
+    other = OccupancyGrid([-1, -1, -1, 1, 1, 1], 8)
+    other.load_state_dict(grid.state_dict())
+    assert torch.equal(other.occupied, grid.occupied) and torch.equal(other.estimates, grid.estimates)
+    with pytest.raises(ValueError, match="does not match"):
+        OccupancyGrid([-1, -1, -1, 1, 1, 1], 16).load_state_dict(grid.state_dict())
+
+
+def test_ray_box_interval_by_hand():
+    o, d = torch.tensor([[-3.0, 0.2, 0.1]]), torch.tensor([[2.0, 0.0, 0.0]])
+    t0, t1 = ray_box_interval(o, d, torch.tensor([-1.0, -1, -1, 1, 1, 1]))
+    assert t0.item() == pytest.approx(1.0) and t1.item() == pytest.approx(2.0)
+    t0, t1 = ray_box_interval(torch.tensor([[-3.0, 2.0, 0.0]]), d, torch.tensor([-1.0, -1, -1, 1, 1, 1]))
+    assert t1.item() <= t0.item()  # a miss
+
+
+def test_compact_keeps_order():
+    t = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]])
+    valid = torch.tensor([[False, True, False, True], [False, False, True, False]])
+    t2, v2 = compact(t, valid)
+    assert torch.equal(t2, torch.tensor([[0.2, 0.4], [0.7, 0.5]]))
+    assert v2.tolist() == [[True, True], [True, False]]
+
+
+def _sampler(grid, **cfg):
+    return OccupancySampler(grid, OccupancyConfig(enabled=True, resolution=grid.resolution, **cfg))
+
+
+def test_march_equals_brute_force_filtering():
+    """The marched samples are exactly the uniform lattice samples inside [near, far] and the box whose cell
+    is occupied: skipping never drops an occupied sample and never adds one."""
+    grid = OccupancyGrid([-1.5, -1.5, -1.5, 1.5, 1.5, 1.5], 24)
+    grid.fill(blob_density, 0.01, 2)
+    sampler = _sampler(grid, num_steps=256)
+    rays = _rays(200)
+    t, valid, dt = march(sampler, rays, perturb=False)
+    t_in, t_out = ray_box_interval(rays.origins, rays.directions, grid.aabb)
+    t_in, t_out = torch.maximum(t_in, rays.near), torch.minimum(t_out, rays.far)
+    k = torch.arange(400, dtype=torch.float32)
+    lattice = t_in[:, None] + (k + 0.5) * dt[:, None]  # [R, 400] brute force over the whole box
+    inside = lattice < t_out[:, None]
+    points = rays.origins[:, None] + rays.directions[:, None] * lattice[..., None]
+    keep = inside & grid.is_occupied(points)
+    assert keep.sum() > 100
+    for r in range(len(rays)):
+        assert torch.allclose(t[r][valid[r]], lattice[r][keep[r]], atol=1e-5), r
+    # with every cell occupied, skipping changes nothing
+    full = _sampler(OccupancyGrid(grid.aabb.tolist(), 24), num_steps=256)
+    t_all, valid_all, _ = march(full, rays, perturb=False)
+    full.skipping = False
+    t_off, valid_off, _ = march(full, rays, perturb=False)
+    assert torch.allclose(t_all[valid_all], t_off[valid_off], atol=1e-5)
+
+
+def test_render_without_skipping_is_the_uniform_quadrature():
+    """eps = 0, no skipping: the renderer composites every uniform step, delta = step size."""
+    grid = OccupancyGrid([-1.5, -1.5, -1.5, 1.5, 1.5, 1.5], 8)
+    sampler = _sampler(grid, num_steps=300, early_stop_eps=0.0)
+    sampler.skipping = False
+    rays, opts = _rays(30, seed=1), RenderConfig(perturb=False, white_background=True)
+    field = BlobField()
+    t, valid, dt = occupancy_samples(field, rays, opts, sampler)
+    out = render_samples(field, rays, t, valid, dt, opts)
+    for r in range(len(rays)):
+        tr = t[r][valid[r]]
+        points = rays.origins[r] + rays.directions[r] * tr[:, None]
+        raw = field(points, None)
+        ref = composite(torch.sigmoid(raw[None, :, :3]), torch.relu(raw[None, :, 3]),
+                        torch.full((1, len(tr)), sampler.step_size), tr[None], white_background=True)
+        assert torch.allclose(out["rgb"][r], ref["rgb"][0], atol=1e-5)
+
+
+@pytest.mark.parametrize("eps", [1e-2, 1e-3])
+def test_early_termination_changes_colour_by_less_than_eps(eps):
+    grid = OccupancyGrid([-1.5, -1.5, -1.5, 1.5, 1.5, 1.5], 32)
+    grid.fill(blob_density, 0.005, 2)
+    rays, opts, field = _rays(300, seed=2), RenderConfig(perturb=False, white_background=True), BlobField()
+    exact = _sampler(grid, num_steps=600, early_stop_eps=0.0)
+    stopped = _sampler(grid, num_steps=600, early_stop_eps=eps)
+    out_exact = render_samples(field, rays, *occupancy_samples(field, rays, opts, exact), opts)
+    t, valid, dt = occupancy_samples(field, rays, opts, stopped)
+    out = render_samples(field, rays, t, valid, dt, opts)
+    assert valid.sum() < 0.95 * out_exact["num_samples"].sum()  # it did stop rays early
+    assert (out["rgb"] - out_exact["rgb"]).abs().max() < eps
+
+
+def test_early_termination_keeps_the_samples_before_the_cutoff():
+    rays = _rays(20, seed=3)
+    t = torch.linspace(0.1, 1.0, 50).expand(20, 50).contiguous() * rays.far[:, None]
+    valid = torch.ones_like(t, dtype=torch.bool)
+    dt = torch.full((20,), 0.02)
+    keep = early_termination(blob_density, rays, t, valid, dt, 1e-3, 0.0, netchunk=1000)
+    # kept samples form a prefix of each ray
+    assert torch.equal(keep, keep.cummin(dim=1).values)
+
+
+def test_march_in_ndc_space_stays_in_the_unit_box():
+    from nerf.occupancy import NDC_AABB
+    from nerf.rays import get_rays
+    from nerf.rendering import prepare_rays
+
+    height = width = 16
+    c2w = torch.eye(4)[:3]
+    rays_o, rays_d = get_rays(height, width, 14.0, c2w)
+    rays = prepare_rays(rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), 0.0, 1.0, (height, width, 14.0))
+    grid = OccupancyGrid(NDC_AABB, 16)
+    sampler = _sampler(grid, num_steps=128)
+    t, valid, dt = march(sampler, rays, perturb=True)
+    tv = t[valid]
+    assert tv.min() >= 0 and tv.max() <= 1
+    points = (rays.origins[:, None] + rays.directions[:, None] * t[..., None])[valid]
+    assert points[:, 2].abs().max() <= 1 + 1e-5 and points.abs().max() <= 1.05
+    # every ray crosses NDC depth -1..1: its samples cover [0, 1] in steps of dt
+    assert torch.allclose(valid.sum(1).float(), (1.0 / dt).floor(), atol=1.0)

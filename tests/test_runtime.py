@@ -1,0 +1,89 @@
+import warnings
+
+import pytest
+import torch
+
+import nerf.runtime as runtime
+from nerf.config import ModelConfig, RuntimeConfig
+from nerf.models import NeRFModel, build_model
+from nerf.rendering import evaluate_points, run_network
+from nerf.runtime import CPU_NETWORK_CHUNK, FieldRunner, autocast_dtype, field_runners, network_chunk, try_compile
+
+SMALL = dict(num_layers=4, hidden_size=32, skip_connect_every=2, hidden_size_dir=16)
+
+
+def _inputs(num=300):
+    return torch.rand(num, 3) * 2 - 1, torch.nn.functional.normalize(torch.randn(num, 3), dim=-1)
+
+
+def test_network_chunk_is_capped_on_the_cpu_only():
+    assert network_chunk(65536, torch.device("cpu")) == CPU_NETWORK_CHUNK
+    assert network_chunk(1000, torch.device("cpu")) == 1000
+    assert network_chunk(65536, torch.device("cuda")) == 65536
+
+
+def test_chunked_evaluation_equals_one_call():
+    model = NeRFModel(**SMALL)
+    points, dirs = _inputs(1000)
+    whole = model(points, dirs)
+    assert torch.allclose(evaluate_points(model, points, dirs, netchunk=96), whole, atol=1e-6)
+    raw = run_network(model, points.reshape(50, 20, 3), dirs.reshape(50, 20, 3)[:, 0], netchunk=64)
+    ref = model(points, dirs.reshape(50, 20, 3)[:, :1].expand(50, 20, 3).reshape(-1, 3))
+    assert torch.allclose(raw.reshape(-1, 4), ref, atol=1e-6)
+
+
+def test_fp32_runner_is_the_model():
+    model = NeRFModel(**SMALL)
+    points, dirs = _inputs()
+    runner = FieldRunner(model)
+    assert torch.equal(runner(points, dirs), model(points, dirs))
+    assert torch.equal(runner.density(points), model(points, dirs)[:, 3])
+
+
+def test_bf16_runner_is_close_returns_fp32_and_trains_fp32_weights():
+    model = NeRFModel(**SMALL)
+    points, dirs = _inputs()
+    runner = FieldRunner(model, torch.bfloat16)
+    raw = runner(points, dirs)
+    ref = model(points, dirs)
+    assert raw.dtype == torch.float32
+    assert not torch.equal(raw, ref)  # it really ran in bf16
+    assert (raw - ref).abs().max() < 0.05 * ref.abs().max()
+    raw.sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+def test_density_fallback_for_models_without_a_density_head():
+    model = build_model(ModelConfig(type="TinyNeRFModel", num_layers=2, hidden_size=16))
+    points, _ = _inputs()
+    dirs = torch.tensor([[0.0, 0.0, -1.0]]).expand(len(points), 3)
+    assert torch.equal(FieldRunner(model).density(points), model(points, dirs)[:, 3])
+
+
+def test_unsupported_precisions_are_refused():
+    assert autocast_dtype("fp32", torch.device("cpu")) is None
+    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        autocast_dtype("fp16", torch.device("cpu"))
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        field_runners(NeRFModel(**SMALL), None, RuntimeConfig(precision="fp16"), torch.device("cpu"))
+
+
+def test_compile_falls_back_to_eager(monkeypatch):
+    def broken(fn):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    fn = lambda x: x + 1  # noqa: E731
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert try_compile(fn, "fn") is fn
+    assert "running eagerly" in str(caught[0].message)
+
+
+def test_compiled_runner_matches_eager():
+    model = NeRFModel(**SMALL)
+    points, dirs = _inputs(256)
+    compiled = FieldRunner(model, compile=True)
+    assert torch.allclose(compiled(points, dirs), model(points, dirs), atol=1e-5)
+    assert torch.allclose(compiled.density(points), model.density(points), atol=1e-5)
