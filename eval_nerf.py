@@ -32,7 +32,7 @@ from nerf.datasets import DatasetError, load_scene
 from nerf.device import select_device
 from nerf.importers import load_models
 from nerf.metrics import LpipsMetric, psnr, ssim
-from nerf.occupancy import sampler_for_rendering
+from nerf.occupancy import box_warning, sampler_for_rendering
 from nerf.rendering import render_image, set_compiled_compositing
 from nerf.runtime import field_runners
 
@@ -150,6 +150,9 @@ def main(argv=None) -> dict:
             f"filled from the model's density in {time.time() - start:.1f} s"
         print(f"Occupancy grid {cfg.occupancy.resolution}^3 ({how}): "
               f"{100 * sampler.grid.occupied_fraction():.1f} % of the cells occupied")
+        warning = box_warning(sampler, scene)
+        if warning:
+            print(warning)
     out_dir = os.path.join(args.savedir, args.trial) if args.trial else args.savedir
     os.makedirs(out_dir, exist_ok=True)
 

@@ -31,7 +31,7 @@ from nerf.importers import NATIVE, detect_format, models_from_checkpoint, stored
 from nerf.metrics import mse_to_psnr
 from nerf.models import NeRFModel, build_model
 from nerf.pruning import PruningRun, apply_pruning_event, layer_widths, prunable_layers, transfer_optimizer
-from nerf.occupancy import build_sampler
+from nerf.occupancy import box_warning, build_sampler
 from nerf.rendering import prepare_rays, render_image, render_rays, set_compiled_compositing
 from nerf.runtime import field_runners, grad_scaler
 from nerf.schedule import learning_rate
@@ -177,6 +177,9 @@ def main(argv=None) -> dict:
     set_compiled_compositing(cfg.runtime.compile)
     scaler = grad_scaler(cfg.runtime, device)
     sampler = build_sampler(cfg.occupancy, scene.use_ndc, device) if cfg.occupancy.enabled else None
+    warning = box_warning(sampler, scene) if sampler is not None else None
+    if warning:
+        print(warning)
     optimizer = torch.optim.Adam(model_parameters(coarse, fine), lr=cfg.optimizer.lr,
                                  betas=(cfg.optimizer.beta1, cfg.optimizer.beta2), eps=cfg.optimizer.eps)
     start_step = 0
@@ -256,6 +259,8 @@ def main(argv=None) -> dict:
 
     metrics = {}
     start_time, validation_seconds = time.time(), 0.0
+    # training seconds (validation excluded) before this run: the PSNR-vs-time axis continues across resumes
+    earlier_seconds = float(ckpt.get("train_seconds") or 0.0) if ckpt is not None and foreign is None else 0.0
     progress = tqdm(range(start_step, exp.train_iters), initial=start_step, total=exp.train_iters,
                     dynamic_ncols=True)
     for step in progress:
@@ -319,7 +324,7 @@ def main(argv=None) -> dict:
             writer.add_image("validation/disparity", (disp / disp.max().clamp(min=1e-10))[None], completed)
             if completed == exp.validate_every or step == start_step:
                 writer.add_image("validation/target", val["target"], completed, dataformats="HWC")
-            train_seconds = time.time() - start_time - validation_seconds
+            train_seconds = earlier_seconds + time.time() - start_time - validation_seconds
             writer.add_scalar("validation/psnr_vs_train_seconds", val["psnr"], round(train_seconds))
             tqdm.write(f"[step {completed}] validation PSNR {val['psnr']:.2f} dB "
                        f"({time.time() - start_time:.0f} s; {train_seconds:.0f} s training)")
@@ -329,7 +334,8 @@ def main(argv=None) -> dict:
                             {"pruning": pruning_run.to_dict()
                              if pruning_run is not None and completed <= pruning_run.end_step else None,
                              "occupancy_grid": sampler.grid.state_dict() if sampler is not None else None,
-                             "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None})
+                             "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                             "train_seconds": earlier_seconds + time.time() - start_time - validation_seconds})
     progress.close()
     writer.close()
     metrics["seconds"] = time.time() - start_time

@@ -193,7 +193,10 @@ def main(argv=None) -> dict:
               "compile": cfg.runtime.compile, "sampler": "occupancy" if cfg.occupancy.enabled else "hierarchical"}
     sampler = None
     if cfg.occupancy.enabled:
-        field = run_fine if run_fine is not None else run_coarse
+        if fine is not None:
+            sys.exit("error: occupancy.enabled: the occupancy-grid sampler trains one network; set models.fine to "
+                     "null and nerf.train.num_fine / nerf.validation.num_fine to 0")
+        field = run_coarse
         start = time.perf_counter()
         sampler = sampler_for_rendering(cfg.occupancy, field, scene.use_ndc, device, stored_grid)
         sync(device)

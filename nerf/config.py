@@ -162,7 +162,7 @@ class OccupancyConfig:
 
     enabled: bool = False
     resolution: int = 128  # cells per axis
-    aabb: Optional[list[float]] = None  # [xmin, ymin, zmin, xmax, ymax, zmax]; None: Blender +-1.5, NDC about +-1
+    aabb: Optional[list[float]] = None  # [xmin, ymin, zmin, xmax, ymax, zmax]; None: Blender +-1.5; NDC x, y +-1.5, z +-1
     num_steps: int = 1024  # marching steps along the aabb diagonal: step size = diagonal / num_steps
     density_threshold: float = 0.01  # a cell is occupied if its opacity estimate exceeds this (or the mean)
     decay: float = 0.95  # EMA decay of the cell estimates at each update
@@ -546,6 +546,10 @@ def validate(cfg: Config, source: str = "<config>") -> None:
              g.alpha_threshold)
     _require(g.render_chunk >= 1, source, "occupancy.render_chunk", "an integer >= 1", g.render_chunk)
     _require(g.fill_samples >= 1, source, "occupancy.fill_samples", "an integer >= 1", g.fill_samples)
+    uses_ndc = d.type == "llff" and not d.no_ndc
+    if g.enabled and g.aabb is None and d.type == "llff" and not uses_ndc:
+        raise ConfigError(f"{source}: key 'occupancy.aabb' must be set for an LLFF scene without NDC "
+                          "(the default boxes cover Blender objects and NDC space only)")
     if g.aabb is not None:
         _require(len(g.aabb) == 6 and all(g.aabb[k + 3] > g.aabb[k] for k in range(3)), source, "occupancy.aabb",
                  "[xmin, ymin, zmin, xmax, ymax, zmax] with max > min", g.aabb)

@@ -21,16 +21,28 @@ from .rendering import Rays, _COMPOSITE
 from .runtime import network_chunk
 
 BLENDER_AABB = (-1.5, -1.5, -1.5, 1.5, 1.5, 1.5)
-# NDC x, y reach +-1 exactly at the image border (get_rays' pixel convention), so the box reaches a little
-# further than the unit cube; z runs from -1 (near plane) to 1 (infinity).
-NDC_AABB = (-1.05, -1.05, -1.0, 1.05, 1.05, 1.0)
+# In NDC space z runs from -1 (near plane) to 1 (infinity); x, y reach +-1 at the image border of the
+# reference camera and further for the other views (fern's views and spiral path reach +-1.48).
+NDC_AABB = (-1.5, -1.5, -1.0, 1.5, 1.5, 1.0)
 
 
 def default_aabb(cfg: OccupancyConfig, use_ndc: bool) -> tuple:
-    """occupancy.aabb, or the scene type's box: NDC space is about [-1, 1]^3, Blender objects fit in [-1.5, 1.5]^3."""
+    """occupancy.aabb, or the scene type's box: Blender objects fit in [-1.5, 1.5]^3, NDC_AABB in NDC.
+    (config validation requires occupancy.aabb for scenes that are neither.)"""
     if cfg.aabb is not None:
         return tuple(cfg.aabb)
     return NDC_AABB if use_ndc else BLENDER_AABB
+
+
+def fraction_of_rays_leaving(aabb, rays) -> float:
+    """The fraction of rays whose segment [near, far] leaves the box (their samples outside it are lost);
+    meant for NDC rays, whose segment is finite."""
+    box = torch.as_tensor(aabb, dtype=rays.origins.dtype, device=rays.origins.device)
+    ends = [rays.origins + rays.directions * t[:, None] for t in (rays.near, rays.far)]
+    outside = torch.zeros(len(rays), dtype=torch.bool, device=box.device)
+    for end in ends:
+        outside |= ((end < box[:3] - 1e-4) | (end > box[3:] + 1e-4)).any(dim=-1)
+    return outside.float().mean().item()
 
 
 class OccupancyGrid:
@@ -81,6 +93,7 @@ class OccupancyGrid:
                   chunk: int) -> torch.Tensor:
         """Opacity sigma * step_size at the given points of the given cells: [P]."""
         points = self.cell_points(cells, offsets)
+        chunk = network_chunk(chunk, points.device)
         with torch.no_grad():
             sigma = torch.cat([torch.relu(density_fn(points[k:k + chunk])) for k in range(0, len(points), chunk)])
         return sigma * step_size
@@ -190,6 +203,26 @@ def build_sampler(cfg: OccupancyConfig, use_ndc: bool, device: torch.device) -> 
     return OccupancySampler(grid, cfg)
 
 
+def box_warning(sampler: OccupancySampler, scene, stride: int = 8) -> Optional[str]:
+    """A one-line warning when the rays of the scene's views (every stride-th pixel) leave the grid's box
+    in NDC space, where they would lose samples; None when they stay inside (or outside NDC)."""
+    if not scene.use_ndc or not len(scene.poses):
+        return None
+    from .rays import get_rays
+    from .rendering import prepare_rays
+
+    worst = 0.0
+    for c2w in scene.poses:
+        rays_o, rays_d = get_rays(scene.height, scene.width, scene.focal, c2w.to(sampler.grid.device), stride)
+        rays = prepare_rays(rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), scene.near, scene.far,
+                            (scene.height, scene.width, scene.focal))
+        worst = max(worst, fraction_of_rays_leaving(sampler.grid.aabb, rays))
+    if worst == 0.0:
+        return None
+    return (f"warning: occupancy.aabb {[round(v, 3) for v in sampler.grid.aabb.tolist()]}: up to {100 * worst:.1f} % "
+            "of a view's NDC rays leave the box and lose their samples there; widen occupancy.aabb")
+
+
 def sampler_for_rendering(cfg: OccupancyConfig, field: nn.Module, use_ndc: bool, device: torch.device,
                           stored: Optional[dict] = None) -> OccupancySampler:
     """The grid a trained model renders with: the one its run stored, or (for a model trained without one)
@@ -268,7 +301,8 @@ def early_termination(density_fn: Callable, rays: Rays, t: torch.Tensor, valid: 
                       early_stop_eps: float, alpha_threshold: float, netchunk: int) -> torch.Tensor:
     """The samples worth evaluating (no gradients): valid, with transmittance T_k >= early_stop_eps and
     alpha_k >= alpha_threshold, from a density-only pass. Dropping the samples after T < eps changes each
-    colour channel by at most eps (their weights sum to at most T)."""
+    colour channel by at most eps (their weights sum to at most T), for the noise-free density this pass
+    sees: with radiance_field_noise_std > 0 (training on LLFF) the bound holds only on average."""
     with torch.no_grad():
         points = (rays.origins[:, None, :] + rays.directions[:, None, :] * t[..., None])[valid]  # [P, 3]
         chunk = network_chunk(netchunk, points.device)
