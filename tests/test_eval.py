@@ -95,3 +95,24 @@ def test_select_views():
     assert eval_nerf.select_views(10, [1, 5, 7], 2) == [1, 7]
     with pytest.raises(ValueError):
         eval_nerf.select_views(3, [3], None)
+
+
+def test_occupancy_rendering_of_both_kinds_of_checkpoint(trained, capsys):
+    config, ckpt, root = trained
+    grid_sets = ["--set", "occupancy.enabled=true", "--set", "occupancy.resolution=8", "--set",
+                 "occupancy.num_steps=64"]
+    # a coarse/fine checkpoint: a grid is filled from its fine model
+    summary = eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(root / "occ"),
+                              "--split", "test", "--views", "0"] + grid_sets)
+    assert summary["sampler"] == "occupancy" and np.isfinite(summary["mean"]["psnr"])
+    assert "filled from the model's density" in capsys.readouterr().out
+    # a checkpoint trained with the grid: its stored grid is used, and must match the config
+    single = ["--set", "models.fine=null", "--set", "nerf.train.num_fine=0", "--set", "nerf.validation.num_fine=0"]
+    train_nerf.main(["--config", config, "--set", "experiment.id=g"] + single + grid_sets)
+    grid_ckpt = str(root / "logs" / "g" / "checkpoint000003.ckpt")
+    eval_nerf.main(["--config", config, "--checkpoint", grid_ckpt, "--savedir", str(root / "occ2"), "--split", "test",
+                    "--views", "0"] + single + grid_sets)
+    assert "stored in the checkpoint" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="does not match"):
+        eval_nerf.main(["--config", config, "--checkpoint", grid_ckpt, "--savedir", str(root / "occ3"),
+                        "--views", "0"] + single + grid_sets + ["--set", "occupancy.resolution=4"])
