@@ -3,7 +3,6 @@ import warnings
 import pytest
 import torch
 
-import nerf.runtime as runtime
 from nerf.config import ModelConfig, RuntimeConfig
 from nerf.models import NeRFModel, build_model
 from nerf.rendering import evaluate_points, run_network
