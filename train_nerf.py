@@ -31,7 +31,7 @@ from nerf.importers import NATIVE, detect_format, models_from_checkpoint, stored
 from nerf.metrics import mse_to_psnr
 from nerf.models import NeRFModel, build_model
 from nerf.pruning import PruningRun, apply_pruning_event, layer_widths, prunable_layers, transfer_optimizer
-from nerf.occupancy import box_warning, build_sampler
+from nerf.occupancy import ONE_NETWORK_ERROR, box_warning, build_sampler
 from nerf.rendering import prepare_rays, render_image, render_rays, set_compiled_compositing
 from nerf.runtime import field_runners, grad_scaler
 from nerf.schedule import learning_rate
@@ -168,8 +168,7 @@ def main(argv=None) -> dict:
         coarse = build_model(cfg.models.coarse).to(device)
         fine = build_model(cfg.models.fine).to(device) if cfg.models.fine is not None else None
     if cfg.occupancy.enabled and fine is not None:
-        sys.exit("error: occupancy.enabled: the occupancy-grid sampler trains one network; set models.fine to null "
-                 "and nerf.train.num_fine / nerf.validation.num_fine to 0")
+        sys.exit(f"error: {ONE_NETWORK_ERROR}")
     try:
         runners = field_runners(coarse, fine, cfg.runtime, device)  # what renders: precision, compile
     except ValueError as err:

@@ -38,7 +38,7 @@ from nerf.device import select_device  # noqa: E402
 from nerf.importers import load_models  # noqa: E402
 from nerf.metrics import psnr  # noqa: E402
 from nerf.models import build_model  # noqa: E402
-from nerf.occupancy import (composite_samples, field_at_samples, occupancy_samples,  # noqa: E402
+from nerf.occupancy import (ONE_NETWORK_ERROR, composite_samples, field_at_samples, occupancy_samples,  # noqa: E402
                             sampler_for_rendering)
 from nerf.rendering import (prepare_rays, render_image, run_network, set_compiled_compositing,  # noqa: E402
                             volume_render)
@@ -95,14 +95,29 @@ class Laps:
         self.clock = now
 
 
-def timed_step(step, batcher, scene, coarse, fine, optimizer, opts, device) -> dict:
-    """One training step of train_nerf.py (coarse/fine sampler), phase by phase. Returns seconds per
-    phase and the network points evaluated with gradients."""
-    lap = Laps(device)
+def timed_batch(step, batcher, scene, lap: Laps):
+    """The step's rays (as train_nerf.py prepares them) and targets, timed as "data"."""
     rays_o, rays_d, target = batcher.batch(step)
     rays = prepare_rays(rays_o, rays_d, scene.near, scene.far,
                         (scene.height, scene.width, scene.focal) if scene.use_ndc else None)
     lap("data")
+    return rays, target
+
+
+def timed_update(loss, optimizer, lap: Laps) -> None:
+    """Backward pass and optimizer step, timed as "backward" and "optimizer"."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    lap("backward")
+    optimizer.step()
+    lap("optimizer")
+
+
+def timed_step(step, batcher, scene, coarse, fine, optimizer, opts, device) -> dict:
+    """One training step of train_nerf.py (coarse/fine sampler), phase by phase. Returns seconds per
+    phase and the network points evaluated with gradients."""
+    lap = Laps(device)
+    rays, target = timed_batch(step, batcher, scene, lap)
     z = stratified_samples(rays.near, rays.far, opts.num_coarse, opts.perturb, opts.lindisp)
     points = rays.origins[:, None, :] + rays.directions[:, None, :] * z[..., None]
     lap("sampling")
@@ -120,11 +135,7 @@ def timed_step(step, batcher, scene, coarse, fine, optimizer, opts, device) -> d
         out = volume_render(raw, z, rays.directions, opts.radiance_field_noise_std, opts.white_background)
         loss = loss + F.mse_loss(out["rgb"], target)
         lap("rendering")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    lap("backward")
-    optimizer.step()
-    lap("optimizer")
+    timed_update(loss, optimizer, lap)
     return {"times": lap.times, "coarse_points": len(rays) * opts.num_coarse,
             "fine_points": len(rays) * (opts.num_coarse + opts.num_fine) if fine is not None and opts.num_fine else 0}
 
@@ -136,10 +147,7 @@ def timed_occupancy_step(step, batcher, scene, field, sampler, optimizer, opts, 
     if step % occ.update_every == 0:
         sampler.grid.update(field.density, sampler.step_size, all_cells=False)
     lap("grid_update")
-    rays_o, rays_d, target = batcher.batch(step)
-    rays = prepare_rays(rays_o, rays_d, scene.near, scene.far,
-                        (scene.height, scene.width, scene.focal) if scene.use_ndc else None)
-    lap("data")
+    rays, target = timed_batch(step, batcher, scene, lap)
     t, valid, dt = occupancy_samples(field, rays, opts, sampler)
     lap("sampling")
     raw = field_at_samples(field, rays, t, valid, opts)
@@ -147,11 +155,7 @@ def timed_occupancy_step(step, batcher, scene, field, sampler, optimizer, opts, 
     out = composite_samples(raw, rays, t, valid, dt, opts)
     loss = F.mse_loss(out["rgb"], target)
     lap("rendering")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    lap("backward")
-    optimizer.step()
-    lap("optimizer")
+    timed_update(loss, optimizer, lap)
     return {"times": lap.times, "coarse_points": int(valid.sum()), "fine_points": 0}
 
 
@@ -194,8 +198,7 @@ def main(argv=None) -> dict:
     sampler = None
     if cfg.occupancy.enabled:
         if fine is not None:
-            sys.exit("error: occupancy.enabled: the occupancy-grid sampler trains one network; set models.fine to "
-                     "null and nerf.train.num_fine / nerf.validation.num_fine to 0")
+            sys.exit(f"error: {ONE_NETWORK_ERROR}")
         field = run_coarse
         start = time.perf_counter()
         sampler = sampler_for_rendering(cfg.occupancy, field, scene.use_ndc, device, stored_grid)

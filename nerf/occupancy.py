@@ -17,13 +17,17 @@ import torch
 from torch import nn
 
 from .config import OccupancyConfig, RenderConfig
-from .rendering import Rays, _COMPOSITE
-from .runtime import network_chunk
+from .rendering import Rays, _COMPOSITE, evaluate_density, evaluate_points
 
 BLENDER_AABB = (-1.5, -1.5, -1.5, 1.5, 1.5, 1.5)
 # In NDC space z runs from -1 (near plane) to 1 (infinity); x, y reach +-1 at the image border of the
 # reference camera and further for the other views (fern's views and spiral path reach +-1.48).
 NDC_AABB = (-1.5, -1.5, -1.0, 1.5, 1.5, 1.0)
+
+
+# Training with the grid sampler updates one field; a fine model would sit idle.
+ONE_NETWORK_ERROR = ("occupancy.enabled: the occupancy-grid sampler trains one network; set models.fine to null "
+                     "and nerf.train.num_fine / nerf.validation.num_fine to 0")
 
 
 def default_aabb(cfg: OccupancyConfig, use_ndc: bool) -> tuple:
@@ -63,6 +67,7 @@ class OccupancyGrid:
         num_cells = resolution ** 3
         self.estimates = torch.zeros(num_cells, device=device)
         self.occupied = torch.ones(num_cells, dtype=torch.bool, device=device)
+        self._box = None  # occupied_box(), cached until the occupancy changes
 
     @property
     def device(self) -> torch.device:
@@ -73,9 +78,16 @@ class OccupancyGrid:
         lo, hi = self.aabb[:3], self.aabb[3:]
         unit = (points - lo) / (hi - lo)  # [..., 3] in [0, 1) inside the box
         inside = ((unit >= 0) & (unit < 1)).all(dim=-1)
-        ijk = (unit * self.resolution).long().clamp(0, self.resolution - 1)
-        index = (ijk[..., 0] * self.resolution + ijk[..., 1]) * self.resolution + ijk[..., 2]
-        return index, inside
+        return self._flat_index((unit * self.resolution).long().clamp(0, self.resolution - 1)), inside
+
+    def _flat_index(self, ijk: torch.Tensor) -> torch.Tensor:
+        """Cell coordinates [..., 3] (long) -> cell index [...]."""
+        return (ijk[..., 0] * self.resolution + ijk[..., 1]) * self.resolution + ijk[..., 2]
+
+    def _cell_ijk(self, cells: torch.Tensor) -> torch.Tensor:
+        """Cell index [P] -> cell coordinates [P, 3] (long); the inverse of _flat_index."""
+        res = self.resolution
+        return torch.stack((cells // (res * res), (cells // res) % res, cells % res), dim=-1)
 
     def is_occupied(self, points: torch.Tensor) -> torch.Tensor:
         """points: [..., 3] -> bool [...]: inside the box and in an occupied cell."""
@@ -84,19 +96,13 @@ class OccupancyGrid:
 
     def cell_points(self, cells: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """cells: [P] indices, offsets: [P, 3] in [0, 1) within the cell -> world points [P, 3]."""
-        res = self.resolution
-        ijk = torch.stack((cells // (res * res), (cells // res) % res, cells % res), dim=-1)  # [P, 3]
         lo, hi = self.aabb[:3], self.aabb[3:]
-        return lo + (ijk.to(offsets.dtype) + offsets) / res * (hi - lo)
+        return lo + (self._cell_ijk(cells).to(offsets.dtype) + offsets) / self.resolution * (hi - lo)
 
     def _estimate(self, density_fn: Callable, cells: torch.Tensor, offsets: torch.Tensor, step_size: float,
                   chunk: int) -> torch.Tensor:
         """Opacity sigma * step_size at the given points of the given cells: [P]."""
-        points = self.cell_points(cells, offsets)
-        chunk = network_chunk(chunk, points.device)
-        with torch.no_grad():
-            sigma = torch.cat([torch.relu(density_fn(points[k:k + chunk])) for k in range(0, len(points), chunk)])
-        return sigma * step_size
+        return evaluate_density(density_fn, self.cell_points(cells, offsets), chunk) * step_size
 
     def _set_occupied(self) -> None:
         threshold = torch.clamp(self.estimates.mean(), max=self.density_threshold)
@@ -105,14 +111,14 @@ class OccupancyGrid:
 
     def occupied_box(self) -> torch.Tensor:
         """The smallest box [6] made of whole cells that holds every occupied cell (empty: a zero-size box)."""
-        if getattr(self, "_box", None) is None:
+        if self._box is None:
             res = self.resolution
             cells = self.occupied.nonzero()[:, 0]
             lo, size = self.aabb[:3], self.aabb[3:] - self.aabb[:3]
             if len(cells) == 0:
                 self._box = torch.cat((lo, lo))
             else:
-                ijk = torch.stack((cells // (res * res), (cells // res) % res, cells % res), dim=-1)  # [P, 3]
+                ijk = self._cell_ijk(cells)  # [P, 3]
                 self._box = torch.cat((lo + ijk.amin(dim=0) / res * size, lo + (ijk.amax(dim=0) + 1) / res * size))
         return self._box
 
@@ -122,8 +128,7 @@ class OccupancyGrid:
         start = (origins - lo) / size * res  # [R, 3] in cell units
         step = directions / size * res
         ijk = torch.addcmul(start[:, None, :], t[..., None], step[:, None, :])  # [R, N, 3]
-        ijk = ijk.floor_().clamp_(0, res - 1).long()
-        return (ijk[..., 0] * res + ijk[..., 1]) * res + ijk[..., 2]
+        return self._flat_index(ijk.floor_().clamp_(0, res - 1).long())
 
     def update(self, density_fn: Callable, step_size: float, all_cells: bool,
                generator: Optional[torch.Generator] = None, chunk: int = 65536) -> None:
@@ -266,14 +271,12 @@ def march(sampler: OccupancySampler, rays: Rays, perturb: bool,
     grid = sampler.grid
     norms = torch.linalg.norm(rays.directions, dim=-1)  # [R]
     dt = sampler.step_size / norms  # [R]
-    box = grid.occupied_box() if sampler.skipping else grid.aabb
-    t_enter, t_exit = ray_box_interval(rays.origins, rays.directions, box)
-    if sampler.skipping:  # start on the lattice of the whole box, so that the samples do not depend on the cells
-        t_start, _ = ray_box_interval(rays.origins, rays.directions, grid.aabb)
-        t_start = torch.maximum(t_start, rays.near)
+    # the lattice starts where the ray enters the whole box, so that the samples do not depend on the cells
+    t_enter, t_exit = ray_box_interval(rays.origins, rays.directions, grid.aabb)
+    t_start = torch.maximum(t_enter, rays.near)
+    if sampler.skipping:
+        t_enter, t_exit = ray_box_interval(rays.origins, rays.directions, grid.occupied_box())
     t_enter, t_exit = torch.maximum(t_enter, rays.near), torch.minimum(t_exit, rays.far)
-    if not sampler.skipping:
-        t_start = t_enter
     first = torch.floor(((t_enter - t_start) / dt).clamp(min=0))  # [R] first step index inside
     span = ((t_exit - t_start) / dt - first).clamp(min=0)  # [R] steps to cover
     num_steps = int(span.max().ceil().item()) + 1 if span.numel() else 0
@@ -305,10 +308,7 @@ def early_termination(density_fn: Callable, rays: Rays, t: torch.Tensor, valid: 
     sees: with radiance_field_noise_std > 0 (training on LLFF) the bound holds only on average."""
     with torch.no_grad():
         points = (rays.origins[:, None, :] + rays.directions[:, None, :] * t[..., None])[valid]  # [P, 3]
-        chunk = network_chunk(netchunk, points.device)
-        sigma = torch.cat([torch.relu(density_fn(points[k:k + chunk])) for k in range(0, len(points), chunk)]) \
-            if len(points) else points.new_zeros(0)
-        sigma = _dense(sigma, valid)  # [R, M]
+        sigma = _dense(evaluate_density(density_fn, points, netchunk), valid)  # [R, M]
         deltas = (dt * torch.linalg.norm(rays.directions, dim=-1))[:, None]  # [R, 1] = step_size
         alpha = 1.0 - torch.exp(-sigma * deltas)
         transmittance = torch.cumprod(torch.cat((torch.ones_like(alpha[:, :1]), 1.0 - alpha), dim=-1), dim=-1)[:, :-1]
@@ -332,11 +332,7 @@ def field_at_samples(field: nn.Module, rays: Rays, t: torch.Tensor, valid: torch
     """Run the field once on the valid samples: raw [P, 4] for the P valid entries of t [R, M] (row-major)."""
     ray_ids = valid.nonzero()[:, 0]  # [P]
     points = rays.origins[ray_ids] + rays.directions[ray_ids] * t[valid][:, None]  # [P, 3]
-    chunk = network_chunk(opts.netchunk, points.device)
-    viewdirs = rays.viewdirs[ray_ids]
-    if not len(points):
-        return points.new_zeros(0, 4)
-    return torch.cat([field(points[k:k + chunk], viewdirs[k:k + chunk]) for k in range(0, len(points), chunk)])
+    return evaluate_points(field, points, rays.viewdirs[ray_ids], opts.netchunk)
 
 
 def composite_samples(raw: torch.Tensor, rays: Rays, t: torch.Tensor, valid: torch.Tensor, dt: torch.Tensor,

@@ -117,6 +117,15 @@ def evaluate_points(model: nn.Module, points: torch.Tensor, viewdirs: torch.Tens
                       for k in range(0, points.shape[0], chunk)], dim=0)
 
 
+@torch.no_grad()
+def evaluate_density(density_fn, points: torch.Tensor, netchunk: int) -> torch.Tensor:
+    """sigma = ReLU(density_fn(points)): [P], without gradients, in calls of at most network_chunk(netchunk)."""
+    chunk = network_chunk(netchunk, points.device)
+    if points.shape[0] <= chunk:
+        return torch.relu(density_fn(points))
+    return torch.cat([torch.relu(density_fn(points[k:k + chunk])) for k in range(0, points.shape[0], chunk)])
+
+
 def render_rays(coarse: nn.Module, fine: Optional[nn.Module], rays: Rays, opts: RenderConfig,
                 generator: Optional[torch.Generator] = None, sampler=None) -> dict:
     """Render rays with the coarse model and, if num_fine > 0, the fine model on coarse + fine samples.
