@@ -30,7 +30,9 @@ from nerf.device import select_device
 from nerf.importers import NATIVE, detect_format, models_from_checkpoint, stored_models_if_pruned
 from nerf.metrics import mse_to_psnr
 from nerf.models import NeRFModel, build_model
+from nerf.voxel_grid import VoxelGridModel, grow, grown_box
 from nerf.pruning import PruningRun, apply_pruning_event, layer_widths, prunable_layers, transfer_optimizer
+from nerf.optimizer import build_optimizer, set_learning_rate
 from nerf.occupancy import ONE_NETWORK_ERROR, box_warning, build_sampler
 from nerf.rendering import prepare_rays, render_image, render_rays, set_compiled_compositing
 from nerf.runtime import field_runners, grad_scaler
@@ -69,6 +71,9 @@ def models_to_prune(which: str, coarse, fine, checkpoint, excluded) -> dict:
     if "fine" in chosen and fine is None:
         raise ValueError(f"--prune {which}: this model has no fine network")
     for name in chosen:
+        if isinstance(models[name], VoxelGridModel):
+            raise ValueError("--prune removes neurons of an MLP; a VoxelGridModel is compressed by training it with "
+                             "fewer voxels (voxel_grid.num_voxels) instead")
         if not isinstance(models[name], NeRFModel):
             raise ValueError(f"--prune supports PaperNeRFModel/FlexibleNeRFModel, not {type(models[name]).__name__}")
         unknown = sorted(set(excluded) - set(prunable_layers(models[name])))
@@ -140,6 +145,7 @@ def main(argv=None) -> dict:
     except (ConfigError, DatasetError) as err:
         sys.exit(f"error: {err}")
     ndc = (scene.height, scene.width, scene.focal) if scene.use_ndc else None
+    sampler = build_sampler(cfg.occupancy, scene.use_ndc, device) if cfg.occupancy.enabled else None
 
     ckpt, foreign = None, None
     if args.load_checkpoint:
@@ -165,8 +171,12 @@ def main(argv=None) -> dict:
             if models != cfg.models:
                 print(f"{args.load_checkpoint}: continuing with the pruned layer sizes stored in the checkpoint")
                 cfg = dataclasses.replace(cfg, models=models)
-        coarse = build_model(cfg.models.coarse).to(device)
+        coarse = build_model(cfg.models.coarse, cfg.voxel_grid, sampler.grid.aabb if sampler else None).to(device)
         fine = build_model(cfg.models.fine).to(device) if cfg.models.fine is not None else None
+        if ckpt is not None and isinstance(coarse, VoxelGridModel):
+            coarse.resize_like(ckpt.get("model_coarse_state_dict") or {})  # grown: the optimizer needs its shapes
+    if isinstance(coarse, VoxelGridModel):
+        sampler.fixed_step = coarse.marching_step
     if cfg.occupancy.enabled and fine is not None:
         sys.exit(f"error: {ONE_NETWORK_ERROR}")
     try:
@@ -175,12 +185,10 @@ def main(argv=None) -> dict:
         sys.exit(f"error: {err}")
     set_compiled_compositing(cfg.runtime.compile)
     scaler = grad_scaler(cfg.runtime, device)
-    sampler = build_sampler(cfg.occupancy, scene.use_ndc, device) if cfg.occupancy.enabled else None
     warning = box_warning(sampler, scene) if sampler is not None else None
     if warning:
         print(warning)
-    optimizer = torch.optim.Adam(model_parameters(coarse, fine), lr=cfg.optimizer.lr,
-                                 betas=(cfg.optimizer.beta1, cfg.optimizer.beta2), eps=cfg.optimizer.eps)
+    optimizer = build_optimizer(cfg, coarse, fine, device)
     start_step = 0
     if foreign is not None:
         # another implementation's run continues at the step after its last update, with its Adam moments
@@ -260,14 +268,33 @@ def main(argv=None) -> dict:
     start_time, validation_seconds = time.time(), 0.0
     # training seconds (validation excluded) before this run: the PSNR-vs-time axis continues across resumes
     earlier_seconds = float(ckpt.get("train_seconds") or 0.0) if ckpt is not None and foreign is None else 0.0
+    # shrink_box: the cells seen holding content (weight >= seen_weight) in the steps before the first growth
+    seen = None
+    if isinstance(coarse, VoxelGridModel) and cfg.voxel_grid.shrink_box and cfg.voxel_grid.grow_steps \
+            and start_step < cfg.voxel_grid.grow_steps[0]:
+        seen = torch.zeros_like(sampler.grid.occupied)
+        if ckpt is not None and foreign is None and ckpt.get("voxel_grid_seen") is not None:
+            seen = ckpt["voxel_grid_seen"].to(seen)  # resumed mid-way: keep what the earlier steps saw
     progress = tqdm(range(start_step, exp.train_iters), initial=start_step, total=exp.train_iters,
                     dynamic_ncols=True)
     for step in progress:
         lr = learning_rate(step, cfg.optimizer.lr, cfg.scheduler.lr_decay, cfg.scheduler.lr_decay_factor)
         if pruning_run is not None and step < pruning_run.end_step:
             lr *= pruning_run.lr_scale  # for the whole pruning fine-tune
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_learning_rate(optimizer, lr)
+
+        v = cfg.voxel_grid
+        if isinstance(coarse, VoxelGridModel) and step in v.grow_steps:
+            # coarse to fine; the first growth also moves the grids onto the occupied cells (plus one cell)
+            cell = (sampler.grid.aabb[3:] - sampler.grid.aabb[:3]) / sampler.grid.resolution
+            box = grown_box(coarse.aabb, sampler.grid.box_of(seen), cell) if seen is not None else None
+            seen = None
+            grow(coarse, v.grow_steps, v.num_voxels_start, v.num_voxels, step, box, v.aspect)
+            optimizer = build_optimizer(cfg, coarse, fine, device)  # new grid tensors: fresh Adam moments
+            sampler.fixed_step = coarse.marching_step
+            tqdm.write(f"[step {step}] voxel grid {'x'.join(map(str, coarse.resolution))} over "
+                       f"{[round(x, 3) for x in coarse.aabb.tolist()]}")
+            set_learning_rate(optimizer, lr)
 
         if sampler is not None:
             occ = cfg.occupancy
@@ -276,12 +303,19 @@ def main(argv=None) -> dict:
                 sampler.grid.update(runners[0].density, sampler.step_size, all_cells=step < occ.warmup_steps)
 
         rays_o, rays_d, target = batcher.batch(step)  # [R, 3] each
-        out = render_rays(*runners, prepare_rays(rays_o, rays_d, scene.near, scene.far, ndc), train_opts,
-                          sampler=sampler)
+        rays = prepare_rays(rays_o, rays_d, scene.near, scene.far, ndc)
+        out = render_rays(*runners, rays, train_opts, sampler=sampler)
+        if seen is not None and step >= v.grow_steps[0] // 2:
+            with torch.no_grad():  # the cells where training rays put weight: the content the box must keep
+                seen[sampler.grid.cells_along(rays.origins, rays.directions, out["t"])[
+                    out["weights"] >= v.seen_weight]] = True
         loss_fine = F.mse_loss(out["rgb"], target)
         loss = (loss_fine + F.mse_loss(out["rgb0"], target)) if "rgb0" in out else loss_fine
+        if isinstance(coarse, VoxelGridModel) and v.tv_weight > 0 and (v.tv_until == 0 or step < v.tv_until):
+            loss = loss + v.tv_weight * coarse.total_variation()
 
-        optimizer.zero_grad(set_to_none=True)
+        # a voxel grid's gradient buffer is reused (zeroed, not freed): see voxel_grid._GatherRows
+        optimizer.zero_grad(set_to_none=not isinstance(coarse, VoxelGridModel))
         scaler.scale(loss).backward()  # the scaler is a pass-through except for fp16
         scaler.step(optimizer)
         scaler.update()
@@ -334,6 +368,7 @@ def main(argv=None) -> dict:
                              if pruning_run is not None and completed <= pruning_run.end_step else None,
                              "occupancy_grid": sampler.grid.state_dict() if sampler is not None else None,
                              "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                             "voxel_grid_seen": seen,
                              "train_seconds": earlier_seconds + time.time() - start_time - validation_seconds})
     progress.close()
     writer.close()

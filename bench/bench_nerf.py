@@ -38,8 +38,9 @@ from nerf.device import select_device  # noqa: E402
 from nerf.importers import load_models  # noqa: E402
 from nerf.metrics import psnr  # noqa: E402
 from nerf.models import build_model  # noqa: E402
-from nerf.occupancy import (ONE_NETWORK_ERROR, composite_samples, field_at_samples, occupancy_samples,  # noqa: E402
-                            sampler_for_rendering)
+from nerf.optimizer import build_optimizer, set_learning_rate  # noqa: E402
+from nerf.occupancy import (ONE_NETWORK_ERROR, composite_samples, default_aabb, field_at_samples,  # noqa: E402
+                            has_color_branch, occupancy_samples, render_samples_split, sampler_for_rendering)
 from nerf.rendering import (prepare_rays, render_image, run_network, set_compiled_compositing,  # noqa: E402
                             volume_render)
 from nerf.runtime import DTYPES, field_runners  # noqa: E402
@@ -150,9 +151,13 @@ def timed_occupancy_step(step, batcher, scene, field, sampler, optimizer, opts, 
     rays, target = timed_batch(step, batcher, scene, lap)
     t, valid, dt = occupancy_samples(field, rays, opts, sampler)
     lap("sampling")
-    raw = field_at_samples(field, rays, t, valid, opts)
-    lap("network_forward")
-    out = composite_samples(raw, rays, t, valid, dt, opts)
+    if occ.color_weight_threshold > 0 and has_color_branch(field):  # density, weights, colour: one phase
+        out = render_samples_split(field, rays, t, valid, dt, opts, occ.color_weight_threshold)
+        lap("network_forward")
+    else:
+        raw = field_at_samples(field, rays, t, valid, opts)
+        lap("network_forward")
+        out = composite_samples(raw, rays, t, valid, dt, opts)
     loss = F.mse_loss(out["rgb"], target)
     lap("rendering")
     timed_update(loss, optimizer, lap)
@@ -184,12 +189,11 @@ def main(argv=None) -> dict:
         if fine is not None:
             fine.train()
     else:
-        coarse = build_model(cfg.models.coarse).to(device)
+        coarse = build_model(cfg.models.coarse, cfg.voxel_grid, default_aabb(cfg.occupancy, scene.use_ndc)).to(device)
         fine = build_model(cfg.models.fine).to(device) if cfg.models.fine is not None else None
     models = [m for m in (coarse, fine) if m is not None]
-    params = [p for m in models for p in m.parameters()]
-    optimizer = torch.optim.Adam(params, lr=cfg.optimizer.lr, betas=(cfg.optimizer.beta1, cfg.optimizer.beta2),
-                                 eps=cfg.optimizer.eps)
+    optimizer = build_optimizer(cfg, coarse, fine, device)
+    set_learning_rate(optimizer, cfg.optimizer.lr)
     run_coarse, run_fine = field_runners(coarse, fine, cfg.runtime, device)
     set_compiled_compositing(cfg.runtime.compile)
     result = {"config": args.config, "overrides": args.set, "checkpoint": args.checkpoint, "device": str(device),

@@ -115,6 +115,8 @@ def load_model_state(model: nn.Module, state: Optional[dict], path: str, name: s
         raise CheckpointError(f"{path}: has no {name} weights but the config defines that model")
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: {name} weights are not a state dict")
+    if hasattr(model, "resize_like"):  # a grid model grown during training: take the stored grid shapes
+        model.resize_like(state)
     own = model.state_dict()
     if set(own) != set(state) or any(tuple(state[k].shape) != tuple(v.shape) for k, v in own.items()):
         raise CheckpointError(f"{path}: the {name} weights do not fit the configured model "

@@ -59,7 +59,9 @@ class DatasetConfig:
 
 @dataclass
 class ModelConfig:
-    type: str = "PaperNeRFModel"  # PaperNeRFModel | FlexibleNeRFModel | TinyNeRFModel | Krrish94NeRFModel
+    # PaperNeRFModel | FlexibleNeRFModel | TinyNeRFModel | Krrish94NeRFModel | VoxelGridModel (the fast preset:
+    # its settings are the voxel_grid: section; the MLP keys below do not apply to it)
+    type: str = "PaperNeRFModel"
     num_layers: int = 8
     hidden_size: int = 256
     skip_connect_every: int = 4  # concat the encoded position after this trunk layer; 0 disables
@@ -171,7 +173,36 @@ class OccupancyConfig:
     early_stop_eps: float = 1e-4  # a ray stops when its transmittance falls below this
     alpha_threshold: float = 0.0  # samples with a smaller alpha are dropped (0 keeps all)
     render_chunk: int = 4096  # rays marched at once when rendering images (memory knob only)
+    # Samples whose compositing weight is below this get no colour evaluation (their colour counts as 0);
+    # only for fields with a separate colour branch (VoxelGridModel). 0 evaluates every sample.
+    color_weight_threshold: float = 0.0
     fill_samples: int = 2  # points per axis and cell when a grid is built for a model trained without one
+
+
+@dataclass
+class VoxelGridConfig:
+    """The fast field (models.coarse.type: VoxelGridModel, nerf/voxel_grid.py): dense density and feature
+    voxel grids over a box and a small colour MLP, grown coarse to fine. Needs occupancy.enabled."""
+
+    num_voxels: int = 2_097_152  # voxels of the final grids (128^3); they are cubic, spread over the box
+    num_voxels_start: int = 262_144  # voxels before the first growth (64^3)
+    aspect: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # voxel edge ratios x:y:z (NDC: finer
+    # in x, y, the image plane, than in z, the depth)
+    grow_steps: list[int] = field(default_factory=lambda: [500, 1000, 2000])  # the voxel count goes
+    # geometrically from num_voxels_start to num_voxels over these steps
+    # At the first growth, shrink the box to the occupancy cells (plus one) where the training rays of the
+    # preceding grow_steps[0] / 2 steps put a compositing weight >= seen_weight (the content, not unseen fog).
+    shrink_box: bool = True
+    seen_weight: float = 0.05
+    feature_dim: int = 12  # channels of the feature grid
+    hidden_size: int = 128  # width of the colour MLP
+    num_layers: int = 2  # hidden layers of the colour MLP
+    num_encoding_fn_dir: int = 4  # frequencies of the view-direction encoding
+    alpha_init: float = 1.0e-4  # opacity of one marching step in the fresh grid
+    step_ratio: float = 0.5  # marching step = this * voxel size (replaces occupancy.num_steps)
+    grid_lr: float = 0.1  # learning rate of the grids (the MLP uses optimizer.lr; both follow the scheduler)
+    tv_weight: float = 0.0  # weight of the density grid's total variation in the loss
+    tv_until: int = 0  # the TV term applies before this step only (0: always)
 
 
 @dataclass
@@ -185,10 +216,11 @@ class Config:
     pruning: PruningConfig = field(default_factory=PruningConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     occupancy: OccupancyConfig = field(default_factory=OccupancyConfig)
+    voxel_grid: VoxelGridConfig = field(default_factory=VoxelGridConfig)
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-MODEL_TYPES = ("PaperNeRFModel", "FlexibleNeRFModel", "TinyNeRFModel", "Krrish94NeRFModel")
+MODEL_TYPES = ("PaperNeRFModel", "FlexibleNeRFModel", "TinyNeRFModel", "Krrish94NeRFModel", "VoxelGridModel")
 DATASET_TYPES = ("blender", "llff", "demo")
 
 
@@ -295,6 +327,11 @@ def models_config_from_dict(data: dict, source: str) -> ModelsConfig:
     if models.fine is not None:
         _validate_model(models.fine, "models.fine", source)
     return models
+
+
+def voxel_grid_config_from_dict(data: Optional[dict], source: str) -> VoxelGridConfig:
+    """The voxel_grid: section alone (e.g. from a checkpoint's stored config); defaults when absent."""
+    return _build(VoxelGridConfig, data or {}, "voxel_grid", source)
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -436,6 +473,34 @@ def _validate_render(r: RenderConfig, key: str, source: str) -> None:
              r.radiance_field_noise_std)
 
 
+def _validate_voxel_grid(cfg: Config, source: str) -> None:
+    v = cfg.voxel_grid
+    _require(v.num_voxels >= 8, source, "voxel_grid.num_voxels", "an integer >= 8", v.num_voxels)
+    _require(8 <= v.num_voxels_start <= v.num_voxels, source, "voxel_grid.num_voxels_start",
+             f"an integer in [8, num_voxels={v.num_voxels}]", v.num_voxels_start)
+    _require(all(b > a for a, b in zip(v.grow_steps, v.grow_steps[1:])) and all(s > 0 for s in v.grow_steps),
+             source, "voxel_grid.grow_steps", "increasing positive steps", v.grow_steps)
+    for name in ("feature_dim", "hidden_size"):
+        _require(getattr(v, name) >= 1, source, f"voxel_grid.{name}", "an integer >= 1", getattr(v, name))
+    for name in ("num_layers", "num_encoding_fn_dir", "tv_until"):
+        _require(getattr(v, name) >= 0, source, f"voxel_grid.{name}", "an integer >= 0", getattr(v, name))
+    _require(0 < v.alpha_init < 1, source, "voxel_grid.alpha_init", "a value in (0, 1)", v.alpha_init)
+    _require(len(v.aspect) == 3 and all(a > 0 for a in v.aspect), source, "voxel_grid.aspect",
+             "three positive edge ratios [x, y, z]", v.aspect)
+    _require(0 < v.seen_weight < 1, source, "voxel_grid.seen_weight", "a value in (0, 1)", v.seen_weight)
+    _require(v.step_ratio > 0, source, "voxel_grid.step_ratio", "a value > 0", v.step_ratio)
+    _require(v.grid_lr > 0, source, "voxel_grid.grid_lr", "a value > 0", v.grid_lr)
+    _require(v.tv_weight >= 0, source, "voxel_grid.tv_weight", "a value >= 0", v.tv_weight)
+    if cfg.models.fine is not None:
+        _require(cfg.models.fine.type != "VoxelGridModel", source, "models.fine.type",
+                 "an MLP type: VoxelGridModel is a single field (models.coarse, with models.fine: null)",
+                 cfg.models.fine.type)
+    if cfg.models.coarse.type == "VoxelGridModel":
+        _require(cfg.occupancy.enabled, source, "occupancy.enabled",
+                 "true for models.coarse.type VoxelGridModel (it samples through the occupancy grid)",
+                 cfg.occupancy.enabled)
+
+
 def validate(cfg: Config, source: str = "<config>") -> None:
     """Check value ranges and cross-key consistency; raise ConfigError naming the key."""
     e, d = cfg.experiment, cfg.dataset
@@ -553,6 +618,10 @@ def validate(cfg: Config, source: str = "<config>") -> None:
     if g.aabb is not None:
         _require(len(g.aabb) == 6 and all(g.aabb[k + 3] > g.aabb[k] for k in range(3)), source, "occupancy.aabb",
                  "[xmin, ymin, zmin, xmax, ymax, zmax] with max > min", g.aabb)
+
+    _require(0 <= g.color_weight_threshold < 1, source, "occupancy.color_weight_threshold", "a value in [0, 1)",
+             g.color_weight_threshold)
+    _validate_voxel_grid(cfg, source)
 
     p = cfg.pruning
     _require(0 < p.amount < 1, source, "pruning.amount", "a fraction in (0, 1)", p.amount)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state
-from .config import ConfigError, ModelConfig, ModelsConfig, models_config_from_dict
+from .config import ConfigError, ModelConfig, ModelsConfig, models_config_from_dict, voxel_grid_config_from_dict
 from .models import build_model
 
 NATIVE, KRRISH94, YENCHENLIN = "nerf", "krrish94", "yenchenlin"
@@ -150,7 +150,14 @@ def models_from_checkpoint(ckpt: dict, path: str, configured: ModelsConfig) -> L
         step = int(ckpt["global_step"]) + 1  # file N holds global_step N - 1 after N updates
         note = (f"yenchenlin/nerf-pytorch checkpoint (global_step {ckpt['global_step']}), "
                 f"{models.coarse.num_layers}x{models.coarse.hidden_size} {models.coarse.type}")
-    coarse = build_model(models.coarse)
+    voxel_grid = None
+    if source == NATIVE and models.coarse.type == "VoxelGridModel":
+        try:
+            voxel_grid = voxel_grid_config_from_dict((ckpt.get("config") or {}).get("voxel_grid"),
+                                                     f"{path} (stored config)")
+        except ConfigError as err:
+            raise CheckpointError(str(err)) from None
+    coarse = build_model(models.coarse, voxel_grid)
     load_model_state(coarse, coarse_state, path, "coarse model")
     fine = None
     if models.fine is not None and fine_state is not None:

@@ -1,5 +1,6 @@
 """Radiance-field MLPs: the paper's 8x256 model, a flexible variant, a tiny one, and a compatibility
-model for krrish94/nerf-pytorch checkpoints.
+model for krrish94/nerf-pytorch checkpoints. `build_model` also builds the fast voxel-grid field
+(nerf/voxel_grid.py).
 
 Every model maps sample positions and unit view directions to raw outputs
 `raw: [P, 4] = [rgb_raw (3), sigma_raw (1)]`; the activations (sigmoid, ReLU) belong to the renderer,
@@ -18,8 +19,9 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import ModelConfig, VoxelGridConfig
 from .encoding import encoding_width, positional_encoding
+from .voxel_grid import VoxelGridModel, density_shift, grid_shape, voxels_after_growth
 
 
 def _linear(in_features: int, out_features: int) -> nn.Linear:
@@ -185,8 +187,21 @@ class Krrish94NeRFModel(EncodedField):
         return torch.cat((self.fc_rgb(h), sigma_raw), dim=-1)
 
 
-def build_model(m: ModelConfig) -> nn.Module:
-    """Instantiate the model a `models.coarse` / `models.fine` config section describes."""
+def build_model(m: ModelConfig, voxel_grid: Optional[VoxelGridConfig] = None, aabb=None) -> nn.Module:
+    """Instantiate the model a `models.coarse` / `models.fine` config section describes.
+
+    A VoxelGridModel takes its settings from `voxel_grid` (the config's voxel_grid: section) and starts
+    with num_voxels_start voxels over `aabb` (default: the Blender box +-1.5) and the density shift for
+    marching steps of step_ratio voxels; a checkpoint's state dict replaces all three (see resize_like).
+    """
+    if m.type == "VoxelGridModel":
+        v = voxel_grid if voxel_grid is not None else VoxelGridConfig()
+        box = torch.as_tensor(aabb if aabb is not None else [-1.5, -1.5, -1.5, 1.5, 1.5, 1.5], dtype=torch.float32)
+        start = voxels_after_growth(v.num_voxels_start, v.num_voxels, len(v.grow_steps), 0)
+        shape = grid_shape(box, start, v.aspect)
+        step = v.step_ratio * float(((box[3:] - box[:3]) / (torch.tensor(shape) - 1)).max())
+        return VoxelGridModel(box, shape, v.feature_dim, v.hidden_size, v.num_layers, v.num_encoding_fn_dir,
+                              density_shift(v.alpha_init, step), v.step_ratio)
     common = dict(num_layers=m.num_layers, hidden_size=m.hidden_size, skip_connect_every=m.skip_connect_every,
                   num_encoding_fn_xyz=m.num_encoding_fn_xyz, num_encoding_fn_dir=m.num_encoding_fn_dir,
                   include_input_xyz=m.include_input_xyz, include_input_dir=m.include_input_dir,

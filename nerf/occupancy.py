@@ -106,20 +106,23 @@ class OccupancyGrid:
 
     def _set_occupied(self) -> None:
         threshold = torch.clamp(self.estimates.mean(), max=self.density_threshold)
-        self.occupied = self.estimates > threshold
+        self.occupied = self.estimates >= threshold  # all equal (a fresh field): all occupied
         self._box = None
+
+    def box_of(self, mask: torch.Tensor) -> torch.Tensor:
+        """The smallest box [6] made of whole cells that holds every cell of mask [C] (none: a zero-size box)."""
+        res = self.resolution
+        cells = mask.nonzero()[:, 0]
+        lo, size = self.aabb[:3], self.aabb[3:] - self.aabb[:3]
+        if len(cells) == 0:
+            return torch.cat((lo, lo))
+        ijk = self._cell_ijk(cells)  # [P, 3]
+        return torch.cat((lo + ijk.amin(dim=0) / res * size, lo + (ijk.amax(dim=0) + 1) / res * size))
 
     def occupied_box(self) -> torch.Tensor:
         """The smallest box [6] made of whole cells that holds every occupied cell (empty: a zero-size box)."""
         if self._box is None:
-            res = self.resolution
-            cells = self.occupied.nonzero()[:, 0]
-            lo, size = self.aabb[:3], self.aabb[3:] - self.aabb[:3]
-            if len(cells) == 0:
-                self._box = torch.cat((lo, lo))
-            else:
-                ijk = self._cell_ijk(cells)  # [P, 3]
-                self._box = torch.cat((lo + ijk.amin(dim=0) / res * size, lo + (ijk.amax(dim=0) + 1) / res * size))
+            self._box = self.box_of(self.occupied)
         return self._box
 
     def cells_along(self, origins: torch.Tensor, directions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -195,10 +198,13 @@ class OccupancySampler:
     grid: OccupancyGrid
     cfg: OccupancyConfig
     skipping: bool = True
+    fixed_step: Optional[float] = None  # set by a field that chooses its own step (VoxelGridModel)
 
     @property
     def step_size(self) -> float:
-        """World-space marching step: the box diagonal / num_steps."""
+        """World-space marching step: fixed_step if set, else the box diagonal / num_steps."""
+        if self.fixed_step is not None:
+            return self.fixed_step
         size = self.grid.aabb[3:] - self.grid.aabb[:3]
         return float(torch.linalg.norm(size)) / self.cfg.num_steps
 
@@ -233,6 +239,9 @@ def sampler_for_rendering(cfg: OccupancyConfig, field: nn.Module, use_ndc: bool,
     """The grid a trained model renders with: the one its run stored, or (for a model trained without one)
     a grid filled from the field's density at occupancy.fill_samples^3 points per cell."""
     sampler = build_sampler(cfg, use_ndc, device)
+    model = getattr(field, "model", field)  # inside a FieldRunner
+    if hasattr(model, "marching_step"):  # a field that sets its own step (VoxelGridModel)
+        sampler.fixed_step = model.marching_step
     if stored is not None:
         sampler.grid.load_state_dict(stored)
     else:
@@ -352,12 +361,52 @@ def composite_samples(raw: torch.Tensor, rays: Rays, t: torch.Tensor, valid: tor
     deltas = (dt * torch.linalg.norm(rays.directions, dim=-1))[:, None].expand_as(t)  # [R, M] = step_size
     out = _COMPOSITE["fn"](rgb, sigma, deltas, t, opts.white_background)
     out["num_samples"] = valid.sum(dim=1)
+    out["t"] = t  # [R, M]: where the weights are
+    return out
+
+
+def has_color_branch(field: nn.Module) -> bool:
+    """Whether the field computes colour separately from density (`color(points, viewdirs)`)."""
+    return bool(getattr(field, "has_color", hasattr(field, "color")))
+
+
+def render_samples_split(field: nn.Module, rays: Rays, t: torch.Tensor, valid: torch.Tensor, dt: torch.Tensor,
+                         opts: RenderConfig, color_weight_threshold: float,
+                         generator: Optional[torch.Generator] = None) -> dict:
+    """Like `render_samples` for a field with a colour branch, which runs only on the samples whose weight
+    w_k = alpha_k T_k is at least color_weight_threshold (DVGO's fast_color_thres); the others get colour 0.
+
+    The colour error per channel is at most the sum of the dropped weights. The weights that choose the
+    samples carry no gradient; density gradients reach every valid sample through the compositing.
+    """
+    ray_ids = valid.nonzero()[:, 0]  # [P]
+    points = rays.origins[ray_ids] + rays.directions[ray_ids] * t[valid][:, None]  # [P, 3]
+    sigma_raw = field.density(points)  # [P]
+    if opts.radiance_field_noise_std > 0:
+        sigma_raw = sigma_raw + opts.radiance_field_noise_std * torch.randn(
+            sigma_raw.shape, device=sigma_raw.device, dtype=sigma_raw.dtype, generator=generator)
+    sigma = _dense(torch.relu(sigma_raw), valid)  # [R, M]
+    deltas = (dt * torch.linalg.norm(rays.directions, dim=-1))[:, None].expand_as(t)  # [R, M] = step_size
+    with torch.no_grad():
+        alpha = 1.0 - torch.exp(-sigma * deltas)
+        transmittance = torch.cumprod(torch.cat((torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-10), dim=-1),
+                                      dim=-1)[:, :-1]
+        colored = ((alpha * transmittance)[valid] >= color_weight_threshold).nonzero()[:, 0]  # [P']
+    rgb_raw = field.color(points[colored], rays.viewdirs[ray_ids[colored]])  # [P', 3]
+    rgb = points.new_zeros(points.shape).index_copy(0, colored, torch.sigmoid(rgb_raw))  # [P, 3]
+    out = _COMPOSITE["fn"](_dense(rgb, valid), sigma, deltas, t, opts.white_background)
+    out["num_samples"] = valid.sum(dim=1)
+    out["t"] = t  # [R, M]: where the weights are
     return out
 
 
 def render_samples(field: nn.Module, rays: Rays, t: torch.Tensor, valid: torch.Tensor, dt: torch.Tensor,
-                   opts: RenderConfig, generator: Optional[torch.Generator] = None) -> dict:
-    """`field_at_samples`, then `composite_samples`."""
+                   opts: RenderConfig, generator: Optional[torch.Generator] = None,
+                   color_weight_threshold: float = 0.0) -> dict:
+    """`field_at_samples`, then `composite_samples`; `render_samples_split` for a field with a colour branch
+    and a positive color_weight_threshold."""
+    if color_weight_threshold > 0 and has_color_branch(field):
+        return render_samples_split(field, rays, t, valid, dt, opts, color_weight_threshold, generator)
     return composite_samples(field_at_samples(field, rays, t, valid, opts), rays, t, valid, dt, opts, generator)
 
 
@@ -365,4 +414,4 @@ def render_rays_occupancy(field: nn.Module, rays: Rays, opts: RenderConfig, samp
                           generator: Optional[torch.Generator] = None) -> dict:
     """Render rays with the grid sampler and one field (a FieldRunner or a model with a `density`)."""
     t, valid, dt = occupancy_samples(field, rays, opts, sampler, generator)
-    return render_samples(field, rays, t, valid, dt, opts, generator)
+    return render_samples(field, rays, t, valid, dt, opts, generator, sampler.cfg.color_weight_threshold)

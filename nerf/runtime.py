@@ -74,6 +74,16 @@ class FieldRunner(nn.Module):
         self._density = (try_compile(density, type(model).__name__ + ".density") if compile and density
                          else density)
 
+    @property
+    def has_color(self) -> bool:
+        """True for a model with a separate colour branch `color(points, viewdirs) -> rgb_raw [P, 3]`."""
+        return hasattr(self.model, "color")
+
+    def color(self, points: torch.Tensor, viewdirs: torch.Tensor) -> torch.Tensor:
+        with self._autocast(points.device):
+            rgb_raw = self.model.color(points, viewdirs)
+        return rgb_raw.float()
+
     def _autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype is not None)
 

@@ -258,3 +258,14 @@ def test_llff_without_ndc_needs_an_explicit_box():
         config_from_dict(data)
     data["occupancy"]["aabb"] = [-5, -5, -5, 5, 5, 5]
     assert config_from_dict(data).occupancy.aabb == [-5.0, -5.0, -5.0, 5.0, 5.0, 5.0]
+
+
+def test_box_of_cells_by_hand():
+    grid = OccupancyGrid(torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]), 4, 0.01, 0.95, torch.device("cpu"))
+    mask = torch.zeros(64, dtype=torch.bool)
+    assert torch.equal(grid.box_of(mask), torch.tensor([-1.0, -1.0, -1.0, -1.0, -1.0, -1.0]))  # none: empty box
+    mask[(1 * 4 + 2) * 4 + 3] = True  # cell (1, 2, 3): x in [-0.5, 0], y in [0, 0.5], z in [0.5, 1]
+    mask[(2 * 4 + 2) * 4 + 0] = True  # cell (2, 2, 0): x in [0, 0.5], y in [0, 0.5], z in [-1, -0.5]
+    assert grid.box_of(mask).tolist() == [-0.5, 0.0, -1.0, 0.5, 0.5, 1.0]
+    grid.occupied = mask
+    assert torch.equal(grid.occupied_box(), grid.box_of(mask))

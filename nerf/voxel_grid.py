@@ -1,0 +1,224 @@
+"""The fast field: dense voxel grids and a small colour network (DVGO, Sun et al. 2022), in pure PyTorch.
+
+Shape legend (as elsewhere): P points, C feature channels, X/Y/Z grid vertices per axis, N = X Y Z.
+
+A density grid D [X, Y, Z] and a feature grid K [X, Y, Z, C] hold values at the vertices of a regular
+lattice over the box `aabb` (the first and last vertices lie on the box faces). At a point p,
+
+    sigma(p) = softplus(trilinear(D, p) + shift)
+    rgb(p, d) = sigmoid(MLP([trilinear(K, p), gamma(d)]))
+
+with gamma the positional encoding of the view direction. Points outside the box have sigma = 0. `shift`
+makes a fresh grid (D = 0) start with the opacity alpha_init per marching step, so that training starts
+from a nearly empty scene (DVGO's activation shift).
+
+Coarse-to-fine: `resample` moves the grids to a new resolution and/or box by trilinear interpolation of
+the old ones; training grows the grid at `voxel_grid.grow_steps` and, at the first growth, shrinks the box
+to the cells the occupancy grid found occupied, so that the voxels are spent on the object.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .encoding import encoding_width, positional_encoding
+
+# the 8 corners of a cell as (dx, dy, dz)
+_CORNERS = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])  # [8, 3]
+
+
+def grid_shape(aabb: torch.Tensor, num_voxels: int, aspect=(1.0, 1.0, 1.0)) -> tuple[int, int, int]:
+    """Vertices per axis for about num_voxels voxels of edges proportional to aspect (at least 2 per axis):
+    edge_a = e aspect_a with e^3 prod(aspect) = box_volume / num_voxels."""
+    size = (aabb[3:] - aabb[:3]).double().cpu()
+    aspect = torch.as_tensor(aspect, dtype=torch.float64)
+    edge = (size.prod() / (num_voxels * aspect.prod())) ** (1.0 / 3.0) * aspect  # [3]
+    return tuple(max(2, int(math.floor(s / e)) + 1) for s, e in zip(size.tolist(), edge.tolist()))
+
+
+class _GatherRows(torch.autograd.Function):
+    """rows = grid.reshape(N, ...).index_select(0, index), for a grid Parameter; the backward adds the row
+    gradients straight into grid.grad (index_add_) instead of returning a fresh dense [N, ...] gradient.
+
+    Same gradient, but a grid of millions of values then costs no new allocation (and page faults) per step:
+    with `zero_grad(set_to_none=False)` its .grad buffer is reused.
+    """
+
+    @staticmethod
+    def forward(ctx, grid: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        ctx.grid = grid
+        return grid.detach().reshape(-1, *grid.shape[3:]).index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad_rows: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        grid = ctx.grid
+        if grid.grad is None:
+            grid.grad = torch.zeros_like(grid)
+        grid.grad.view(-1, *grid.shape[3:]).index_add_(0, index, grad_rows.to(grid.dtype))
+        return None, None
+
+
+def trilinear(values: torch.Tensor, aabb: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trilinear interpolation of vertex values at points.
+
+    values: [X, Y, Z] or [X, Y, Z, C]; aabb: [6]; points: [P, 3] -> (out [P] or [P, C], inside [P] bool).
+    With u = (p - lo) / (hi - lo) * (res - 1), i = floor(u) and f = u - i (per axis),
+    out = sum over corners c in {0, 1}^3 of values[i + c] * prod_axis (f if c = 1 else 1 - f).
+    Points outside the box are clamped onto it (and flagged in `inside`). Gradients reach the 8 corner
+    vertices of each point (scatter-added; for a grid Parameter directly into its .grad, see _GatherRows).
+    """
+    res = torch.tensor(values.shape[:3], device=points.device)
+    lo, hi = aabb[:3], aabb[3:]
+    u = (points - lo) / (hi - lo) * (res - 1)  # [P, 3] in vertex units
+    inside = ((u >= 0) & (u <= res - 1)).all(dim=-1)
+    u = torch.minimum(u.clamp(min=0), (res - 1).to(u.dtype))
+    base = torch.minimum(u.floor().long(), res - 2)  # [P, 3] lower corner, so that base + 1 exists
+    frac = u - base  # [P, 3] in [0, 1]
+    corners = _CORNERS.to(points.device)
+    ijk = base[:, None, :] + corners  # [P, 8, 3]
+    flat = (ijk[..., 0] * res[1] + ijk[..., 1]) * res[2] + ijk[..., 2]  # [P, 8]
+    w = torch.where(corners.bool(), frac[:, None, :], 1.0 - frac[:, None, :]).prod(dim=-1)  # [P, 8]
+    channels = values.shape[3:]
+    if isinstance(values, nn.Parameter) and values.requires_grad and torch.is_grad_enabled():
+        rows = _GatherRows.apply(values, flat.reshape(-1))  # [8P(, C)], gradient into values.grad
+    else:
+        rows = values.reshape(-1, *channels).index_select(0, flat.reshape(-1))
+    gathered = rows.reshape(*flat.shape, *channels)  # [P, 8(, C)]
+    if channels:
+        return (gathered * w[..., None]).sum(dim=1), inside
+    return (gathered * w).sum(dim=1), inside
+
+
+def density_shift(alpha_init: float, step_size: float) -> float:
+    """The shift s with 1 - exp(-softplus(s) * step_size) = alpha_init: the opacity of one step at D = 0."""
+    sigma = -math.log1p(-alpha_init) / step_size
+    return math.log(math.expm1(sigma))
+
+
+def total_variation(grid: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between neighbouring vertices along each axis, summed over the 3 axes."""
+    return sum(torch.diff(grid, dim=axis).pow(2).mean() for axis in range(3))
+
+
+class VoxelGridModel(nn.Module):
+    """Density and feature voxel grids with a small view-dependent colour MLP (see the module docstring)."""
+
+    def __init__(self, aabb, resolution: tuple[int, int, int], feature_dim: int = 12, hidden_size: int = 128,
+                 num_layers: int = 2, num_encoding_fn_dir: int = 4, shift: float = 0.0, step_ratio: float = 0.5):
+        super().__init__()
+        self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).clone())
+        self.register_buffer("shift", torch.tensor(float(shift)))
+        self.register_buffer("step_ratio", torch.tensor(float(step_ratio)))
+        self.density_grid = nn.Parameter(torch.zeros(resolution))
+        self.feature_grid = nn.Parameter(torch.zeros(*resolution, feature_dim))
+        self.num_encoding_fn_dir = num_encoding_fn_dir
+        width = feature_dim + encoding_width(num_encoding_fn_dir)
+        layers = []
+        for _ in range(num_layers):
+            layers += [nn.Linear(width, hidden_size), nn.ReLU(inplace=True)]
+            width = hidden_size
+        layers.append(nn.Linear(width, 3))
+        self.color_net = nn.Sequential(*layers)
+
+    @property
+    def resolution(self) -> tuple[int, int, int]:
+        return tuple(self.density_grid.shape)
+
+    @property
+    def voxel_size(self) -> float:
+        """Edge of a voxel (the largest of the three axes' vertex spacings)."""
+        spacing = (self.aabb[3:] - self.aabb[:3]) / (torch.tensor(self.resolution, device=self.aabb.device) - 1)
+        return float(spacing.max())
+
+    @property
+    def marching_step(self) -> float:
+        """The step this field is rendered with: step_ratio voxels (it follows the grid as it grows)."""
+        return float(self.step_ratio) * self.voxel_size
+
+    def grid_parameters(self) -> list[nn.Parameter]:
+        return [self.density_grid, self.feature_grid]
+
+    def network_parameters(self) -> list[nn.Parameter]:
+        return list(self.color_net.parameters())
+
+    def density(self, points: torch.Tensor) -> torch.Tensor:
+        """points: [P, 3] -> sigma: [P] = softplus(D(p) + shift), 0 outside the box (already >= 0)."""
+        d, inside = trilinear(self.density_grid, self.aabb, points)
+        return torch.where(inside, F.softplus(d + self.shift), torch.zeros_like(d))
+
+    def color(self, points: torch.Tensor, viewdirs: torch.Tensor) -> torch.Tensor:
+        """points, viewdirs: [P, 3] -> rgb_raw: [P, 3] (before the sigmoid)."""
+        features, _ = trilinear(self.feature_grid, self.aabb, points)  # [P, C]
+        encoded = positional_encoding(viewdirs, self.num_encoding_fn_dir)  # [P, 27]
+        return self.color_net(torch.cat((features, encoded), dim=-1))
+
+    def forward(self, points: torch.Tensor, viewdirs: Optional[torch.Tensor]) -> torch.Tensor:
+        """points, viewdirs: [P, 3] -> raw: [P, 4] = (rgb_raw, sigma); ReLU(sigma) = sigma."""
+        return torch.cat((self.color(points, viewdirs), self.density(points)[:, None]), dim=-1)
+
+    def total_variation(self) -> torch.Tensor:
+        """TV of the density grid (the regulariser of DVGO and Plenoxels)."""
+        return total_variation(self.density_grid)
+
+    @torch.no_grad()
+    def resample(self, resolution: tuple[int, int, int], aabb: Optional[torch.Tensor] = None,
+                 chunk: int = 1 << 18) -> None:
+        """Replace the grids by ones of `resolution` vertices over `aabb` (default: the current box),
+        each vertex interpolated trilinearly from the old grids. New parameters: rebuild the optimizer."""
+        aabb = (self.aabb if aabb is None else aabb.to(self.aabb)).clone()
+        lo, hi = aabb[:3], aabb[3:]
+        axes = [torch.linspace(float(lo[a]), float(hi[a]), resolution[a], device=lo.device) for a in range(3)]
+        vertices = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)  # [N', 3]
+        density, features = [], []
+        for k in range(0, vertices.shape[0], chunk):
+            d, inside = trilinear(self.density_grid, self.aabb, vertices[k:k + chunk])
+            f, _ = trilinear(self.feature_grid, self.aabb, vertices[k:k + chunk])
+            # outside the old box the old field was empty: keep it empty (D = -shift -> small density)
+            density.append(torch.where(inside, d, torch.full_like(d, -100.0)))
+            features.append(f)
+        self.density_grid = nn.Parameter(torch.cat(density).reshape(resolution))
+        self.feature_grid = nn.Parameter(torch.cat(features).reshape(*resolution, -1))
+        self.aabb.copy_(aabb)
+
+    def resize_like(self, state: dict) -> None:
+        """Give the grids the shapes stored in a state dict (a checkpoint of a grown model) before loading it."""
+        shape = state.get("density_grid")
+        if shape is not None and tuple(shape.shape) != self.resolution and shape.dim() == 3:
+            self.density_grid = nn.Parameter(torch.zeros(shape.shape, device=self.aabb.device))
+            channels = state["feature_grid"].shape[-1] if "feature_grid" in state else self.feature_grid.shape[-1]
+            self.feature_grid = nn.Parameter(torch.zeros(*shape.shape, channels, device=self.aabb.device))
+
+
+def voxels_after_growth(num_voxels_start: int, num_voxels: int, num_growths: int, k: int) -> int:
+    """Voxel count after the k-th of num_growths growths (k = 0: the start): geometric from start to final,
+    num_voxels_start * (num_voxels / num_voxels_start)^(k / num_growths); num_voxels when nothing grows."""
+    if num_growths == 0:
+        return num_voxels
+    return round(num_voxels_start * (num_voxels / num_voxels_start) ** (k / num_growths))
+
+
+def grown_box(box: torch.Tensor, occupied_box: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
+    """The box [6] shrunk to occupied_box widened by margin [3] on each side (never larger than box);
+    box itself when nothing is occupied."""
+    if not bool((occupied_box[3:] > occupied_box[:3]).all()):
+        return box
+    return torch.cat((torch.maximum(occupied_box[:3] - margin, box[:3]), torch.minimum(occupied_box[3:] + margin, box[3:])))
+
+
+def grow(model: VoxelGridModel, grow_steps: list[int], num_voxels_start: int, num_voxels: int, step: int,
+         shrink_to: Optional[torch.Tensor] = None, aspect=(1.0, 1.0, 1.0)) -> bool:
+    """Coarse-to-fine: at a step of grow_steps, resample the grids to the next voxel count (and, at the first
+    growth, onto the box `shrink_to` when given). True when the grids changed (rebuild the optimizer)."""
+    if step not in grow_steps:
+        return False
+    k = grow_steps.index(step) + 1
+    box = shrink_to if (k == 1 and shrink_to is not None) else model.aabb
+    model.resample(grid_shape(box, voxels_after_growth(num_voxels_start, num_voxels, len(grow_steps), k), aspect), box)
+    return True

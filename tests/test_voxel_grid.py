@@ -1,0 +1,265 @@
+import itertools
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+import eval_nerf
+import train_nerf
+from nerf.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from nerf.config import ConfigError, RenderConfig, VoxelGridConfig, load_config
+from nerf.datasets import load_scene
+from nerf.datasets.demo import generate_demo_scene
+from nerf.models import build_model
+from nerf.occupancy import OccupancyGrid, OccupancySampler, occupancy_samples, render_samples
+from nerf.config import OccupancyConfig
+from nerf.rendering import prepare_rays
+from nerf.voxel_grid import (VoxelGridModel, density_shift, grid_shape, grow, grown_box, total_variation, trilinear,
+                             voxels_after_growth)
+
+BOX = torch.tensor([-1.0, -2.0, -0.5, 1.0, 1.0, 2.0])
+
+
+def _points(n, box=BOX, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, generator=g) * (box[3:] - box[:3]) + box[:3]
+
+
+def _brute_force(values, box, p):
+    """The trilinear formula written out per point and corner."""
+    res = torch.tensor(values.shape[:3])
+    u = ((p - box[:3]) / (box[3:] - box[:3]) * (res - 1)).tolist()
+    out = torch.zeros(values.shape[3:], dtype=torch.float64)
+    base = [min(int(u[a] // 1), int(res[a]) - 2) for a in range(3)]
+    for corner in itertools.product((0, 1), repeat=3):
+        w = 1.0
+        for a in range(3):
+            f = u[a] - base[a]
+            w *= f if corner[a] else 1.0 - f
+        out += w * values[base[0] + corner[0], base[1] + corner[1], base[2] + corner[2]].double()
+    return out
+
+
+def test_trilinear_matches_brute_force_and_grid_sample():
+    values = torch.randn(5, 6, 7, 4)
+    p = _points(50)
+    out, inside = trilinear(values, BOX, p)
+    assert inside.all()
+    for k in range(0, 50, 7):
+        torch.testing.assert_close(out[k].double(), _brute_force(values, BOX, p[k]), atol=1e-5, rtol=0)
+    # the same lattice convention as grid_sample(align_corners=True) on [C, Z, Y, X]
+    grid = ((p - BOX[:3]) / (BOX[3:] - BOX[:3]) * 2 - 1)[None, None, None]  # [1, 1, 1, P, 3] as (x, y, z)
+    ref = F.grid_sample(values.permute(3, 2, 1, 0)[None], grid, align_corners=True)[0, :, 0, 0].T
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    scalar, _ = trilinear(values[..., 0], BOX, p)
+    torch.testing.assert_close(scalar, out[:, 0])
+
+
+def test_trilinear_is_exact_at_vertices_and_on_linear_functions():
+    res = (4, 5, 6)
+    axes = [torch.linspace(float(BOX[a]), float(BOX[a + 3]), res[a]) for a in range(3)]
+    vertices = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # [X, Y, Z, 3]
+    linear = vertices @ torch.tensor([0.5, -2.0, 3.0]) + 1.0  # trilinear reproduces affine functions
+    out, _ = trilinear(linear, BOX, vertices.reshape(-1, 3))
+    torch.testing.assert_close(out, linear.reshape(-1), atol=1e-5, rtol=0)
+    p = _points(100)
+    out, _ = trilinear(linear, BOX, p)
+    torch.testing.assert_close(out, p @ torch.tensor([0.5, -2.0, 3.0]) + 1.0, atol=1e-5, rtol=0)
+
+
+def test_corner_indices_stay_in_range_on_and_outside_the_box():
+    values = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
+    corners = torch.tensor([[BOX[0], BOX[1], BOX[2]], [BOX[3], BOX[4], BOX[5]]])
+    far = torch.tensor([[-9.0, 0.0, 0.0], [9.0, 9.0, 9.0]])
+    out, inside = trilinear(values, BOX, torch.cat((corners, far)))
+    assert inside.tolist() == [True, True, False, False]
+    assert out[0] == values[0, 0, 0] and out[1] == values[-1, -1, -1]  # the max face is reached, not overrun
+    assert out[3] == values[-1, -1, -1]  # clamped onto the box
+
+
+def test_gradients_reach_exactly_the_eight_corner_vertices():
+    values = torch.zeros(5, 6, 7, 3, requires_grad=True)
+    p = torch.tensor([[0.1, -0.3, 0.7]])
+    out, _ = trilinear(values, BOX, p)
+    out.sum().backward()
+    touched = values.grad.abs().sum(dim=-1) > 0
+    assert touched.sum() == 8
+    torch.testing.assert_close(values.grad[..., 0].sum(), torch.tensor(1.0))  # weights sum to 1 per point
+    idx = touched.nonzero()
+    assert (idx.amax(0) - idx.amin(0)).tolist() == [1, 1, 1]  # one cell
+
+
+def test_model_density_colour_and_shift():
+    shift = density_shift(1e-3, 0.01)
+    model = VoxelGridModel(BOX, (4, 5, 6), feature_dim=5, hidden_size=8, num_layers=1, shift=shift)
+    p = torch.cat((_points(10), torch.tensor([[5.0, 0.0, 0.0]])))
+    sigma = model.density(p)
+    alpha = 1 - torch.exp(-sigma * 0.01)
+    torch.testing.assert_close(alpha[:10], torch.full((10,), 1e-3), rtol=1e-4, atol=0)  # fresh grid: alpha_init
+    assert sigma[10] == 0  # outside the box: empty
+    raw = model(p, F.normalize(p, dim=-1))
+    assert raw.shape == (11, 4)
+    torch.testing.assert_close(raw[:, 3], sigma)
+
+
+def test_total_variation_by_hand():
+    grid = torch.zeros(2, 2, 2)
+    grid[1] = 1.0  # a step of 1 along x only: 4 squared differences of 1, mean 1; none along y and z
+    assert total_variation(grid).item() == 1.0
+
+
+def test_growth_schedule_and_resampling_keep_the_field():
+    assert [voxels_after_growth(1000, 64000, 2, k) for k in range(3)] == [1000, 8000, 64000]
+    assert voxels_after_growth(1000, 64000, 0, 0) == 64000
+    model = VoxelGridModel(BOX, grid_shape(BOX, 1000), feature_dim=2, hidden_size=4, num_layers=1)
+    with torch.no_grad():  # an affine density and features survive resampling exactly
+        axes = [torch.linspace(float(BOX[a]), float(BOX[a + 3]), model.resolution[a]) for a in range(3)]
+        v = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+        model.density_grid.copy_(v @ torch.tensor([1.0, 2.0, -1.0]))
+        model.feature_grid.copy_(torch.stack((v[..., 0], v[..., 2] * 2), dim=-1))
+    inner = torch.tensor([-0.5, -1.0, 0.0, 0.5, 0.5, 1.5])
+    p = _points(200, inner, seed=1)
+    before = (trilinear(model.density_grid, model.aabb, p)[0], trilinear(model.feature_grid, model.aabb, p)[0])
+    assert grow(model, [10, 20], 1000, 27000, 10, shrink_to=inner)
+    assert not grow(model, [10, 20], 1000, 27000, 11)
+    assert torch.equal(model.aabb, inner)
+    voxels = (model.resolution[0] - 1) * (model.resolution[1] - 1) * (model.resolution[2] - 1)
+    assert abs(voxels - 5196) < 0.15 * 5196  # sqrt(1000 * 27000) voxels over the new box (whole voxels per axis)
+    after = (trilinear(model.density_grid, model.aabb, p)[0], trilinear(model.feature_grid, model.aabb, p)[0])
+    torch.testing.assert_close(after[0], before[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(after[1], before[1], atol=1e-4, rtol=0)
+    margin = torch.tensor([0.1, 0.1, 0.1])
+    assert grown_box(BOX, torch.tensor([0.0, 0.0, 0.0, 0.5, 0.5, 1.95]), margin).tolist() == pytest.approx(
+        [-0.1, -0.1, -0.1, 0.6, 0.6, 2.0])
+    assert torch.equal(grown_box(BOX, torch.zeros(6), margin), BOX)  # nothing occupied: keep the box
+
+
+def test_state_dict_round_trip_of_a_grown_model():
+    v = VoxelGridConfig(num_voxels=4000, num_voxels_start=500, grow_steps=[5], feature_dim=3, hidden_size=8,
+                        num_layers=1)
+    from nerf.config import ModelConfig
+    model = build_model(ModelConfig(type="VoxelGridModel"), v, BOX)
+    grow(model, v.grow_steps, v.num_voxels_start, v.num_voxels, 5, shrink_to=torch.tensor([-0.5, -1, 0, 0.5, 0, 1.0]))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_()
+    fresh = build_model(ModelConfig(type="VoxelGridModel"), v)  # other shape and box until loaded
+    assert fresh.resolution != model.resolution
+    load_model_state(fresh, model.state_dict(), "mem.ckpt", "coarse model")
+    p, d = _points(64, model.aabb), F.normalize(_points(64, seed=2), dim=-1)
+    assert torch.equal(fresh(p, d), model(p, d))
+    assert fresh.marching_step == model.marching_step
+    broken = dict(model.state_dict(), feature_grid=torch.zeros(2, 2, 2, 7))
+    with pytest.raises(CheckpointError, match="feature_grid"):
+        load_model_state(build_model(ModelConfig(type="VoxelGridModel"), v), broken, "mem.ckpt", "coarse model")
+
+
+def test_colour_only_above_the_weight_threshold():
+    """The split renderer equals the full one with a tiny threshold, and otherwise differs by at most the
+    dropped weights; it evaluates colour on fewer samples."""
+    torch.manual_seed(0)
+    model = VoxelGridModel(BOX, (9, 10, 11), feature_dim=4, hidden_size=8, num_layers=1, shift=-2.0)
+    with torch.no_grad():
+        model.density_grid.normal_(0, 3)
+        model.feature_grid.normal_()
+    cfg = OccupancyConfig(resolution=8, early_stop_eps=0.0)
+    sampler = OccupancySampler(OccupancyGrid(BOX, 8, 0.01, 0.95, torch.device("cpu")), cfg, skipping=False)
+    sampler.fixed_step = 0.05
+    origins = torch.tensor([[0.0, -0.5, -3.0]]).expand(32, 3)
+    directions = F.normalize(torch.randn(32, 3) * 0.2 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
+    rays = prepare_rays(origins, directions, 0.0, 8.0)
+    opts = RenderConfig(perturb=False, white_background=True)
+    t, valid, dt = occupancy_samples(model, rays, opts, sampler)
+    full = render_samples(model, rays, t, valid, dt, opts)
+    tiny = render_samples(model, rays, t, valid, dt, opts, color_weight_threshold=1e-30)
+    torch.testing.assert_close(tiny["rgb"], full["rgb"], atol=1e-6, rtol=0)
+    calls = []
+    model.color = lambda p, d, f=model.color: calls.append(len(p)) or f(p, d)
+    split = render_samples(model, rays, t, valid, dt, opts, color_weight_threshold=0.01)
+    dropped = (full["weights"] * (full["weights"] < 0.01)).sum(dim=-1)  # [R]
+    assert ((split["rgb"] - full["rgb"]).abs().amax(dim=-1) <= dropped + 1e-6).all()
+    assert 0 < calls[0] < valid.sum()
+    torch.testing.assert_close(split["acc"], full["acc"])
+
+
+# --------------------------------------------------------------------------------------------------
+# The scripts
+
+
+@pytest.fixture(scope="module")
+def scene_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scene") / "demo"
+    generate_demo_scene(str(root), size=24, num_train=16, num_val=2, num_test=2)
+    return str(root)
+
+
+def _config(tmp_path, scene_dir, **experiment):
+    cfg = {
+        "experiment": {"id": "run", "logdir": str(tmp_path / "logs"), "randomseed": 3, "train_iters": 8,
+                       "validate_every": 0, "save_every": 4, "print_every": 2, "device": "cpu", **experiment},
+        "dataset": {"type": "blender", "basedir": scene_dir},
+        "models": {"coarse": {"type": "VoxelGridModel"}, "fine": None},
+        "nerf": {"train": {"num_random_rays": 256, "num_fine": 0, "white_background": True, "perturb": True},
+                 "validation": {"num_fine": 0, "white_background": True, "num_views": 2}},
+        "optimizer": {"lr": 1e-3, "eps": 1e-15},
+        "scheduler": {"lr_decay": 20},
+        "occupancy": {"enabled": True, "resolution": 16, "update_every": 4, "warmup_steps": 4, "decay": 0.8,
+                      "color_weight_threshold": 1e-7},
+        "voxel_grid": {"num_voxels": 32768, "num_voxels_start": 4096, "grow_steps": [6], "feature_dim": 6,
+                       "hidden_size": 16, "num_layers": 1, "alpha_init": 1e-2, "grid_lr": 0.2, "tv_weight": 1e-4},
+    }
+    path = tmp_path / "cfg.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_short_run_learns_and_resumes_exactly_across_a_growth(tmp_path, scene_dir):
+    config = _config(tmp_path, scene_dir)
+    train_nerf.main(["--config", config, "--set", "experiment.id=full"])
+    train_nerf.main(["--config", config, "--set", "experiment.id=resumed", "--load-checkpoint",
+                     str(tmp_path / "logs" / "full" / "checkpoint000004.ckpt")])
+    a = load_checkpoint(str(tmp_path / "logs" / "full" / "checkpoint000008.ckpt"))
+    b = load_checkpoint(str(tmp_path / "logs" / "resumed" / "checkpoint000008.ckpt"))
+    early = load_checkpoint(str(tmp_path / "logs" / "full" / "checkpoint000004.ckpt"))
+    assert early["model_coarse_state_dict"]["density_grid"].numel() < a["model_coarse_state_dict"]["density_grid"].numel()
+    for key, value in a["model_coarse_state_dict"].items():
+        assert torch.equal(value, b["model_coarse_state_dict"][key]), key
+    for index, state in a["optimizer_state_dict"]["state"].items():
+        for k, v in state.items():
+            assert torch.equal(v, b["optimizer_state_dict"]["state"][index][k]), (index, k)
+
+
+def test_training_loss_falls(tmp_path, scene_dir):
+    config = _config(tmp_path, scene_dir, train_iters=120, validate_every=120, save_every=0)
+    cfg = load_config(config)
+    scene = load_scene(cfg.dataset, white_background=True)
+    torch.manual_seed(cfg.experiment.randomseed)
+    from nerf.occupancy import build_sampler
+    sampler = build_sampler(cfg.occupancy, False, torch.device("cpu"))
+    sampler.skipping = False
+    model = build_model(cfg.models.coarse, cfg.voxel_grid, sampler.grid.aabb)
+    sampler.fixed_step = model.marching_step
+    before = train_nerf.validate(cfg, scene, model, None, sampler)["psnr"]
+    metrics = train_nerf.main(["--config", config])
+    assert metrics["val_psnr"] > before + 5.0, (before, metrics["val_psnr"])
+    # eval renders the test views with the stored grid and writes metrics
+    out = eval_nerf.main(["--config", config, "--checkpoint", os.path.join(metrics["run_dir"], "checkpoint000120.ckpt"),
+                          "--savedir", str(tmp_path / "eval"), "--split", "test"])
+    assert out["mean"]["psnr"] > before + 5.0
+
+
+def test_prune_is_refused_and_bad_configs_are_rejected(tmp_path, scene_dir):
+    config = _config(tmp_path, scene_dir, train_iters=4)
+    train_nerf.main(["--config", config])
+    with pytest.raises(SystemExit) as err:
+        train_nerf.main(["--config", config, "--set", "experiment.train_iters=8", "--load-checkpoint",
+                         str(tmp_path / "logs" / "run" / "checkpoint000004.ckpt"), "--prune", "coarse"])
+    assert "VoxelGridModel" in str(err.value) and "voxel_grid.num_voxels" in str(err.value)
+    with pytest.raises(ConfigError, match="occupancy.enabled"):
+        load_config(config, ["occupancy.enabled=false"])
+    with pytest.raises(ConfigError, match="voxel_grid.grow_steps"):
+        load_config(config, ["voxel_grid.grow_steps=[6,3]"])
+    with pytest.raises(ConfigError, match="voxel_grid.num_voxels_start"):
+        load_config(config, ["voxel_grid.num_voxels_start=100000"])
