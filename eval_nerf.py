@@ -31,6 +31,7 @@ from nerf.config import ConfigError, load_config
 from nerf.datasets import DatasetError, load_scene
 from nerf.device import select_device
 from nerf.importers import load_models
+from nerf.voxel_grid import VoxelGridModel
 from nerf.metrics import LpipsMetric, psnr, ssim
 from nerf.occupancy import box_warning, sampler_for_rendering
 from nerf.rendering import render_image, set_compiled_compositing
@@ -133,6 +134,9 @@ def main(argv=None) -> dict:
     except (CheckpointError, DatasetError) as err:
         sys.exit(f"error: {err}")
     print(loaded.description)
+    if isinstance(loaded.coarse, VoxelGridModel) and not cfg.occupancy.enabled:
+        sys.exit(f"error: {args.checkpoint}: a VoxelGridModel renders through the occupancy grid; "
+                 "set occupancy.enabled: true (as in the config it was trained with)")
     try:
         coarse, fine = field_runners(loaded.coarse, loaded.fine, cfg.runtime, device)
     except ValueError as err:

@@ -32,7 +32,7 @@ from nerf.metrics import mse_to_psnr
 from nerf.models import NeRFModel, build_model
 from nerf.voxel_grid import VoxelGridModel, grow, grown_box
 from nerf.pruning import PruningRun, apply_pruning_event, layer_widths, prunable_layers, transfer_optimizer
-from nerf.optimizer import build_optimizer, set_learning_rate
+from nerf.optimizer import build_optimizer, keep_configured_groups, set_learning_rate
 from nerf.occupancy import ONE_NETWORK_ERROR, box_warning, build_sampler
 from nerf.rendering import prepare_rays, render_image, render_rays, set_compiled_compositing
 from nerf.runtime import field_runners, grad_scaler
@@ -175,8 +175,6 @@ def main(argv=None) -> dict:
         fine = build_model(cfg.models.fine).to(device) if cfg.models.fine is not None else None
         if ckpt is not None and isinstance(coarse, VoxelGridModel):
             coarse.resize_like(ckpt.get("model_coarse_state_dict") or {})  # grown: the optimizer needs its shapes
-    if isinstance(coarse, VoxelGridModel):
-        sampler.fixed_step = coarse.marching_step
     if cfg.occupancy.enabled and fine is not None:
         sys.exit(f"error: {ONE_NETWORK_ERROR}")
     try:
@@ -211,6 +209,9 @@ def main(argv=None) -> dict:
                 sys.exit(f"error: {args.load_checkpoint}: {err}")
         if scaler.is_enabled() and ckpt.get("grad_scaler"):
             scaler.load_state_dict(ckpt["grad_scaler"])
+        keep_configured_groups(optimizer, build_optimizer(cfg, coarse, fine, device))
+    if isinstance(coarse, VoxelGridModel):
+        sampler.fixed_step = coarse.marching_step  # from the (loaded) grid and box
 
     # --prune: a new pruning run, or the unfinished one stored in the checkpoint (resumed with or without the flag)
     stored = ckpt.get("pruning") if ckpt is not None and foreign is None else None
@@ -271,7 +272,7 @@ def main(argv=None) -> dict:
     # shrink_box: the cells seen holding content (weight >= seen_weight) in the steps before the first growth
     seen = None
     if isinstance(coarse, VoxelGridModel) and cfg.voxel_grid.shrink_box and cfg.voxel_grid.grow_steps \
-            and start_step < cfg.voxel_grid.grow_steps[0]:
+            and start_step <= cfg.voxel_grid.grow_steps[0]:
         seen = torch.zeros_like(sampler.grid.occupied)
         if ckpt is not None and foreign is None and ckpt.get("voxel_grid_seen") is not None:
             seen = ckpt["voxel_grid_seen"].to(seen)  # resumed mid-way: keep what the earlier steps saw
@@ -290,7 +291,8 @@ def main(argv=None) -> dict:
             box = grown_box(coarse.aabb, sampler.grid.box_of(seen), cell) if seen is not None else None
             seen = None
             grow(coarse, v.grow_steps, v.num_voxels_start, v.num_voxels, step, box, v.aspect)
-            optimizer = build_optimizer(cfg, coarse, fine, device)  # new grid tensors: fresh Adam moments
+            # new grid tensors: a fresh Adam for all parameters (as DVGO at each scale)
+            optimizer = build_optimizer(cfg, coarse, fine, device)
             sampler.fixed_step = coarse.marching_step
             tqdm.write(f"[step {step}] voxel grid {'x'.join(map(str, coarse.resolution))} over "
                        f"{[round(x, 3) for x in coarse.aabb.tolist()]}")

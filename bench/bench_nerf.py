@@ -39,6 +39,7 @@ from nerf.importers import load_models  # noqa: E402
 from nerf.metrics import psnr  # noqa: E402
 from nerf.models import build_model  # noqa: E402
 from nerf.optimizer import build_optimizer, set_learning_rate  # noqa: E402
+from nerf.voxel_grid import VoxelGridModel  # noqa: E402
 from nerf.occupancy import (ONE_NETWORK_ERROR, composite_samples, default_aabb, field_at_samples,  # noqa: E402
                             has_color_branch, occupancy_samples, render_samples_split, sampler_for_rendering)
 from nerf.rendering import (prepare_rays, render_image, run_network, set_compiled_compositing,  # noqa: E402
@@ -105,9 +106,9 @@ def timed_batch(step, batcher, scene, lap: Laps):
     return rays, target
 
 
-def timed_update(loss, optimizer, lap: Laps) -> None:
-    """Backward pass and optimizer step, timed as "backward" and "optimizer"."""
-    optimizer.zero_grad(set_to_none=True)
+def timed_update(loss, optimizer, lap: Laps, set_to_none: bool = True) -> None:
+    """Backward pass and optimizer step, timed as "backward" and "optimizer" (set_to_none as in training)."""
+    optimizer.zero_grad(set_to_none=set_to_none)
     loss.backward()
     lap("backward")
     optimizer.step()
@@ -160,7 +161,8 @@ def timed_occupancy_step(step, batcher, scene, field, sampler, optimizer, opts, 
         out = composite_samples(raw, rays, t, valid, dt, opts)
     loss = F.mse_loss(out["rgb"], target)
     lap("rendering")
-    timed_update(loss, optimizer, lap)
+    # a voxel grid's gradient buffers are reused, as in train_nerf.py
+    timed_update(loss, optimizer, lap, set_to_none=not isinstance(getattr(field, "model", field), VoxelGridModel))
     return {"times": lap.times, "coarse_points": int(valid.sum()), "fine_points": 0}
 
 

@@ -184,23 +184,23 @@ class VoxelGridConfig:
     """The fast field (models.coarse.type: VoxelGridModel, nerf/voxel_grid.py): dense density and feature
     voxel grids over a box and a small colour MLP, grown coarse to fine. Needs occupancy.enabled."""
 
-    num_voxels: int = 2_097_152  # voxels of the final grids (128^3); they are cubic, spread over the box
+    num_voxels: int = 2_097_152  # voxels of the final grids (128^3), spread over the box (edges: see aspect)
     num_voxels_start: int = 262_144  # voxels before the first growth (64^3)
     aspect: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # voxel edge ratios x:y:z (NDC: finer
     # in x, y, the image plane, than in z, the depth)
-    grow_steps: list[int] = field(default_factory=lambda: [500, 1000, 2000])  # the voxel count goes
+    grow_steps: list[int] = field(default_factory=lambda: [200, 500, 1000])  # the voxel count goes
     # geometrically from num_voxels_start to num_voxels over these steps
     # At the first growth, shrink the box to the occupancy cells (plus one) where the training rays of the
     # preceding grow_steps[0] / 2 steps put a compositing weight >= seen_weight (the content, not unseen fog).
     shrink_box: bool = True
     seen_weight: float = 0.05
     feature_dim: int = 12  # channels of the feature grid
-    hidden_size: int = 128  # width of the colour MLP
+    hidden_size: int = 64  # width of the colour MLP
     num_layers: int = 2  # hidden layers of the colour MLP
     num_encoding_fn_dir: int = 4  # frequencies of the view-direction encoding
-    alpha_init: float = 1.0e-4  # opacity of one marching step in the fresh grid
+    alpha_init: float = 1.0e-2  # opacity of one marching step in the fresh grid: a fog that training carves
     step_ratio: float = 0.5  # marching step = this * voxel size (replaces occupancy.num_steps)
-    grid_lr: float = 0.1  # learning rate of the grids (the MLP uses optimizer.lr; both follow the scheduler)
+    grid_lr: float = 0.2  # learning rate of the grids (the MLP uses optimizer.lr; both follow the scheduler)
     tv_weight: float = 0.0  # weight of the density grid's total variation in the loss
     tv_until: int = 0  # the TV term applies before this step only (0: always)
 
@@ -429,6 +429,13 @@ def _require(ok: bool, source: str, key: str, expected: str, value: Any) -> None
 
 def _validate_model(m: ModelConfig, key: str, source: str) -> None:
     _require(m.type in MODEL_TYPES, source, f"{key}.type", "one of " + ", ".join(MODEL_TYPES), m.type)
+    if m.type == "VoxelGridModel":  # its settings are the voxel_grid: section; an MLP key would be ignored
+        defaults = ModelConfig(type=m.type)
+        for f in dataclasses.fields(ModelConfig):
+            value = getattr(m, f.name)
+            _require(value == getattr(defaults, f.name), source, f"{key}.{f.name}",
+                     "to be left unset for VoxelGridModel (its settings are the voxel_grid: section)", value)
+        return
     _require(m.num_layers >= 1, source, f"{key}.num_layers", "an integer >= 1", m.num_layers)
     _require(m.hidden_size >= 1, source, f"{key}.hidden_size", "an integer >= 1", m.hidden_size)
     _require(m.hidden_size_dir >= 1, source, f"{key}.hidden_size_dir", "an integer >= 1", m.hidden_size_dir)
@@ -495,6 +502,10 @@ def _validate_voxel_grid(cfg: Config, source: str) -> None:
         _require(cfg.models.fine.type != "VoxelGridModel", source, "models.fine.type",
                  "an MLP type: VoxelGridModel is a single field (models.coarse, with models.fine: null)",
                  cfg.models.fine.type)
+    if cfg.models.coarse.type != "VoxelGridModel":
+        _require(v == VoxelGridConfig(), source, "voxel_grid",
+                 "to be left unset unless models.coarse.type is VoxelGridModel (it would be ignored)",
+                 "a changed section")
     if cfg.models.coarse.type == "VoxelGridModel":
         _require(cfg.occupancy.enabled, source, "occupancy.enabled",
                  "true for models.coarse.type VoxelGridModel (it samples through the occupancy grid)",

@@ -191,12 +191,13 @@ def build_model(m: ModelConfig, voxel_grid: Optional[VoxelGridConfig] = None, aa
     """Instantiate the model a `models.coarse` / `models.fine` config section describes.
 
     A VoxelGridModel takes its settings from `voxel_grid` (the config's voxel_grid: section) and starts
-    with num_voxels_start voxels over `aabb` (default: the Blender box +-1.5) and the density shift for
+    with num_voxels_start voxels (num_voxels when nothing grows) over `aabb` (default: the Blender box +-1.5) and the density shift for
     marching steps of step_ratio voxels; a checkpoint's state dict replaces all three (see resize_like).
     """
     if m.type == "VoxelGridModel":
         v = voxel_grid if voxel_grid is not None else VoxelGridConfig()
-        box = torch.as_tensor(aabb if aabb is not None else [-1.5, -1.5, -1.5, 1.5, 1.5, 1.5], dtype=torch.float32)
+        box = torch.as_tensor(aabb if aabb is not None else [-1.5, -1.5, -1.5, 1.5, 1.5, 1.5],
+                              dtype=torch.float32).cpu()  # the model is built on the CPU, then moved
         start = voxels_after_growth(v.num_voxels_start, v.num_voxels, len(v.grow_steps), 0)
         shape = grid_shape(box, start, v.aspect)
         step = v.step_ratio * float(((box[3:] - box[:3]) / (torch.tensor(shape) - 1)).max())

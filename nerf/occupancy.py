@@ -53,8 +53,9 @@ class OccupancyGrid:
     """Occupancy of `resolution`^3 cells over `aabb`; all cells start occupied.
 
     estimates: [C] EMA maximum of sigma * step_size seen in each cell;
-    occupied: [C] bool = estimates > min(density_threshold, mean(estimates)) after an update, so a cell
-    whose estimate exceeds density_threshold is always occupied. Cell index = (i * res + j) * res + k for
+    occupied: [C] bool = estimates >= min(density_threshold, mean(estimates)) after an update, so a cell
+    whose estimate reaches density_threshold is always occupied (and a grid of equal estimates, e.g. a fresh
+    or all-empty field, is all occupied: nothing is skipped before something is known). Cell index = (i * res + j) * res + k for
     the cell (i, j, k) along (x, y, z).
     """
 
@@ -350,7 +351,7 @@ def composite_samples(raw: torch.Tensor, rays: Rays, t: torch.Tensor, valid: tor
 
     sigma = ReLU(sigma_raw (+ noise)), rgb = sigmoid(rgb_raw), delta = step_size for every sample, invalid
     samples have sigma = 0; then `composite` as in the paper renderer. Returns rgb [R, 3], depth, disp,
-    acc [R], weights [R, M], num_samples [R] (evaluated samples per ray).
+    acc [R], weights [R, M], num_samples [R] (evaluated samples per ray) and t [R, M].
     """
     sigma_raw = raw[:, 3]
     if opts.radiance_field_noise_std > 0:

@@ -15,17 +15,34 @@ def build_optimizer(cfg: Config, coarse: nn.Module, fine: Optional[nn.Module], d
     """Adam over the models' parameters (optimizer: section).
 
     A VoxelGridModel's grids form a group with lr_scale = voxel_grid.grid_lr / optimizer.lr (`set_learning_rate`
-    gives each group the schedule's lr * lr_scale) and use the fused Adam kernel, which updates their millions
-    of values several times faster than the default one.
+    gives each group the schedule's lr * lr_scale), its network another with lr_scale 1; both use the fused
+    Adam kernel where there is one (CUDA; CPU from torch 2.4), which updates millions of grid values several
+    times faster than the default kernel.
     """
     o = cfg.optimizer
     hyper = dict(lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
     if isinstance(coarse, VoxelGridModel):
         groups = [{"params": coarse.grid_parameters(), "lr_scale": cfg.voxel_grid.grid_lr / o.lr},
                   {"params": coarse.network_parameters(), "lr_scale": 1.0}]
-        return torch.optim.Adam(groups, fused=device.type in ("cpu", "cuda"), **hyper)
+        return torch.optim.Adam(groups, fused=_fused_available(device), **hyper)
     params = list(coarse.parameters()) + (list(fine.parameters()) if fine is not None else [])
     return torch.optim.Adam(params, **hyper)
+
+
+def _fused_available(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return True
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    return device.type == "cpu" and (major, minor) >= (2, 4)
+
+
+def keep_configured_groups(optimizer: torch.optim.Optimizer, configured: torch.optim.Optimizer) -> None:
+    """After loading a checkpoint's optimizer state: take lr_scale and the kernel choice (fused) from the
+    configured optimizer, not the stored ones (a changed voxel_grid.grid_lr or another device applies)."""
+    for group, fresh in zip(optimizer.param_groups, configured.param_groups):
+        for key in ("lr_scale", "fused"):
+            if key in fresh:
+                group[key] = fresh[key]
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -19,6 +19,7 @@ to the cells the occupancy grid found occupied, so that the voxels are spent on 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -30,6 +31,12 @@ from .encoding import encoding_width, positional_encoding
 
 # the 8 corners of a cell as (dx, dy, dz)
 _CORNERS = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])  # [8, 3]
+
+
+@functools.lru_cache(maxsize=32)
+def _lattice_constants(shape: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(vertices per axis [3] long, the corner offsets [8, 3]) on device, made once: no copy per call."""
+    return torch.tensor(shape, device=device), _CORNERS.to(device)
 
 
 def grid_shape(aabb: torch.Tensor, num_voxels: int, aspect=(1.0, 1.0, 1.0)) -> tuple[int, int, int]:
@@ -46,7 +53,8 @@ class _GatherRows(torch.autograd.Function):
     gradients straight into grid.grad (index_add_) instead of returning a fresh dense [N, ...] gradient.
 
     Same gradient, but a grid of millions of values then costs no new allocation (and page faults) per step:
-    with `zero_grad(set_to_none=False)` its .grad buffer is reused.
+    with `zero_grad(set_to_none=False)` its .grad buffer is reused. For `loss.backward()` only: it does not
+    support torch.autograd.grad, create_graph or gradient hooks on the grid (training uses none of them).
     """
 
     @staticmethod
@@ -74,19 +82,19 @@ def trilinear(values: torch.Tensor, aabb: torch.Tensor, points: torch.Tensor) ->
     Points outside the box are clamped onto it (and flagged in `inside`). Gradients reach the 8 corner
     vertices of each point (scatter-added; for a grid Parameter directly into its .grad, see _GatherRows).
     """
-    res = torch.tensor(values.shape[:3], device=points.device)
+    res, corners = _lattice_constants(tuple(values.shape[:3]), points.device)
     lo, hi = aabb[:3], aabb[3:]
     u = (points - lo) / (hi - lo) * (res - 1)  # [P, 3] in vertex units
     inside = ((u >= 0) & (u <= res - 1)).all(dim=-1)
     u = torch.minimum(u.clamp(min=0), (res - 1).to(u.dtype))
     base = torch.minimum(u.floor().long(), res - 2)  # [P, 3] lower corner, so that base + 1 exists
     frac = u - base  # [P, 3] in [0, 1]
-    corners = _CORNERS.to(points.device)
     ijk = base[:, None, :] + corners  # [P, 8, 3]
     flat = (ijk[..., 0] * res[1] + ijk[..., 1]) * res[2] + ijk[..., 2]  # [P, 8]
     w = torch.where(corners.bool(), frac[:, None, :], 1.0 - frac[:, None, :]).prod(dim=-1)  # [P, 8]
     channels = values.shape[3:]
-    if isinstance(values, nn.Parameter) and values.requires_grad and torch.is_grad_enabled():
+    if (isinstance(values, nn.Parameter) and values.requires_grad and torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()):  # compiled graphs get the plain, functional gather
         rows = _GatherRows.apply(values, flat.reshape(-1))  # [8P(, C)], gradient into values.grad
     else:
         rows = values.reshape(-1, *channels).index_select(0, flat.reshape(-1))
@@ -180,7 +188,8 @@ class VoxelGridModel(nn.Module):
         for k in range(0, vertices.shape[0], chunk):
             d, inside = trilinear(self.density_grid, self.aabb, vertices[k:k + chunk])
             f, _ = trilinear(self.feature_grid, self.aabb, vertices[k:k + chunk])
-            # outside the old box the old field was empty: keep it empty (D = -shift -> small density)
+            # outside the old box the old field was empty: keep it empty (sigma = softplus(-100 + shift) ~ 0;
+            # unreachable in training, where the box only shrinks)
             density.append(torch.where(inside, d, torch.full_like(d, -100.0)))
             features.append(f)
         self.density_grid = nn.Parameter(torch.cat(density).reshape(resolution))

@@ -215,20 +215,28 @@ def _config(tmp_path, scene_dir, **experiment):
     return str(path)
 
 
-def test_short_run_learns_and_resumes_exactly_across_a_growth(tmp_path, scene_dir):
-    config = _config(tmp_path, scene_dir)
-    train_nerf.main(["--config", config, "--set", "experiment.id=full"])
+@pytest.mark.parametrize("resume_at", [4, 8])
+def test_resume_is_exact_across_the_shrink_and_the_growths(tmp_path, scene_dir, resume_at):
+    """12 steps with growths at 4 (and the box shrink) and 8, against a run resumed at 4 (the first growth,
+    with the cells seen before it) or at 8 (a shrunk, grown grid): the same weights and Adam state."""
+    config = _config(tmp_path, scene_dir, train_iters=12)
+    sets = ["voxel_grid.grow_steps=[4, 8]", "voxel_grid.seen_weight=0.01"]
+    train_nerf.main(["--config", config, "--set", "experiment.id=full"] + [a for x in sets for a in ("--set", x)])
     train_nerf.main(["--config", config, "--set", "experiment.id=resumed", "--load-checkpoint",
-                     str(tmp_path / "logs" / "full" / "checkpoint000004.ckpt")])
-    a = load_checkpoint(str(tmp_path / "logs" / "full" / "checkpoint000008.ckpt"))
-    b = load_checkpoint(str(tmp_path / "logs" / "resumed" / "checkpoint000008.ckpt"))
+                     str(tmp_path / "logs" / "full" / f"checkpoint{resume_at:06d}.ckpt")]
+                    + [a for x in sets for a in ("--set", x)])
+    a = load_checkpoint(str(tmp_path / "logs" / "full" / "checkpoint000012.ckpt"))
+    b = load_checkpoint(str(tmp_path / "logs" / "resumed" / "checkpoint000012.ckpt"))
     early = load_checkpoint(str(tmp_path / "logs" / "full" / "checkpoint000004.ckpt"))
     assert early["model_coarse_state_dict"]["density_grid"].numel() < a["model_coarse_state_dict"]["density_grid"].numel()
+    box_before, box_after = early["model_coarse_state_dict"]["aabb"], a["model_coarse_state_dict"]["aabb"]
+    assert (box_after[3:] - box_after[:3]).prod() < (box_before[3:] - box_before[:3]).prod()  # it shrank
     for key, value in a["model_coarse_state_dict"].items():
         assert torch.equal(value, b["model_coarse_state_dict"][key]), key
     for index, state in a["optimizer_state_dict"]["state"].items():
         for k, v in state.items():
             assert torch.equal(v, b["optimizer_state_dict"]["state"][index][k]), (index, k)
+    assert torch.equal(a["occupancy_grid"]["estimates"], b["occupancy_grid"]["estimates"])
 
 
 def test_training_loss_falls(tmp_path, scene_dir):
@@ -263,3 +271,12 @@ def test_prune_is_refused_and_bad_configs_are_rejected(tmp_path, scene_dir):
         load_config(config, ["voxel_grid.grow_steps=[6,3]"])
     with pytest.raises(ConfigError, match="voxel_grid.num_voxels_start"):
         load_config(config, ["voxel_grid.num_voxels_start=100000"])
+
+
+def test_mlp_keys_are_refused_for_the_voxel_grid_model(tmp_path, scene_dir):
+    config = _config(tmp_path, scene_dir)
+    with pytest.raises(ConfigError, match="models.coarse.hidden_size.*voxel_grid"):
+        load_config(config, ["models.coarse.hidden_size=32"])
+    with pytest.raises(ConfigError, match="models.fine.type"):
+        load_config(config, ["models.fine={type: VoxelGridModel}", "nerf.train.num_fine=8",
+                             "nerf.validation.num_fine=8"])
