@@ -199,10 +199,10 @@ def build_model(m: ModelConfig, voxel_grid: Optional[VoxelGridConfig] = None, aa
         box = torch.as_tensor(aabb if aabb is not None else [-1.5, -1.5, -1.5, 1.5, 1.5, 1.5],
                               dtype=torch.float32).cpu()  # the model is built on the CPU, then moved
         start = voxels_after_growth(v.num_voxels_start, v.num_voxels, len(v.grow_steps), 0)
-        shape = grid_shape(box, start, v.aspect)
-        step = v.step_ratio * float(((box[3:] - box[:3]) / (torch.tensor(shape) - 1)).max())
-        return VoxelGridModel(box, shape, v.feature_dim, v.hidden_size, v.num_layers, v.num_encoding_fn_dir,
-                              density_shift(v.alpha_init, step), v.step_ratio)
+        model = VoxelGridModel(box, grid_shape(box, start, v.aspect), v.feature_dim, v.hidden_size, v.num_layers,
+                               v.num_encoding_fn_dir, step_ratio=v.step_ratio)
+        model.shift.fill_(density_shift(v.alpha_init, model.marching_step))
+        return model
     common = dict(num_layers=m.num_layers, hidden_size=m.hidden_size, skip_connect_every=m.skip_connect_every,
                   num_encoding_fn_xyz=m.num_encoding_fn_xyz, num_encoding_fn_dir=m.num_encoding_fn_dir,
                   include_input_xyz=m.include_input_xyz, include_input_dir=m.include_input_dir,

@@ -9,12 +9,13 @@ lattice over the box `aabb` (the first and last vertices lie on the box faces). 
     rgb(p, d) = sigmoid(MLP([trilinear(K, p), gamma(d)]))
 
 with gamma the positional encoding of the view direction. Points outside the box have sigma = 0. `shift`
-makes a fresh grid (D = 0) start with the opacity alpha_init per marching step, so that training starts
-from a nearly empty scene (DVGO's activation shift).
+makes a fresh grid (D = 0) start with the opacity alpha_init per marching step (DVGO's activation shift);
+the presets start from a thin fog (1e-2) that training carves away.
 
 Coarse-to-fine: `resample` moves the grids to a new resolution and/or box by trilinear interpolation of
 the old ones; training grows the grid at `voxel_grid.grow_steps` and, at the first growth, shrinks the box
-to the cells the occupancy grid found occupied, so that the voxels are spent on the object.
+to the occupancy cells where training rays put weight (train_nerf.py), so that the voxels are spent on the
+content.
 """
 
 from __future__ import annotations
