@@ -34,7 +34,8 @@ from nerf.voxel_grid import VoxelGridModel, grow, grown_box
 from nerf.pruning import PruningRun, apply_pruning_event, layer_widths, prunable_layers, transfer_optimizer
 from nerf.optimizer import build_optimizer, keep_configured_groups, set_learning_rate
 from nerf.occupancy import ONE_NETWORK_ERROR, box_warning, build_sampler
-from nerf.rendering import prepare_rays, render_image, render_rays, set_compiled_compositing
+from nerf.rendering import (distortion_loss, prepare_rays, render_image, render_rays, sample_color_loss,
+                            set_compiled_compositing)
 from nerf.runtime import field_runners, grad_scaler
 from nerf.schedule import learning_rate
 
@@ -313,8 +314,15 @@ def main(argv=None) -> dict:
                     out["weights"] >= v.seen_weight]] = True
         loss_fine = F.mse_loss(out["rgb"], target)
         loss = (loss_fine + F.mse_loss(out["rgb0"], target)) if "rgb0" in out else loss_fine
-        if isinstance(coarse, VoxelGridModel) and v.tv_weight > 0 and (v.tv_until == 0 or step < v.tv_until):
-            loss = loss + v.tv_weight * coarse.total_variation()
+        if isinstance(coarse, VoxelGridModel):
+            if v.tv_weight > 0 and (v.tv_until == 0 or step < v.tv_until):
+                loss = loss + v.tv_weight * coarse.total_variation()
+            if v.distortion_weight > 0:  # in ray distance normalised to [near, far] -> [0, 1]
+                span = (rays.far - rays.near)[:, None]  # [R, 1]
+                loss = loss + v.distortion_weight * distortion_loss(
+                    out["weights"], (out["t"] - rays.near[:, None]) / span, out["dt"][:, None] / span).mean()
+            if v.sample_rgb_weight > 0:
+                loss = loss + v.sample_rgb_weight * sample_color_loss(out["weights"], out["sample_rgb"], target).mean()
 
         # a voxel grid's gradient buffer is reused (zeroed, not freed): see voxel_grid._GatherRows
         optimizer.zero_grad(set_to_none=not isinstance(coarse, VoxelGridModel))

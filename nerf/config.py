@@ -203,6 +203,8 @@ class VoxelGridConfig:
     grid_lr: float = 0.2  # learning rate of the grids (the MLP uses optimizer.lr; both follow the scheduler)
     tv_weight: float = 0.0  # weight of the density grid's total variation in the loss
     tv_until: int = 0  # the TV term applies before this step only (0: always)
+    distortion_weight: float = 0.0  # weight of the distortion loss (Mip-NeRF 360 eq. 15; DVGO v2 uses 0.01)
+    sample_rgb_weight: float = 0.0  # weight of DVGO's per-sample colour loss (DVGO uses 0.01)
 
 
 @dataclass
@@ -498,6 +500,8 @@ def _validate_voxel_grid(cfg: Config, source: str) -> None:
     _require(v.step_ratio > 0, source, "voxel_grid.step_ratio", "a value > 0", v.step_ratio)
     _require(v.grid_lr > 0, source, "voxel_grid.grid_lr", "a value > 0", v.grid_lr)
     _require(v.tv_weight >= 0, source, "voxel_grid.tv_weight", "a value >= 0", v.tv_weight)
+    _require(v.distortion_weight >= 0, source, "voxel_grid.distortion_weight", "a value >= 0", v.distortion_weight)
+    _require(v.sample_rgb_weight >= 0, source, "voxel_grid.sample_rgb_weight", "a value >= 0", v.sample_rgb_weight)
     if cfg.models.fine is not None:
         _require(cfg.models.fine.type != "VoxelGridModel", source, "models.fine.type",
                  "an MLP type: VoxelGridModel is a single field (models.coarse, with models.fine: null)",

@@ -351,7 +351,8 @@ def composite_samples(raw: torch.Tensor, rays: Rays, t: torch.Tensor, valid: tor
 
     sigma = ReLU(sigma_raw (+ noise)), rgb = sigmoid(rgb_raw), delta = step_size for every sample, invalid
     samples have sigma = 0; then `composite` as in the paper renderer. Returns rgb [R, 3], depth, disp,
-    acc [R], weights [R, M], num_samples [R] (evaluated samples per ray) and t [R, M].
+    acc [R], weights [R, M], num_samples [R] (evaluated samples per ray), t [R, M], dt [R] and
+    sample_rgb [R, M, 3].
     """
     sigma_raw = raw[:, 3]
     if opts.radiance_field_noise_std > 0:
@@ -363,6 +364,8 @@ def composite_samples(raw: torch.Tensor, rays: Rays, t: torch.Tensor, valid: tor
     out = _COMPOSITE["fn"](rgb, sigma, deltas, t, opts.white_background)
     out["num_samples"] = valid.sum(dim=1)
     out["t"] = t  # [R, M]: where the weights are
+    out["dt"] = dt  # [R]: the sample spacing in t
+    out["sample_rgb"] = rgb  # [R, M, 3]
     return out
 
 
@@ -395,9 +398,12 @@ def render_samples_split(field: nn.Module, rays: Rays, t: torch.Tensor, valid: t
         colored = ((alpha * transmittance)[valid] >= color_weight_threshold).nonzero()[:, 0]  # [P']
     rgb_raw = field.color(points[colored], rays.viewdirs[ray_ids[colored]])  # [P', 3]
     rgb = points.new_zeros(points.shape).index_copy(0, colored, torch.sigmoid(rgb_raw))  # [P, 3]
-    out = _COMPOSITE["fn"](_dense(rgb, valid), sigma, deltas, t, opts.white_background)
+    rgb = _dense(rgb, valid)  # [R, M, 3]
+    out = _COMPOSITE["fn"](rgb, sigma, deltas, t, opts.white_background)
     out["num_samples"] = valid.sum(dim=1)
     out["t"] = t  # [R, M]: where the weights are
+    out["dt"] = dt  # [R]: the sample spacing in t
+    out["sample_rgb"] = rgb  # [R, M, 3]: 0 where no colour was computed (weight below the threshold)
     return out
 
 

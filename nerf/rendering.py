@@ -68,6 +68,31 @@ def composite(rgb: torch.Tensor, sigma: torch.Tensor, deltas: torch.Tensor, t: t
     return {"rgb": rgb_map, "depth": depth, "disp": disp, "acc": acc, "weights": weights}
 
 
+def distortion_loss(weights: torch.Tensor, s: torch.Tensor, ds: torch.Tensor) -> torch.Tensor:
+    """Distortion loss of Mip-NeRF 360 (eq. 15) per ray, for samples that are intervals of length ds
+    centred at s (normalised ray distance, so the weight does not depend on the scene's scale):
+
+        L = sum_{i,j} w_i w_j |s_i - s_j| + 1/3 sum_i w_i^2 ds_i
+          = 2 sum_i w_i (s_i W_<i - (w s)_<i) + 1/3 sum_i w_i^2 ds_i,   W_<i = sum_{j<i} w_j,
+
+    which is O(S) when s is nondecreasing along the samples that carry weight (padding has w = 0).
+    weights, s: [R, S]; ds: [R, S] or [R, 1]. Returns [R].
+    """
+    weight_before = torch.cumsum(weights, dim=-1) - weights  # [R, S], exclusive
+    weighted_s_before = torch.cumsum(weights * s, dim=-1) - weights * s
+    pairs = 2.0 * (weights * (s * weight_before - weighted_s_before)).sum(dim=-1)  # [R]
+    return pairs + (weights.square() * ds).sum(dim=-1) / 3.0
+
+
+def sample_color_loss(weights: torch.Tensor, sample_rgb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """DVGO's per-sample colour loss: each sample's colour pulled towards its pixel's, in proportion to the
+    sample's (detached) compositing weight: L = sum_k sg(w_k) ||c_k - C||^2.
+
+    weights: [R, S]; sample_rgb: [R, S, 3]; target: [R, 3]. Returns [R].
+    """
+    return (weights.detach() * (sample_rgb - target[:, None, :]).square().sum(dim=-1)).sum(dim=-1)
+
+
 # composite() as run by the renderers; set_compiled_compositing() swaps in a torch.compile'd version
 _COMPOSITE = {"fn": composite}
 

@@ -5,7 +5,8 @@ import torch
 
 from nerf.config import RenderConfig
 from nerf.models import NeRFModel
-from nerf.rendering import prepare_rays, render_image, render_rays, run_network, volume_render
+from nerf.rendering import (distortion_loss, prepare_rays, render_image, render_rays, run_network, sample_color_loss,
+                            volume_render)
 
 
 def _raw(rgb_raw, sigma):
@@ -124,3 +125,34 @@ def test_prepare_rays_ndc_keeps_world_viewdirs():
     assert torch.allclose(rays.viewdirs, d / d.norm(dim=-1, keepdim=True))
     assert torch.allclose(rays.origins[:, 2], torch.full((3,), -1.0))
     assert torch.equal(rays.near, torch.zeros(3)) and torch.equal(rays.far, torch.ones(3))
+
+
+def test_distortion_loss_matches_the_double_sum():
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.rand(6, 9, generator=generator)
+    weights[:, -2:] = 0.0  # padding carries no weight
+    s = torch.sort(torch.rand(6, 9, generator=generator), dim=-1).values
+    ds = torch.full((6, 1), 0.05)
+    brute = torch.stack([
+        sum(weights[r, i] * weights[r, j] * abs(s[r, i] - s[r, j]) for i in range(9) for j in range(9))
+        + (weights[r].square() * 0.05).sum() / 3.0 for r in range(6)])
+    assert torch.allclose(distortion_loss(weights, s, ds), brute, atol=1e-6)
+
+
+def test_distortion_loss_by_hand_and_prefers_one_concentrated_interval():
+    # two samples of weight 1/2, 0.5 apart, intervals 0.1: 2 * 1/4 * 0.5 + 1/3 * 2 * 1/4 * 0.1
+    two = distortion_loss(torch.tensor([[0.5, 0.5]]), torch.tensor([[0.2, 0.7]]), torch.tensor([[0.1]]))
+    assert torch.allclose(two, torch.tensor([0.25 + 0.05 / 3.0]))
+    one = distortion_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.2, 0.7]]), torch.tensor([[0.1]]))
+    assert torch.allclose(one, torch.tensor([0.1 / 3.0]))  # the same total weight in one interval costs less
+
+
+def test_sample_color_loss_by_hand_and_only_trains_colours():
+    weights = torch.tensor([[0.25, 0.75]], requires_grad=True)
+    sample_rgb = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]], requires_grad=True)
+    target = torch.tensor([[0.0, 0.0, 0.0]])
+    loss = sample_color_loss(weights, sample_rgb, target)
+    assert torch.allclose(loss, torch.tensor([0.25]))  # 0.25 * 1 + 0.75 * 0
+    loss.sum().backward()
+    assert weights.grad is None  # the weights are detached: only the colours move
+    assert torch.allclose(sample_rgb.grad, torch.tensor([[[0.5, 0.0, 0.0], [0.0, 0.0, 0.0]]]))

@@ -182,6 +182,11 @@ def test_colour_only_above_the_weight_threshold():
     assert ((split["rgb"] - full["rgb"]).abs().amax(dim=-1) <= dropped + 1e-6).all()
     assert 0 < calls[0] < valid.sum()
     torch.testing.assert_close(split["acc"], full["acc"])
+    # the per-sample colours the losses use composite to the pixel: sum_k w_k c_k + (1 - acc) on white
+    for out in (full, split):
+        composed = (out["weights"][..., None] * out["sample_rgb"]).sum(dim=1) + (1.0 - out["acc"])[:, None]
+        torch.testing.assert_close(composed, out["rgb"])
+        assert torch.equal(out["dt"], dt)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,6 +276,8 @@ def test_prune_is_refused_and_bad_configs_are_rejected(tmp_path, scene_dir):
         load_config(config, ["voxel_grid.grow_steps=[6,3]"])
     with pytest.raises(ConfigError, match="voxel_grid.num_voxels_start"):
         load_config(config, ["voxel_grid.num_voxels_start=100000"])
+    with pytest.raises(ConfigError, match="voxel_grid.distortion_weight"):
+        load_config(config, ["voxel_grid.distortion_weight=-0.01"])
 
 
 def test_mlp_keys_are_refused_for_the_voxel_grid_model(tmp_path, scene_dir):
@@ -280,3 +287,19 @@ def test_mlp_keys_are_refused_for_the_voxel_grid_model(tmp_path, scene_dir):
     with pytest.raises(ConfigError, match="models.fine.type"):
         load_config(config, ["models.fine={type: VoxelGridModel}", "nerf.train.num_fine=8",
                              "nerf.validation.num_fine=8"])
+
+
+def test_distortion_and_sample_colour_losses_reach_the_parameters_they_regularise(tmp_path, scene_dir):
+    """After one step, the distortion loss (a function of the weights) has moved the density grid and not
+    the feature grid; the per-sample colour loss (detached weights) the feature grid and not the density."""
+    config = _config(tmp_path, scene_dir, train_iters=1, save_every=1)
+    grids = {}
+    for name, extra in (("plain", []), ("distortion", ["voxel_grid.distortion_weight=10"]),
+                        ("sample_rgb", ["voxel_grid.sample_rgb_weight=10"])):
+        train_nerf.main(["--config", config, "--set", f"experiment.id={name}"] + [a for x in extra for a in ("--set", x)])
+        state = load_checkpoint(str(tmp_path / "logs" / name / "checkpoint000001.ckpt"))["model_coarse_state_dict"]
+        grids[name] = state["density_grid"], state["feature_grid"]
+    assert not torch.equal(grids["distortion"][0], grids["plain"][0])
+    assert torch.equal(grids["distortion"][1], grids["plain"][1])
+    assert torch.equal(grids["sample_rgb"][0], grids["plain"][0])
+    assert not torch.equal(grids["sample_rgb"][1], grids["plain"][1])
