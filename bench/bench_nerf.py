@@ -152,9 +152,12 @@ def timed_occupancy_step(step, batcher, scene, field, sampler, optimizer, opts, 
     rays, target = timed_batch(step, batcher, scene, lap)
     t, valid, dt = occupancy_samples(field, rays, opts, sampler)
     lap("sampling")
+    color_points = int(valid.sum())
     if occ.color_weight_threshold > 0 and has_color_branch(field):  # density, weights, colour: one phase
         out = render_samples_split(field, rays, t, valid, dt, opts, occ.color_weight_threshold)
         lap("network_forward")
+        # the colour MLP ran only where the weight reached the threshold (the same weights chose them)
+        color_points = int((out["weights"][valid] >= occ.color_weight_threshold).sum())
     else:
         raw = field_at_samples(field, rays, t, valid, opts)
         lap("network_forward")
@@ -163,7 +166,7 @@ def timed_occupancy_step(step, batcher, scene, field, sampler, optimizer, opts, 
     lap("rendering")
     # a voxel grid's gradient buffers are reused, as in train_nerf.py
     timed_update(loss, optimizer, lap, set_to_none=not isinstance(getattr(field, "model", field), VoxelGridModel))
-    return {"times": lap.times, "coarse_points": int(valid.sum()), "fine_points": 0}
+    return {"times": lap.times, "coarse_points": int(valid.sum()), "fine_points": 0, "flop_points": color_points}
 
 
 def main(argv=None) -> dict:
@@ -228,15 +231,17 @@ def main(argv=None) -> dict:
     points = coarse_points + fine_points
     # forward + backward FLOPs of the points evaluated with gradients (the density-only pass of the
     # occupancy sampler is not counted: it runs inside "sampling")
-    flops = coarse_points * network_flops_per_point(coarse) + (fine_points * network_flops_per_point(fine)
-                                                               if fine_points else 0)
+    # (with the split renderer of a voxel grid only the points that got a colour ran the MLP: flop_points)
+    flop_points = statistics.median(s.get("flop_points", s["coarse_points"]) for s in steps)
+    flops = flop_points * network_flops_per_point(coarse) + (fine_points * network_flops_per_point(fine)
+                                                             if fine_points else 0)
     # the backward phase also contains the volume-rendering backward; the network dominates it
     network_seconds = split["network_forward"] + split["backward"]
     dtype = DTYPES[cfg.runtime.precision]
     peak = matmul_peak_gflops(device, dtype)
     rays = opts.num_random_rays
     result.update({
-        "rays_per_step": rays, "network_points_per_step": points,
+        "rays_per_step": rays, "network_points_per_step": points, "mlp_points_per_step": flop_points + fine_points,
         "seconds_per_step": median_step, "rays_per_second": rays / median_step,
         "network_samples_per_second": points / median_step,
         "split_seconds": split, "split_fraction": {k: v / median_step for k, v in split.items()},
@@ -267,7 +272,8 @@ def main(argv=None) -> dict:
         result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
     print(f"{args.config} on {device} ({result['threads']} threads, {result['precision']}, "
-          f"{result['sampler']} sampler): {rays} rays, {points:.0f} network points per step")
+          f"{result['sampler']} sampler): {rays} rays, {points:.0f} network points per step"
+          + (f" ({flop_points:.0f} through the colour MLP)" if flop_points != coarse_points else ""))
     print(f"  step            {median_step:9.3f} s   ({result['rays_per_second']:.0f} rays/s, "
           f"{result['network_samples_per_second']:.0f} samples/s)")
     for phase in PHASES:

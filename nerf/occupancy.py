@@ -345,6 +345,18 @@ def field_at_samples(field: nn.Module, rays: Rays, t: torch.Tensor, valid: torch
     return evaluate_points(field, points, rays.viewdirs[ray_ids], opts.netchunk)
 
 
+def _sigma_and_deltas(sigma_raw: torch.Tensor, rays: Rays, t: torch.Tensor, valid: torch.Tensor, dt: torch.Tensor,
+                      opts: RenderConfig, generator: Optional[torch.Generator] = None) -> tuple:
+    """Packed raw densities [P] of the valid samples -> sigma [R, M] = ReLU(sigma_raw (+ noise)), 0 at the
+    invalid samples, and deltas [R, M] = the step size in world units for every sample."""
+    if opts.radiance_field_noise_std > 0:
+        sigma_raw = sigma_raw + opts.radiance_field_noise_std * torch.randn(
+            sigma_raw.shape, device=sigma_raw.device, dtype=sigma_raw.dtype, generator=generator)
+    sigma = _dense(torch.relu(sigma_raw), valid)  # [R, M]
+    deltas = (dt * torch.linalg.norm(rays.directions, dim=-1))[:, None].expand_as(t)  # [R, M]
+    return sigma, deltas
+
+
 def composite_samples(raw: torch.Tensor, rays: Rays, t: torch.Tensor, valid: torch.Tensor, dt: torch.Tensor,
                       opts: RenderConfig, generator: Optional[torch.Generator] = None) -> dict:
     """Composite packed raw outputs [P, 4] of the valid samples of t [R, M].
@@ -354,13 +366,8 @@ def composite_samples(raw: torch.Tensor, rays: Rays, t: torch.Tensor, valid: tor
     acc [R], weights [R, M], num_samples [R] (evaluated samples per ray), t [R, M], dt [R] and
     sample_rgb [R, M, 3].
     """
-    sigma_raw = raw[:, 3]
-    if opts.radiance_field_noise_std > 0:
-        sigma_raw = sigma_raw + opts.radiance_field_noise_std * torch.randn(
-            sigma_raw.shape, device=raw.device, dtype=raw.dtype, generator=generator)
     rgb = _dense(torch.sigmoid(raw[:, :3]), valid)  # [R, M, 3]
-    sigma = _dense(torch.relu(sigma_raw), valid)  # [R, M]
-    deltas = (dt * torch.linalg.norm(rays.directions, dim=-1))[:, None].expand_as(t)  # [R, M] = step_size
+    sigma, deltas = _sigma_and_deltas(raw[:, 3], rays, t, valid, dt, opts, generator)
     out = _COMPOSITE["fn"](rgb, sigma, deltas, t, opts.white_background)
     out["num_samples"] = valid.sum(dim=1)
     out["t"] = t  # [R, M]: where the weights are
@@ -385,12 +392,7 @@ def render_samples_split(field: nn.Module, rays: Rays, t: torch.Tensor, valid: t
     """
     ray_ids = valid.nonzero()[:, 0]  # [P]
     points = rays.origins[ray_ids] + rays.directions[ray_ids] * t[valid][:, None]  # [P, 3]
-    sigma_raw = field.density(points)  # [P]
-    if opts.radiance_field_noise_std > 0:
-        sigma_raw = sigma_raw + opts.radiance_field_noise_std * torch.randn(
-            sigma_raw.shape, device=sigma_raw.device, dtype=sigma_raw.dtype, generator=generator)
-    sigma = _dense(torch.relu(sigma_raw), valid)  # [R, M]
-    deltas = (dt * torch.linalg.norm(rays.directions, dim=-1))[:, None].expand_as(t)  # [R, M] = step_size
+    sigma, deltas = _sigma_and_deltas(field.density(points), rays, t, valid, dt, opts, generator)
     with torch.no_grad():
         alpha = 1.0 - torch.exp(-sigma * deltas)
         transmittance = torch.cumprod(torch.cat((torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-10), dim=-1),

@@ -40,3 +40,28 @@ def test_bench_json_is_consistent(tmp_path):
                  "--set", "runtime.precision=bf16"])
     assert grid["sampler"] == "occupancy" and grid["matmul_peak_dtype"] == "bfloat16"
     assert 0 < grid["network_points_per_step"] <= 32 * 1024
+
+
+def test_bench_counts_mlp_flops_only_where_the_voxel_grid_computed_colour(tmp_path):
+    import yaml
+
+    from bench.bench_nerf import main
+    from nerf.datasets.demo import generate_demo_scene
+    from nerf.voxel_grid import VoxelGridModel
+
+    scene = tmp_path / "scene"
+    generate_demo_scene(str(scene), size=16, num_train=4, num_val=1, num_test=1)
+    cfg = {"experiment": {"device": "cpu"}, "dataset": {"type": "blender", "basedir": str(scene)},
+           "models": {"coarse": {"type": "VoxelGridModel"}, "fine": None},
+           "nerf": {"train": {"num_random_rays": 64, "num_fine": 0, "white_background": True},
+                    "validation": {"num_fine": 0, "white_background": True}},
+           "occupancy": {"enabled": True, "resolution": 8, "color_weight_threshold": 0.02},
+           "voxel_grid": {"num_voxels": 4096, "num_voxels_start": 512, "feature_dim": 4, "hidden_size": 8,
+                          "num_layers": 1, "alpha_init": 0.05}}
+    path = tmp_path / "cfg.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = main(["--config", str(path), "--iters", "2", "--warmup", "0", "--no-render"])
+    # fog of alpha 0.05 per step: the weights fall below 0.02 along each ray, so fewer points got a colour
+    assert 0 < result["mlp_points_per_step"] < result["network_points_per_step"]
+    flops_per_point = network_flops_per_point(VoxelGridModel([-1.0] * 3 + [1.0] * 3, (2, 2, 2), 4, 8, 1))
+    assert abs(result["network_gflop_per_step"] * 1e9 - result["mlp_points_per_step"] * flops_per_point) < 1.0
