@@ -34,7 +34,7 @@ from nerf.voxel_grid import VoxelGridModel, grow, grown_box
 from nerf.pruning import PruningRun, apply_pruning_event, layer_widths, prunable_layers, transfer_optimizer
 from nerf.optimizer import build_optimizer, keep_configured_groups, set_learning_rate
 from nerf.occupancy import ONE_NETWORK_ERROR, box_warning, build_sampler
-from nerf.rendering import (distortion_loss, prepare_rays, render_image, render_rays, sample_color_loss,
+from nerf.rendering import (prepare_rays, ray_distortion_loss, render_image, render_rays, sample_color_loss,
                             set_compiled_compositing)
 from nerf.runtime import field_runners, grad_scaler
 from nerf.schedule import learning_rate
@@ -317,10 +317,8 @@ def main(argv=None) -> dict:
         if isinstance(coarse, VoxelGridModel):
             if v.tv_weight > 0 and (v.tv_until == 0 or step < v.tv_until):
                 loss = loss + v.tv_weight * coarse.total_variation()
-            if v.distortion_weight > 0:  # in ray distance normalised to [near, far] -> [0, 1]
-                span = (rays.far - rays.near)[:, None]  # [R, 1]
-                loss = loss + v.distortion_weight * distortion_loss(
-                    out["weights"], (out["t"] - rays.near[:, None]) / span, out["dt"][:, None] / span).mean()
+            if v.distortion_weight > 0:
+                loss = loss + v.distortion_weight * ray_distortion_loss(out["weights"], out["t"], out["dt"], rays).mean()
             if v.sample_rgb_weight > 0:
                 loss = loss + v.sample_rgb_weight * sample_color_loss(out["weights"], out["sample_rgb"], target).mean()
 

@@ -156,8 +156,7 @@ def timed_occupancy_step(step, batcher, scene, field, sampler, optimizer, opts, 
     if occ.color_weight_threshold > 0 and has_color_branch(field):  # density, weights, colour: one phase
         out = render_samples_split(field, rays, t, valid, dt, opts, occ.color_weight_threshold)
         lap("network_forward")
-        # the colour MLP ran only where the weight reached the threshold (the same weights chose them)
-        color_points = int((out["weights"][valid] >= occ.color_weight_threshold).sum())
+        color_points = out["num_colored"]  # the colour MLP ran only where the weight reached the threshold
     else:
         raw = field_at_samples(field, rays, t, valid, opts)
         lap("network_forward")

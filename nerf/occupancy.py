@@ -346,7 +346,8 @@ def field_at_samples(field: nn.Module, rays: Rays, t: torch.Tensor, valid: torch
 
 
 def _sigma_and_deltas(sigma_raw: torch.Tensor, rays: Rays, t: torch.Tensor, valid: torch.Tensor, dt: torch.Tensor,
-                      opts: RenderConfig, generator: Optional[torch.Generator] = None) -> tuple:
+                      opts: RenderConfig, generator: Optional[torch.Generator] = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Packed raw densities [P] of the valid samples -> sigma [R, M] = ReLU(sigma_raw (+ noise)), 0 at the
     invalid samples, and deltas [R, M] = the step size in world units for every sample."""
     if opts.radiance_field_noise_std > 0:
@@ -406,6 +407,7 @@ def render_samples_split(field: nn.Module, rays: Rays, t: torch.Tensor, valid: t
     out["t"] = t  # [R, M]: where the weights are
     out["dt"] = dt  # [R]: the sample spacing in t
     out["sample_rgb"] = rgb  # [R, M, 3]: 0 where no colour was computed (weight below the threshold)
+    out["num_colored"] = colored.numel()  # samples that ran the colour branch
     return out
 
 

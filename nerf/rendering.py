@@ -79,14 +79,22 @@ def distortion_loss(weights: torch.Tensor, s: torch.Tensor, ds: torch.Tensor) ->
     weights, s: [R, S]; ds: [R, S] or [R, 1]. Returns [R].
     """
     weight_before = torch.cumsum(weights, dim=-1) - weights  # [R, S], exclusive
-    weighted_s_before = torch.cumsum(weights * s, dim=-1) - weights * s
+    weighted_s_before = torch.cumsum(weights * s, dim=-1) - weights * s  # [R, S]
     pairs = 2.0 * (weights * (s * weight_before - weighted_s_before)).sum(dim=-1)  # [R]
     return pairs + (weights.square() * ds).sum(dim=-1) / 3.0
 
 
+def ray_distortion_loss(weights: torch.Tensor, t: torch.Tensor, dt: torch.Tensor, rays: Rays) -> torch.Tensor:
+    """`distortion_loss` of samples at t [R, S] spaced dt [R] along rays, in the ray distance normalised
+    to [near, far] -> [0, 1]: s = (t - near) / (far - near), ds = dt / (far - near) (NDC: s = t). Returns [R]."""
+    span = (rays.far - rays.near)[:, None]  # [R, 1]
+    return distortion_loss(weights, (t - rays.near[:, None]) / span, dt[:, None] / span)
+
+
 def sample_color_loss(weights: torch.Tensor, sample_rgb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """DVGO's per-sample colour loss: each sample's colour pulled towards its pixel's, in proportion to the
-    sample's (detached) compositing weight: L = sum_k sg(w_k) ||c_k - C||^2.
+    sample's (detached) compositing weight: L = sum_k sg(w_k) ||c_k - C||^2. The split renderer gives the
+    samples below its colour threshold c_k = 0: they add a constant (< 3 x threshold each), no gradient.
 
     weights: [R, S]; sample_rgb: [R, S, 3]; target: [R, 3]. Returns [R].
     """

@@ -42,7 +42,7 @@ def test_bench_json_is_consistent(tmp_path):
     assert 0 < grid["network_points_per_step"] <= 32 * 1024
 
 
-def test_bench_counts_mlp_flops_only_where_the_voxel_grid_computed_colour(tmp_path):
+def test_bench_counts_mlp_flops_only_where_the_voxel_grid_computed_colour(tmp_path, monkeypatch):
     import yaml
 
     from bench.bench_nerf import main
@@ -60,7 +60,11 @@ def test_bench_counts_mlp_flops_only_where_the_voxel_grid_computed_colour(tmp_pa
                           "num_layers": 1, "alpha_init": 0.05}}
     path = tmp_path / "cfg.yml"
     path.write_text(yaml.safe_dump(cfg))
+    rows = []
+    color = VoxelGridModel.color
+    monkeypatch.setattr(VoxelGridModel, "color", lambda self, p, d: rows.append(len(p)) or color(self, p, d))
     result = main(["--config", str(path), "--iters", "2", "--warmup", "0", "--no-render"])
+    assert result["mlp_points_per_step"] == sum(rows) / 2  # the median of two steps is their mean
     # fog of alpha 0.05 per step: the weights fall below 0.02 along each ray, so fewer points got a colour
     assert 0 < result["mlp_points_per_step"] < result["network_points_per_step"]
     flops_per_point = network_flops_per_point(VoxelGridModel([-1.0] * 3 + [1.0] * 3, (2, 2, 2), 4, 8, 1))

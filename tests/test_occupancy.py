@@ -158,6 +158,19 @@ def test_march_equals_brute_force_filtering():
     assert torch.allclose(t_all[valid_all], t_off[valid_off], atol=1e-5)
 
 
+def test_valid_samples_increase_along_each_ray_after_early_termination():
+    """The order the O(S) distortion loss relies on: jittered, skipped and compacted samples stay sorted."""
+    grid = OccupancyGrid([-1.5, -1.5, -1.5, 1.5, 1.5, 1.5], 24)
+    grid.fill(blob_density, 0.01, 2)
+    sampler = _sampler(grid, num_steps=256)
+    rays = _rays(200)
+    torch.manual_seed(0)
+    t, valid, _ = occupancy_samples(BlobField(), rays, RenderConfig(perturb=True), sampler)
+    assert valid.sum() > 100
+    for r in range(len(rays)):
+        assert (torch.diff(t[r][valid[r]]) > 0).all(), r
+
+
 def test_render_without_skipping_is_the_uniform_quadrature():
     """eps = 0, no skipping: the renderer composites every uniform step, delta = step size."""
     grid = OccupancyGrid([-1.5, -1.5, -1.5, 1.5, 1.5, 1.5], 8)

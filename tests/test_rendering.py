@@ -5,8 +5,8 @@ import torch
 
 from nerf.config import RenderConfig
 from nerf.models import NeRFModel
-from nerf.rendering import (distortion_loss, prepare_rays, render_image, render_rays, run_network, sample_color_loss,
-                            volume_render)
+from nerf.rendering import (Rays, distortion_loss, prepare_rays, ray_distortion_loss, render_image, render_rays,
+                            run_network, sample_color_loss, volume_render)
 
 
 def _raw(rgb_raw, sigma):
@@ -130,8 +130,9 @@ def test_prepare_rays_ndc_keeps_world_viewdirs():
 def test_distortion_loss_matches_the_double_sum():
     generator = torch.Generator().manual_seed(0)
     weights = torch.rand(6, 9, generator=generator)
-    weights[:, -2:] = 0.0  # padding carries no weight
+    weights[:, -2:] = 0.0  # padding carries no weight, and its positions are arbitrary (as after compact)
     s = torch.sort(torch.rand(6, 9, generator=generator), dim=-1).values
+    s[:, -2:] = torch.rand(6, 2, generator=generator)
     ds = torch.full((6, 1), 0.05)
     brute = torch.stack([
         sum(weights[r, i] * weights[r, j] * abs(s[r, i] - s[r, j]) for i in range(9) for j in range(9))
@@ -156,3 +157,19 @@ def test_sample_color_loss_by_hand_and_only_trains_colours():
     loss.sum().backward()
     assert weights.grad is None  # the weights are detached: only the colours move
     assert torch.allclose(sample_rgb.grad, torch.tensor([[[0.5, 0.0, 0.0], [0.0, 0.0, 0.0]]]))
+
+
+def test_ray_distortion_loss_normalises_the_ray_distance_to_near_far():
+    generator = torch.Generator().manual_seed(1)
+    weights = torch.rand(4, 6, generator=generator)
+    t = torch.sort(torch.rand(4, 6, generator=generator), dim=-1).values
+    dt = torch.full((4,), 0.02)
+    ones = torch.ones(4, 3)
+
+    def rays(near, far):
+        return Rays(ones, ones, ones, torch.full((4,), near), torch.full((4,), far))
+
+    ndc = ray_distortion_loss(weights, t, dt, rays(0.0, 1.0))  # NDC: s = t
+    torch.testing.assert_close(ndc, distortion_loss(weights, t, dt[:, None]))
+    # the same samples on rays from 2 to 6 (t = 2 + 4 s, dt x 4): the same loss
+    torch.testing.assert_close(ray_distortion_loss(weights, 2.0 + 4.0 * t, 4.0 * dt, rays(2.0, 6.0)), ndc)

@@ -278,6 +278,8 @@ def test_prune_is_refused_and_bad_configs_are_rejected(tmp_path, scene_dir):
         load_config(config, ["voxel_grid.num_voxels_start=100000"])
     with pytest.raises(ConfigError, match="voxel_grid.distortion_weight"):
         load_config(config, ["voxel_grid.distortion_weight=-0.01"])
+    with pytest.raises(ConfigError, match="voxel_grid.sample_rgb_weight"):
+        load_config(config, ["voxel_grid.sample_rgb_weight=-0.01"])
 
 
 def test_mlp_keys_are_refused_for_the_voxel_grid_model(tmp_path, scene_dir):
@@ -296,7 +298,8 @@ def test_distortion_and_sample_colour_losses_reach_the_parameters_they_regularis
     grids = {}
     for name, extra in (("plain", []), ("distortion", ["voxel_grid.distortion_weight=10"]),
                         ("sample_rgb", ["voxel_grid.sample_rgb_weight=10"])):
-        train_nerf.main(["--config", config, "--set", f"experiment.id={name}"] + [a for x in extra for a in ("--set", x)])
+        sets = [a for x in extra for a in ("--set", x)]
+        train_nerf.main(["--config", config, "--set", f"experiment.id={name}"] + sets)
         state = load_checkpoint(str(tmp_path / "logs" / name / "checkpoint000001.ckpt"))["model_coarse_state_dict"]
         grids[name] = state["density_grid"], state["feature_grid"]
     assert not torch.equal(grids["distortion"][0], grids["plain"][0])
