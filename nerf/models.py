@@ -21,6 +21,7 @@ from torch import nn
 
 from .config import ModelConfig, VoxelGridConfig
 from .encoding import encoding_width, positional_encoding
+from .occupancy import BLENDER_AABB
 from .voxel_grid import VoxelGridModel, density_shift, grid_shape, voxels_after_growth
 
 
@@ -196,7 +197,7 @@ def build_model(m: ModelConfig, voxel_grid: Optional[VoxelGridConfig] = None, aa
     """
     if m.type == "VoxelGridModel":
         v = voxel_grid if voxel_grid is not None else VoxelGridConfig()
-        box = torch.as_tensor(aabb if aabb is not None else [-1.5, -1.5, -1.5, 1.5, 1.5, 1.5],
+        box = torch.as_tensor(aabb if aabb is not None else BLENDER_AABB,
                               dtype=torch.float32).cpu()  # the model is built on the CPU, then moved
         start = voxels_after_growth(v.num_voxels_start, v.num_voxels, len(v.grow_steps), 0)
         model = VoxelGridModel(box, grid_shape(box, start, v.aspect), v.feature_dim, v.hidden_size, v.num_layers,

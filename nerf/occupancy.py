@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .config import OccupancyConfig, RenderConfig
-from .rendering import Rays, _COMPOSITE, evaluate_density, evaluate_points
+from .rendering import Rays, _COMPOSITE, compositing_weights, evaluate_density, evaluate_points
 
 BLENDER_AABB = (-1.5, -1.5, -1.5, 1.5, 1.5, 1.5)
 # In NDC space z runs from -1 (near plane) to 1 (infinity); x, y reach +-1 at the image border of the
@@ -395,10 +395,7 @@ def render_samples_split(field: nn.Module, rays: Rays, t: torch.Tensor, valid: t
     points = rays.origins[ray_ids] + rays.directions[ray_ids] * t[valid][:, None]  # [P, 3]
     sigma, deltas = _sigma_and_deltas(field.density(points), rays, t, valid, dt, opts, generator)
     with torch.no_grad():
-        alpha = 1.0 - torch.exp(-sigma * deltas)
-        transmittance = torch.cumprod(torch.cat((torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-10), dim=-1),
-                                      dim=-1)[:, :-1]
-        colored = ((alpha * transmittance)[valid] >= color_weight_threshold).nonzero()[:, 0]  # [P']
+        colored = (compositing_weights(sigma, deltas)[valid] >= color_weight_threshold).nonzero()[:, 0]  # [P']
     rgb_raw = field.color(points[colored], rays.viewdirs[ray_ids[colored]])  # [P', 3]
     rgb = points.new_zeros(points.shape).index_copy(0, colored, torch.sigmoid(rgb_raw))  # [P, 3]
     rgb = _dense(rgb, valid)  # [R, M, 3]

@@ -44,6 +44,15 @@ def prepare_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, near: float, far: f
     return Rays(rays_o, rays_d, viewdirs, near_t, far_t)
 
 
+def compositing_weights(sigma: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
+    """w_k = alpha_k T_k with alpha_k = 1 - exp(-sigma_k delta_k), T_k = prod_{j<k} (1 - alpha_j + 1e-10)
+    (the official raw2outputs). sigma, deltas: [R, S] -> weights [R, S]."""
+    alpha = 1.0 - torch.exp(-sigma * deltas)  # [R, S]
+    transmittance = torch.cumprod(torch.cat((torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-10), dim=-1),
+                                  dim=-1)[:, :-1]  # [R, S], exclusive
+    return alpha * transmittance
+
+
 def composite(rgb: torch.Tensor, sigma: torch.Tensor, deltas: torch.Tensor, t: torch.Tensor,
               white_background: bool = False) -> dict:
     """Alpha compositing along rays (the body of the official raw2outputs).
@@ -54,10 +63,7 @@ def composite(rgb: torch.Tensor, sigma: torch.Tensor, deltas: torch.Tensor, t: t
     disp = 1 / max(1e-10, depth / acc), and 0 where acc = 0.
     Returns rgb [R, 3], depth [R], disp [R], acc [R], weights [R, S].
     """
-    alpha = 1.0 - torch.exp(-sigma * deltas)  # [R, S]
-    transmittance = torch.cumprod(torch.cat((torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-10), dim=-1),
-                                  dim=-1)[:, :-1]  # [R, S], exclusive
-    weights = alpha * transmittance
+    weights = compositing_weights(sigma, deltas)  # [R, S]
     rgb_map = (weights[..., None] * rgb).sum(dim=-2)  # [R, 3]
     depth = (weights * t).sum(dim=-1)  # [R]
     acc = weights.sum(dim=-1)
