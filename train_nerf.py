@@ -32,7 +32,7 @@ from nerf.metrics import mse_to_psnr
 from nerf.models import NeRFModel, build_model
 from nerf.voxel_grid import VoxelGridModel, grow, grown_box
 from nerf.pruning import PruningRun, apply_pruning_event, layer_widths, prunable_layers, transfer_optimizer
-from nerf.optimizer import build_optimizer, keep_configured_groups, set_learning_rate
+from nerf.optimizer import build_optimizer, keep_configured_groups, set_learning_rate, zero_gradients
 from nerf.occupancy import ONE_NETWORK_ERROR, box_warning, build_sampler
 from nerf.rendering import (prepare_rays, ray_distortion_loss, render_image, render_rays, sample_color_loss,
                             set_compiled_compositing)
@@ -322,8 +322,7 @@ def main(argv=None) -> dict:
             if v.sample_rgb_weight > 0:
                 loss = loss + v.sample_rgb_weight * sample_color_loss(out["weights"], out["sample_rgb"], target).mean()
 
-        # a voxel grid's gradient buffer is reused (zeroed, not freed): see voxel_grid._GatherRows
-        optimizer.zero_grad(set_to_none=not isinstance(coarse, VoxelGridModel))
+        zero_gradients(optimizer, coarse)
         scaler.scale(loss).backward()  # the scaler is a pass-through except for fp16
         scaler.step(optimizer)
         scaler.update()

@@ -38,8 +38,7 @@ from nerf.device import select_device  # noqa: E402
 from nerf.importers import load_models  # noqa: E402
 from nerf.metrics import psnr  # noqa: E402
 from nerf.models import build_model  # noqa: E402
-from nerf.optimizer import build_optimizer, set_learning_rate  # noqa: E402
-from nerf.voxel_grid import VoxelGridModel  # noqa: E402
+from nerf.optimizer import build_optimizer, set_learning_rate, zero_gradients  # noqa: E402
 from nerf.occupancy import (ONE_NETWORK_ERROR, composite_samples, default_aabb, field_at_samples,  # noqa: E402
                             has_color_branch, occupancy_samples, render_samples_split, sampler_for_rendering)
 from nerf.rendering import (prepare_rays, render_image, run_network, set_compiled_compositing,  # noqa: E402
@@ -106,9 +105,9 @@ def timed_batch(step, batcher, scene, lap: Laps):
     return rays, target
 
 
-def timed_update(loss, optimizer, lap: Laps, set_to_none: bool = True) -> None:
-    """Backward pass and optimizer step, timed as "backward" and "optimizer" (set_to_none as in training)."""
-    optimizer.zero_grad(set_to_none=set_to_none)
+def timed_update(loss, optimizer, lap: Laps, model: nn.Module) -> None:
+    """Backward pass and optimizer step, timed as "backward" and "optimizer" (gradients cleared as in training)."""
+    zero_gradients(optimizer, model)
     loss.backward()
     lap("backward")
     optimizer.step()
@@ -137,7 +136,7 @@ def timed_step(step, batcher, scene, coarse, fine, optimizer, opts, device) -> d
         out = volume_render(raw, z, rays.directions, opts.radiance_field_noise_std, opts.white_background)
         loss = loss + F.mse_loss(out["rgb"], target)
         lap("rendering")
-    timed_update(loss, optimizer, lap)
+    timed_update(loss, optimizer, lap, coarse)
     return {"times": lap.times, "coarse_points": len(rays) * opts.num_coarse,
             "fine_points": len(rays) * (opts.num_coarse + opts.num_fine) if fine is not None and opts.num_fine else 0}
 
@@ -163,8 +162,7 @@ def timed_occupancy_step(step, batcher, scene, field, sampler, optimizer, opts, 
         out = composite_samples(raw, rays, t, valid, dt, opts)
     loss = F.mse_loss(out["rgb"], target)
     lap("rendering")
-    # a voxel grid's gradient buffers are reused, as in train_nerf.py
-    timed_update(loss, optimizer, lap, set_to_none=not isinstance(getattr(field, "model", field), VoxelGridModel))
+    timed_update(loss, optimizer, lap, getattr(field, "model", field))
     return {"times": lap.times, "coarse_points": int(valid.sum()), "fine_points": 0, "flop_points": color_points}
 
 

@@ -45,6 +45,13 @@ def keep_configured_groups(optimizer: torch.optim.Optimizer, configured: torch.o
                 group[key] = fresh[key]
 
 
+def zero_gradients(optimizer: torch.optim.Optimizer, coarse: nn.Module) -> None:
+    """Clear the gradients before a backward pass. A VoxelGridModel's gradient buffers are zeroed and kept,
+    not freed: its gathers (voxel_grid._GatherRows) add into grid.grad, so a step allocates no new dense
+    gradient of millions of values. Other models free theirs (set_to_none, PyTorch's default)."""
+    optimizer.zero_grad(set_to_none=not isinstance(coarse, VoxelGridModel))
+
+
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Each parameter group's lr = lr * its lr_scale (1 where it has none)."""
     for group in optimizer.param_groups:
