@@ -151,7 +151,8 @@ def timed_occupancy_step(step, batcher, scene, field, sampler, optimizer, opts, 
     rays, target = timed_batch(step, batcher, scene, lap)
     t, valid, dt = occupancy_samples(field, rays, opts, sampler)
     lap("sampling")
-    color_points = int(valid.sum())
+    num_valid = int(valid.sum())
+    color_points = num_valid
     if occ.color_weight_threshold > 0 and has_color_branch(field):  # density, weights, colour: one phase
         out = render_samples_split(field, rays, t, valid, dt, opts, occ.color_weight_threshold)
         lap("network_forward")
@@ -163,7 +164,7 @@ def timed_occupancy_step(step, batcher, scene, field, sampler, optimizer, opts, 
     loss = F.mse_loss(out["rgb"], target)
     lap("rendering")
     timed_update(loss, optimizer, lap, getattr(field, "model", field))
-    return {"times": lap.times, "coarse_points": int(valid.sum()), "fine_points": 0, "flop_points": color_points}
+    return {"times": lap.times, "coarse_points": num_valid, "fine_points": 0, "flop_points": color_points}
 
 
 def main(argv=None) -> dict:

@@ -358,6 +358,16 @@ def _sigma_and_deltas(sigma_raw: torch.Tensor, rays: Rays, t: torch.Tensor, vali
     return sigma, deltas
 
 
+def _composite_dense(rgb: torch.Tensor, sigma: torch.Tensor, deltas: torch.Tensor, t: torch.Tensor,
+                     valid: torch.Tensor, dt: torch.Tensor, opts: RenderConfig) -> dict:
+    """`composite` of rgb [R, M, 3], sigma and deltas [R, M], plus what the losses and counters read:
+    num_samples [R] (evaluated samples per ray), t [R, M] (where the weights are), dt [R] (the sample
+    spacing in t) and sample_rgb [R, M, 3]."""
+    out = _COMPOSITE["fn"](rgb, sigma, deltas, t, opts.white_background)
+    out.update(num_samples=valid.sum(dim=1), t=t, dt=dt, sample_rgb=rgb)
+    return out
+
+
 def composite_samples(raw: torch.Tensor, rays: Rays, t: torch.Tensor, valid: torch.Tensor, dt: torch.Tensor,
                       opts: RenderConfig, generator: Optional[torch.Generator] = None) -> dict:
     """Composite packed raw outputs [P, 4] of the valid samples of t [R, M].
@@ -369,12 +379,7 @@ def composite_samples(raw: torch.Tensor, rays: Rays, t: torch.Tensor, valid: tor
     """
     rgb = _dense(torch.sigmoid(raw[:, :3]), valid)  # [R, M, 3]
     sigma, deltas = _sigma_and_deltas(raw[:, 3], rays, t, valid, dt, opts, generator)
-    out = _COMPOSITE["fn"](rgb, sigma, deltas, t, opts.white_background)
-    out["num_samples"] = valid.sum(dim=1)
-    out["t"] = t  # [R, M]: where the weights are
-    out["dt"] = dt  # [R]: the sample spacing in t
-    out["sample_rgb"] = rgb  # [R, M, 3]
-    return out
+    return _composite_dense(rgb, sigma, deltas, t, valid, dt, opts)
 
 
 def has_color_branch(field: nn.Module) -> bool:
@@ -390,6 +395,7 @@ def render_samples_split(field: nn.Module, rays: Rays, t: torch.Tensor, valid: t
 
     The colour error per channel is at most the sum of the dropped weights. The weights that choose the
     samples carry no gradient; density gradients reach every valid sample through the compositing.
+    Returns what `composite_samples` does (sample_rgb 0 where no colour was computed) and num_colored.
     """
     ray_ids = valid.nonzero()[:, 0]  # [P]
     points = rays.origins[ray_ids] + rays.directions[ray_ids] * t[valid][:, None]  # [P, 3]
@@ -398,12 +404,7 @@ def render_samples_split(field: nn.Module, rays: Rays, t: torch.Tensor, valid: t
         colored = (compositing_weights(sigma, deltas)[valid] >= color_weight_threshold).nonzero()[:, 0]  # [P']
     rgb_raw = field.color(points[colored], rays.viewdirs[ray_ids[colored]])  # [P', 3]
     rgb = points.new_zeros(points.shape).index_copy(0, colored, torch.sigmoid(rgb_raw))  # [P, 3]
-    rgb = _dense(rgb, valid)  # [R, M, 3]
-    out = _COMPOSITE["fn"](rgb, sigma, deltas, t, opts.white_background)
-    out["num_samples"] = valid.sum(dim=1)
-    out["t"] = t  # [R, M]: where the weights are
-    out["dt"] = dt  # [R]: the sample spacing in t
-    out["sample_rgb"] = rgb  # [R, M, 3]: 0 where no colour was computed (weight below the threshold)
+    out = _composite_dense(_dense(rgb, valid), sigma, deltas, t, valid, dt, opts)
     out["num_colored"] = colored.numel()  # samples that ran the colour branch
     return out
 

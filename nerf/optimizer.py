@@ -45,11 +45,11 @@ def keep_configured_groups(optimizer: torch.optim.Optimizer, configured: torch.o
                 group[key] = fresh[key]
 
 
-def zero_gradients(optimizer: torch.optim.Optimizer, coarse: nn.Module) -> None:
-    """Clear the gradients before a backward pass. A VoxelGridModel's gradient buffers are zeroed and kept,
+def zero_gradients(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """Clear the gradients before a backward pass (model: the coarse field). A VoxelGridModel's gradient buffers are zeroed and kept,
     not freed: its gathers (voxel_grid._GatherRows) add into grid.grad, so a step allocates no new dense
     gradient of millions of values. Other models free theirs (set_to_none, PyTorch's default)."""
-    optimizer.zero_grad(set_to_none=not isinstance(coarse, VoxelGridModel))
+    optimizer.zero_grad(set_to_none=not isinstance(model, VoxelGridModel))
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
