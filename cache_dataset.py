@@ -20,7 +20,7 @@ import time
 from tqdm import tqdm
 
 from nerf.cache import build_cache, check_savedir, dataset_settings
-from nerf.config import ConfigError, DatasetConfig, load_config
+from nerf.config import ConfigError, DatasetConfig, add_set_argument, load_config, overrides_from
 from nerf.datasets import DatasetError, load_scene
 
 
@@ -37,8 +37,7 @@ def str2bool(text: str) -> bool:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Precompute training rays for train_nerf.py (dataset.cachedir).")
     parser.add_argument("--config", default=None, help="take every dataset setting from this YAML config")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value (with --config)")
+    add_set_argument(parser)  # with --config
     parser.add_argument("--datapath", default=None, help="scene folder (without --config)")
     parser.add_argument("--type", choices=("blender", "llff"), default=None, help="inferred from the folder if omitted")
     parser.add_argument("--halfres", "--blender-half-res", dest="halfres", type=str2bool, default=False,
@@ -76,7 +75,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     try:
         if args.config:
-            cfg = load_config(args.config, args.set)
+            cfg = load_config(args.config, overrides_from(args.set))
             dataset, white = cfg.dataset, cfg.nerf.train.white_background
         else:
             kind = args.type or infer_type(args.datapath)

@@ -27,15 +27,12 @@ import torch
 from tqdm import tqdm
 
 from nerf.checkpoint import CheckpointError
-from nerf.config import ConfigError, load_config
+from nerf.config import ConfigError, add_set_argument, load_config, overrides_from
 from nerf.datasets import DatasetError, load_scene
 from nerf.device import select_device
 from nerf.importers import load_models
-from nerf.voxel_grid import VoxelGridModel
+from nerf.methods import build_method
 from nerf.metrics import LpipsMetric, psnr, ssim
-from nerf.occupancy import box_warning, sampler_for_rendering
-from nerf.rendering import render_image, set_compiled_compositing
-from nerf.runtime import field_runners
 
 
 SSIM_WINDOW = 11  # the NeRF convention (tf.image.ssim)
@@ -56,9 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--views", default=None, help="comma-separated view numbers within the split, e.g. 0,8,16")
     parser.add_argument("--max-views", type=int, default=None, help="render at most N views (evenly spaced)")
     parser.add_argument("--chunksize", type=int, default=None, help="rays per chunk (memory knob)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value, e.g. --set dataset.basedir=/data/lego")
+    add_set_argument(parser)
     args = parser.parse_args(argv)
+    args.set = overrides_from(args.set)
     if args.downsample < 1:
         parser.error("--downsample must be >= 1")
     if args.max_views is not None and args.max_views < 1:
@@ -134,29 +131,15 @@ def main(argv=None) -> dict:
     except (CheckpointError, DatasetError) as err:
         sys.exit(f"error: {err}")
     print(loaded.description)
-    if isinstance(loaded.coarse, VoxelGridModel) and not cfg.occupancy.enabled:
-        sys.exit(f"error: {args.checkpoint}: a VoxelGridModel renders through the occupancy grid; "
-                 "set occupancy.enabled: true (as in the config it was trained with)")
-    try:
-        coarse, fine = field_runners(loaded.coarse, loaded.fine, cfg.runtime, device)
+    try:  # the method of the checkpoint's models, with the config's sampler and runtime settings
+        method = build_method(dataclasses.replace(cfg, models=loaded.models), scene.use_ndc, device,
+                              (loaded.coarse, loaded.fine), training=False)
+        described = method.prepare_rendering(loaded.occupancy_grid)
     except ValueError as err:
-        sys.exit(f"error: {err}")
-    set_compiled_compositing(cfg.runtime.compile)
-    sampler = None
-    if cfg.occupancy.enabled:
-        start = time.time()
-        try:
-            sampler = sampler_for_rendering(cfg.occupancy, fine if fine is not None else coarse, scene.use_ndc,
-                                            device, loaded.occupancy_grid)
-        except ValueError as err:
-            sys.exit(f"error: {args.checkpoint}: {err}")
-        how = "stored in the checkpoint" if loaded.occupancy_grid is not None else \
-            f"filled from the model's density in {time.time() - start:.1f} s"
-        print(f"Occupancy grid {cfg.occupancy.resolution}^3 ({how}): "
-              f"{100 * sampler.grid.occupied_fraction():.1f} % of the cells occupied")
-        warning = box_warning(sampler, scene)
-        if warning:
-            print(warning)
+        sys.exit(f"error: {args.checkpoint}: {err}")
+    for line in (described, method.check(scene)):
+        if line:
+            print(line)
     out_dir = os.path.join(args.savedir, args.trial) if args.trial else args.savedir
     os.makedirs(out_dir, exist_ok=True)
 
@@ -176,8 +159,7 @@ def main(argv=None) -> dict:
     for position in tqdm(positions, desc=f"rendering {args.split}", dynamic_ncols=True):
         index = ids[position]
         start = time.time()
-        out = render_image(coarse, fine, poses[index].to(device), scene.height, scene.width,
-                           scene.focal, scene.near, scene.far, scene.use_ndc, opts, stride=factor, sampler=sampler)
+        out = method.render_image(poses[index].to(device), scene, opts, stride=factor)
         height, width = out["rgb"].shape[:2]
         seconds.append(time.time() - start)
         name = f"{position:03d}"
@@ -211,7 +193,7 @@ def main(argv=None) -> dict:
     summary = {"checkpoint": args.checkpoint, "source": loaded.source, "split": args.split,
                "resolution": [width, height], "metrics_on": "8-bit renders read back / 255", "downsample": factor, "num_views": len(positions),
                "seconds_per_frame": float(np.mean(seconds)), "precision": cfg.runtime.precision,
-               "sampler": "occupancy" if sampler is not None else "hierarchical"}
+               "sampler": "occupancy" if method.sampler is not None else "hierarchical"}
     if records:
         summary["mean"] = {key: float(np.mean([r[key] for r in records])) for key in records[0]
                            if key not in ("view", "image_index")}

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 from bench.bench_nerf import sync, write_json  # noqa: E402
 from nerf.batching import RayBatcher  # noqa: E402
 from nerf.cache import CachedRayBatcher, RayCache  # noqa: E402
-from nerf.config import load_config  # noqa: E402
+from nerf.config import add_set_argument, load_config, overrides_from  # noqa: E402
 from nerf.datasets import load_scene  # noqa: E402
 from nerf.device import select_device  # noqa: E402
 
@@ -43,10 +43,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--config", required=True)
     parser.add_argument("--cachedir", required=True)
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--set", action="append", default=[])
+    add_set_argument(parser)
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.set + [f"dataset.cachedir={args.cachedir}"])
+    cfg = load_config(args.config, overrides_from(args.set) + [f"dataset.cachedir={args.cachedir}"])
     device = select_device(cfg.experiment.device)
     opts = cfg.nerf.train
 

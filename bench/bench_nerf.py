@@ -18,6 +18,7 @@ steps are taken after the grid warm-up (skipping on), from the grid of --checkpo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -32,18 +33,18 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from nerf.batching import RayBatcher  # noqa: E402
-from nerf.config import load_config  # noqa: E402
+from nerf.compositing import composite_samples, volume_render  # noqa: E402
+from nerf.config import add_set_argument, load_config, overrides_from  # noqa: E402
 from nerf.datasets import load_scene  # noqa: E402
 from nerf.device import select_device  # noqa: E402
 from nerf.importers import load_models  # noqa: E402
+from nerf.methods import build_method  # noqa: E402
 from nerf.metrics import psnr  # noqa: E402
-from nerf.models import build_model  # noqa: E402
+from nerf.occupancy import occupancy_samples  # noqa: E402
 from nerf.optimizer import build_optimizer, set_learning_rate, zero_gradients  # noqa: E402
-from nerf.occupancy import (ONE_NETWORK_ERROR, composite_samples, default_aabb, field_at_samples,  # noqa: E402
-                            has_color_branch, occupancy_samples, render_samples_split, sampler_for_rendering)
-from nerf.rendering import (prepare_rays, render_image, run_network, set_compiled_compositing,  # noqa: E402
-                            volume_render)
-from nerf.runtime import DTYPES, field_runners  # noqa: E402
+from nerf.rays import prepare_rays  # noqa: E402
+from nerf.rendering import field_at_samples, has_color_branch, render_samples_split  # noqa: E402
+from nerf.runtime import DTYPES, run_network  # noqa: E402
 from nerf.sampling import hierarchical_samples, stratified_samples  # noqa: E402
 
 PHASES = ("grid_update", "data", "sampling", "network_forward", "rendering", "backward", "optimizer")
@@ -105,18 +106,19 @@ def timed_batch(step, batcher, scene, lap: Laps):
     return rays, target
 
 
-def timed_update(loss, optimizer, lap: Laps, model: nn.Module) -> None:
+def timed_update(loss, optimizer, lap: Laps, keep_buffers: bool) -> None:
     """Backward pass and optimizer step, timed as "backward" and "optimizer" (gradients cleared as in training)."""
-    zero_gradients(optimizer, model)
+    zero_gradients(optimizer, keep_buffers)
     loss.backward()
     lap("backward")
     optimizer.step()
     lap("optimizer")
 
 
-def timed_step(step, batcher, scene, coarse, fine, optimizer, opts, device) -> dict:
+def timed_step(step, batcher, scene, method, optimizer, opts, device) -> dict:
     """One training step of train_nerf.py (coarse/fine sampler), phase by phase. Returns seconds per
     phase and the network points evaluated with gradients."""
+    coarse, fine = method.runners
     lap = Laps(device)
     rays, target = timed_batch(step, batcher, scene, lap)
     z = stratified_samples(rays.near, rays.far, opts.num_coarse, opts.perturb, opts.lindisp)
@@ -136,14 +138,15 @@ def timed_step(step, batcher, scene, coarse, fine, optimizer, opts, device) -> d
         out = volume_render(raw, z, rays.directions, opts.radiance_field_noise_std, opts.white_background)
         loss = loss + F.mse_loss(out["rgb"], target)
         lap("rendering")
-    timed_update(loss, optimizer, lap, coarse)
+    timed_update(loss, optimizer, lap, method.keeps_gradient_buffers)
     return {"times": lap.times, "coarse_points": len(rays) * opts.num_coarse,
             "fine_points": len(rays) * (opts.num_coarse + opts.num_fine) if fine is not None and opts.num_fine else 0}
 
 
-def timed_occupancy_step(step, batcher, scene, field, sampler, optimizer, opts, occ, device) -> dict:
+def timed_occupancy_step(step, batcher, scene, method, optimizer, opts, occ, device) -> dict:
     """One training step of train_nerf.py with the occupancy grid, phase by phase (grid update every
     update_every steps, as in training; the density pass of early termination counts as sampling)."""
+    field, sampler = method.field, method.sampler
     lap = Laps(device)
     if step % occ.update_every == 0:
         sampler.grid.update(field.density, sampler.step_size, all_cells=False)
@@ -163,14 +166,14 @@ def timed_occupancy_step(step, batcher, scene, field, sampler, optimizer, opts, 
         out = composite_samples(raw, rays, t, valid, dt, opts)
     loss = F.mse_loss(out["rgb"], target)
     lap("rendering")
-    timed_update(loss, optimizer, lap, getattr(field, "model", field))
+    timed_update(loss, optimizer, lap, method.keeps_gradient_buffers)
     return {"times": lap.times, "coarse_points": num_valid, "fine_points": 0, "flop_points": color_points}
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--config", required=True)
-    parser.add_argument("--set", action="append", default=[])
+    add_set_argument(parser)
     parser.add_argument("--iters", type=int, default=5, help="timed iterations (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--render-stride", type=int, default=1, help="render every k-th pixel of a frame")
@@ -178,6 +181,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--checkpoint", default=None, help="time a trained model (and its occupancy grid)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    args.set = overrides_from(args.set)
 
     cfg = load_config(args.config, args.set)
     device = select_device(cfg.experiment.device)
@@ -185,41 +189,38 @@ def main(argv=None) -> dict:
     opts = cfg.nerf.train
     scene = load_scene(cfg.dataset, white_background=opts.white_background)
     batcher = RayBatcher(scene, opts, cfg.experiment.randomseed, device)
-    stored_grid = None
+    stored_grid, networks = None, None
     if args.checkpoint:
         loaded = load_models(args.checkpoint, cfg, device)
-        coarse, fine, stored_grid = loaded.coarse.train(), loaded.fine, loaded.occupancy_grid
-        if fine is not None:
-            fine.train()
-    else:
-        coarse = build_model(cfg.models.coarse, cfg.voxel_grid, default_aabb(cfg.occupancy, scene.use_ndc)).to(device)
-        fine = build_model(cfg.models.fine).to(device) if cfg.models.fine is not None else None
-    models = [m for m in (coarse, fine) if m is not None]
-    optimizer = build_optimizer(cfg, coarse, fine, device)
+        networks, stored_grid = (loaded.coarse.train(), loaded.fine), loaded.occupancy_grid
+        if loaded.fine is not None:
+            loaded.fine.train()
+        cfg = dataclasses.replace(cfg, models=loaded.models)
+    try:
+        method = build_method(cfg, scene.use_ndc, device, networks)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    coarse, fine = method.coarse, method.fine
+    models = method.networks()
+    optimizer = build_optimizer(method.parameter_groups(), cfg.optimizer, device, method.fused_optimizer)
     set_learning_rate(optimizer, cfg.optimizer.lr)
-    run_coarse, run_fine = field_runners(coarse, fine, cfg.runtime, device)
-    set_compiled_compositing(cfg.runtime.compile)
     result = {"config": args.config, "overrides": args.set, "checkpoint": args.checkpoint, "device": str(device),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "precision": cfg.runtime.precision,
               "compile": cfg.runtime.compile, "sampler": "occupancy" if cfg.occupancy.enabled else "hierarchical"}
-    sampler = None
-    if cfg.occupancy.enabled:
-        if fine is not None:
-            sys.exit(f"error: {ONE_NETWORK_ERROR}")
-        field = run_coarse
+    if method.sampler is not None:
         start = time.perf_counter()
-        sampler = sampler_for_rendering(cfg.occupancy, field, scene.use_ndc, device, stored_grid)
+        method.prepare_rendering(stored_grid)
         sync(device)
         result["grid_build_seconds"] = None if stored_grid is not None else time.perf_counter() - start
-        result["grid_occupied_fraction"] = sampler.grid.occupied_fraction()
+        result["grid_occupied_fraction"] = method.sampler.grid.occupied_fraction()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    if sampler is None:
-        steps = [timed_step(k, batcher, scene, run_coarse, run_fine, optimizer, opts, device)
+    if method.sampler is None:
+        steps = [timed_step(k, batcher, scene, method, optimizer, opts, device)
                  for k in range(args.warmup + args.iters)][args.warmup:]
     else:
-        steps = [timed_occupancy_step(k, batcher, scene, field, sampler, optimizer, opts, cfg.occupancy, device)
+        steps = [timed_occupancy_step(k, batcher, scene, method, optimizer, opts, cfg.occupancy, device)
                  for k in range(args.warmup + args.iters)][args.warmup:]
     totals = [sum(s["times"].values()) for s in steps]
     median_step = statistics.median(totals)
@@ -253,11 +254,9 @@ def main(argv=None) -> dict:
         for m in models:
             m.eval()
         start = time.perf_counter()
-        if sampler is not None:
-            sampler.skipping = True
-        frame = render_image(run_coarse, run_fine, scene.poses[view].to(device), scene.height, scene.width,
-                             scene.focal, scene.near, scene.far, scene.use_ndc, cfg.nerf.validation,
-                             stride=args.render_stride, sampler=sampler)
+        if method.sampler is not None:
+            method.sampler.skipping = True
+        frame = method.render_image(scene.poses[view].to(device), scene, cfg.nerf.validation, stride=args.render_stride)
         sync(device)
         result["seconds_per_frame"] = time.perf_counter() - start
         result["frame_resolution"] = list(frame["rgb"].shape[1::-1])

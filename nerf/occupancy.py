@@ -16,18 +16,15 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from .compositing import scatter_valid, transmittance
 from .config import OccupancyConfig, RenderConfig
-from .rendering import Rays, _COMPOSITE, compositing_weights, evaluate_density, evaluate_points
+from .rays import Rays, get_rays, prepare_rays
+from .runtime import evaluate_density
 
 BLENDER_AABB = (-1.5, -1.5, -1.5, 1.5, 1.5, 1.5)
 # In NDC space z runs from -1 (near plane) to 1 (infinity); x, y reach +-1 at the image border of the
 # reference camera and further for the other views (fern's views and spiral path reach +-1.48).
 NDC_AABB = (-1.5, -1.5, -1.0, 1.5, 1.5, 1.0)
-
-
-# Training with the grid sampler updates one field; a fine model would sit idle.
-ONE_NETWORK_ERROR = ("occupancy.enabled: the occupancy-grid sampler trains one network; set models.fine to null "
-                     "and nerf.train.num_fine / nerf.validation.num_fine to 0")
 
 
 def default_aabb(cfg: OccupancyConfig, use_ndc: bool) -> tuple:
@@ -220,9 +217,6 @@ def box_warning(sampler: OccupancySampler, scene, stride: int = 8) -> Optional[s
     in NDC space, where they would lose samples; None when they stay inside (or outside NDC)."""
     if not scene.use_ndc or not len(scene.poses):
         return None
-    from .rays import get_rays
-    from .rendering import prepare_rays
-
     worst = 0.0
     for c2w in scene.poses:
         rays_o, rays_d = get_rays(scene.height, scene.width, scene.focal, c2w.to(sampler.grid.device), stride)
@@ -236,13 +230,12 @@ def box_warning(sampler: OccupancySampler, scene, stride: int = 8) -> Optional[s
 
 
 def sampler_for_rendering(cfg: OccupancyConfig, field: nn.Module, use_ndc: bool, device: torch.device,
-                          stored: Optional[dict] = None) -> OccupancySampler:
+                          stored: Optional[dict] = None, fixed_step: Optional[float] = None) -> OccupancySampler:
     """The grid a trained model renders with: the one its run stored, or (for a model trained without one)
-    a grid filled from the field's density at occupancy.fill_samples^3 points per cell."""
+    a grid filled from the field's density at occupancy.fill_samples^3 points per cell. fixed_step: the
+    marching step of a field that sets its own (VoxelGridModel.marching_step)."""
     sampler = build_sampler(cfg, use_ndc, device)
-    model = getattr(field, "model", field)  # inside a FieldRunner
-    if hasattr(model, "marching_step"):  # a field that sets its own step (VoxelGridModel)
-        sampler.fixed_step = model.marching_step
+    sampler.fixed_step = fixed_step
     if stored is not None:
         sampler.grid.load_state_dict(stored)
     else:
@@ -303,26 +296,18 @@ def march(sampler: OccupancySampler, rays: Rays, perturb: bool,
     return t, valid, dt
 
 
-def _dense(values: torch.Tensor, valid: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
-    """Scatter packed values [P, ...] into a [R, M, ...] tensor at the valid entries."""
-    out = values.new_full(valid.shape + values.shape[1:], fill)
-    out[valid] = values
-    return out
-
-
 def early_termination(density_fn: Callable, rays: Rays, t: torch.Tensor, valid: torch.Tensor, dt: torch.Tensor,
                       early_stop_eps: float, alpha_threshold: float, netchunk: int) -> torch.Tensor:
     """The samples worth evaluating (no gradients): valid, with transmittance T_k >= early_stop_eps and
-    alpha_k >= alpha_threshold, from a density-only pass. Dropping the samples after T < eps changes each
+    alpha_k >= alpha_threshold, from a density-only pass (T_k as in compositing.transmittance). Dropping the samples after T < eps changes each
     colour channel by at most eps (their weights sum to at most T), for the noise-free density this pass
     sees: with radiance_field_noise_std > 0 (training on LLFF) the bound holds only on average."""
     with torch.no_grad():
         points = (rays.origins[:, None, :] + rays.directions[:, None, :] * t[..., None])[valid]  # [P, 3]
-        sigma = _dense(evaluate_density(density_fn, points, netchunk), valid)  # [R, M]
+        sigma = scatter_valid(evaluate_density(density_fn, points, netchunk), valid)  # [P] -> [R, M]
         deltas = (dt * torch.linalg.norm(rays.directions, dim=-1))[:, None]  # [R, 1] = step_size
         alpha = 1.0 - torch.exp(-sigma * deltas)
-        transmittance = torch.cumprod(torch.cat((torch.ones_like(alpha[:, :1]), 1.0 - alpha), dim=-1), dim=-1)[:, :-1]
-        return valid & (transmittance >= early_stop_eps) & (alpha >= alpha_threshold)
+        return valid & (transmittance(alpha) >= early_stop_eps) & (alpha >= alpha_threshold)
 
 
 def occupancy_samples(field: nn.Module, rays: Rays, opts: RenderConfig, sampler: OccupancySampler,
@@ -335,92 +320,3 @@ def occupancy_samples(field: nn.Module, rays: Rays, opts: RenderConfig, sampler:
                                  opts.netchunk)
         t, valid = compact(t, keep)
     return t, valid, dt
-
-
-def field_at_samples(field: nn.Module, rays: Rays, t: torch.Tensor, valid: torch.Tensor,
-                     opts: RenderConfig) -> torch.Tensor:
-    """Run the field once on the valid samples: raw [P, 4] for the P valid entries of t [R, M] (row-major)."""
-    ray_ids = valid.nonzero()[:, 0]  # [P]
-    points = rays.origins[ray_ids] + rays.directions[ray_ids] * t[valid][:, None]  # [P, 3]
-    return evaluate_points(field, points, rays.viewdirs[ray_ids], opts.netchunk)
-
-
-def _sigma_and_deltas(sigma_raw: torch.Tensor, rays: Rays, t: torch.Tensor, valid: torch.Tensor, dt: torch.Tensor,
-                      opts: RenderConfig, generator: Optional[torch.Generator] = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Packed raw densities [P] of the valid samples -> sigma [R, M] = ReLU(sigma_raw (+ noise)), 0 at the
-    invalid samples, and deltas [R, M] = the step size in world units for every sample."""
-    if opts.radiance_field_noise_std > 0:
-        sigma_raw = sigma_raw + opts.radiance_field_noise_std * torch.randn(
-            sigma_raw.shape, device=sigma_raw.device, dtype=sigma_raw.dtype, generator=generator)
-    sigma = _dense(torch.relu(sigma_raw), valid)  # [R, M]
-    deltas = (dt * torch.linalg.norm(rays.directions, dim=-1))[:, None].expand_as(t)  # [R, M]
-    return sigma, deltas
-
-
-def _composite_dense(rgb: torch.Tensor, sigma: torch.Tensor, deltas: torch.Tensor, t: torch.Tensor,
-                     valid: torch.Tensor, dt: torch.Tensor, opts: RenderConfig) -> dict:
-    """`composite` of rgb [R, M, 3], sigma and deltas [R, M], plus what the losses and counters read:
-    num_samples [R] (evaluated samples per ray), t [R, M] (where the weights are), dt [R] (the sample
-    spacing in t) and sample_rgb [R, M, 3]."""
-    out = _COMPOSITE["fn"](rgb, sigma, deltas, t, opts.white_background)
-    out.update(num_samples=valid.sum(dim=1), t=t, dt=dt, sample_rgb=rgb)
-    return out
-
-
-def composite_samples(raw: torch.Tensor, rays: Rays, t: torch.Tensor, valid: torch.Tensor, dt: torch.Tensor,
-                      opts: RenderConfig, generator: Optional[torch.Generator] = None) -> dict:
-    """Composite packed raw outputs [P, 4] of the valid samples of t [R, M].
-
-    sigma = ReLU(sigma_raw (+ noise)), rgb = sigmoid(rgb_raw), delta = step_size for every sample, invalid
-    samples have sigma = 0; then `composite` as in the paper renderer. Returns rgb [R, 3], depth, disp,
-    acc [R], weights [R, M], num_samples [R] (evaluated samples per ray), t [R, M], dt [R] and
-    sample_rgb [R, M, 3].
-    """
-    rgb = _dense(torch.sigmoid(raw[:, :3]), valid)  # [R, M, 3]
-    sigma, deltas = _sigma_and_deltas(raw[:, 3], rays, t, valid, dt, opts, generator)
-    return _composite_dense(rgb, sigma, deltas, t, valid, dt, opts)
-
-
-def has_color_branch(field: nn.Module) -> bool:
-    """Whether the field computes colour separately from density (`color(points, viewdirs)`)."""
-    return bool(getattr(field, "has_color", hasattr(field, "color")))
-
-
-def render_samples_split(field: nn.Module, rays: Rays, t: torch.Tensor, valid: torch.Tensor, dt: torch.Tensor,
-                         opts: RenderConfig, color_weight_threshold: float,
-                         generator: Optional[torch.Generator] = None) -> dict:
-    """Like `render_samples` for a field with a colour branch, which runs only on the samples whose weight
-    w_k = alpha_k T_k is at least color_weight_threshold (DVGO's fast_color_thres); the others get colour 0.
-
-    The colour error per channel is at most the sum of the dropped weights. The weights that choose the
-    samples carry no gradient; density gradients reach every valid sample through the compositing.
-    Returns what `composite_samples` does (sample_rgb 0 where no colour was computed) and num_colored.
-    """
-    ray_ids = valid.nonzero()[:, 0]  # [P]
-    points = rays.origins[ray_ids] + rays.directions[ray_ids] * t[valid][:, None]  # [P, 3]
-    sigma, deltas = _sigma_and_deltas(field.density(points), rays, t, valid, dt, opts, generator)
-    with torch.no_grad():
-        colored = (compositing_weights(sigma, deltas)[valid] >= color_weight_threshold).nonzero()[:, 0]  # [P']
-    rgb_raw = field.color(points[colored], rays.viewdirs[ray_ids[colored]])  # [P', 3]
-    rgb = points.new_zeros(points.shape).index_copy(0, colored, torch.sigmoid(rgb_raw))  # [P, 3]
-    out = _composite_dense(_dense(rgb, valid), sigma, deltas, t, valid, dt, opts)
-    out["num_colored"] = colored.numel()  # samples that ran the colour branch
-    return out
-
-
-def render_samples(field: nn.Module, rays: Rays, t: torch.Tensor, valid: torch.Tensor, dt: torch.Tensor,
-                   opts: RenderConfig, generator: Optional[torch.Generator] = None,
-                   color_weight_threshold: float = 0.0) -> dict:
-    """`field_at_samples`, then `composite_samples`; `render_samples_split` for a field with a colour branch
-    and a positive color_weight_threshold."""
-    if color_weight_threshold > 0 and has_color_branch(field):
-        return render_samples_split(field, rays, t, valid, dt, opts, color_weight_threshold, generator)
-    return composite_samples(field_at_samples(field, rays, t, valid, opts), rays, t, valid, dt, opts, generator)
-
-
-def render_rays_occupancy(field: nn.Module, rays: Rays, opts: RenderConfig, sampler: OccupancySampler,
-                          generator: Optional[torch.Generator] = None) -> dict:
-    """Render rays with the grid sampler and one field (a FieldRunner or a model with a `density`)."""
-    t, valid, dt = occupancy_samples(field, rays, opts, sampler, generator)
-    return render_samples(field, rays, t, valid, dt, opts, generator, sampler.cfg.color_weight_threshold)

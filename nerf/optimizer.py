@@ -1,32 +1,24 @@
-"""The optimizer: Adam over the models' parameters, with per-group learning-rate scales."""
+"""The optimizer: Adam over a method's parameter groups, with per-group learning-rate scales."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
-from torch import nn
 
-from .config import Config
-from .voxel_grid import VoxelGridModel
+from .config import OptimizerConfig
 
 
-def build_optimizer(cfg: Config, coarse: nn.Module, fine: Optional[nn.Module], device: torch.device) -> torch.optim.Adam:
-    """Adam over the models' parameters (optimizer: section).
+def build_optimizer(groups: list[dict], cfg: OptimizerConfig, device: torch.device,
+                    fused: bool = False) -> torch.optim.Adam:
+    """Adam (optimizer: section) over parameter groups ({"params": [...], "lr_scale": s}; see
+    Method.parameter_groups). `set_learning_rate` gives each group the schedule's lr * lr_scale.
 
-    A VoxelGridModel's grids form a group with lr_scale = voxel_grid.grid_lr / optimizer.lr (`set_learning_rate`
-    gives each group the schedule's lr * lr_scale), its network another with lr_scale 1; both use the fused
-    Adam kernel where there is one (CUDA; CPU from torch 2.4), which updates millions of grid values several
-    times faster than the default kernel.
+    fused: use Adam's fused kernel where there is one (CUDA; CPU from torch 2.4), which updates millions
+    of grid values several times faster than the default kernel.
     """
-    o = cfg.optimizer
-    hyper = dict(lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
-    if isinstance(coarse, VoxelGridModel):
-        groups = [{"params": coarse.grid_parameters(), "lr_scale": cfg.voxel_grid.grid_lr / o.lr},
-                  {"params": coarse.network_parameters(), "lr_scale": 1.0}]
-        return torch.optim.Adam(groups, fused=_fused_available(device), **hyper)
-    params = list(coarse.parameters()) + (list(fine.parameters()) if fine is not None else [])
-    return torch.optim.Adam(params, **hyper)
+    hyper = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    if fused:
+        hyper["fused"] = _fused_available(device)
+    return torch.optim.Adam(groups, **hyper)
 
 
 def _fused_available(device: torch.device) -> bool:
@@ -45,11 +37,12 @@ def keep_configured_groups(optimizer: torch.optim.Optimizer, configured: torch.o
                 group[key] = fresh[key]
 
 
-def zero_gradients(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
-    """Clear the gradients before a backward pass (model: the coarse field). A VoxelGridModel's gradient buffers are zeroed and kept,
-    not freed: its gathers (voxel_grid._GatherRows) add into grid.grad, so a step allocates no new dense
-    gradient of millions of values. Other models free theirs (set_to_none, PyTorch's default)."""
-    optimizer.zero_grad(set_to_none=not isinstance(model, VoxelGridModel))
+def zero_gradients(optimizer: torch.optim.Optimizer, keep_buffers: bool) -> None:
+    """Clear the gradients before a backward pass. keep_buffers (Method.keeps_gradient_buffers): zero the
+    .grad buffers and keep them, not free them: a voxel grid's gathers (voxel_grid._GatherRows) add into
+    grid.grad, so a step allocates no new dense gradient of millions of values. Otherwise free them
+    (set_to_none, PyTorch's default)."""
+    optimizer.zero_grad(set_to_none=not keep_buffers)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:

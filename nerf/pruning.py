@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import Config, ModelConfig
 from .models import NeRFModel
+from .voxel_grid import VoxelGridModel
 
 
 def prunable_layers(model: NeRFModel, excluded=()) -> list:
@@ -194,3 +195,55 @@ def apply_pruning_event(run: PruningRun, models: dict, model_configs) -> tuple:
         lines.append(f"pruned {which} to {1 - fraction:.0%} of its width (event {event}/{run.num_events}): {sizes}")
     run.events_done = event
     return changes, dataclasses.replace(model_configs, **updated), lines
+
+
+def models_to_prune(which: str, coarse, fine, checkpoint, excluded) -> dict:
+    """The models `--prune coarse|fine|both` compresses; ValueError with the reason when it cannot."""
+    if not checkpoint:
+        raise ValueError("--prune compresses a trained model: give it with --load-checkpoint")
+    chosen = {"coarse": ["coarse"], "fine": ["fine"], "both": ["coarse", "fine"]}[which]
+    models = {"coarse": coarse, "fine": fine}
+    if "fine" in chosen and fine is None:
+        raise ValueError(f"--prune {which}: this model has no fine network")
+    for name in chosen:
+        if isinstance(models[name], VoxelGridModel):
+            raise ValueError("--prune removes neurons of an MLP; a VoxelGridModel is compressed by training it with "
+                             "fewer voxels (voxel_grid.num_voxels) instead")
+        if not isinstance(models[name], NeRFModel):
+            raise ValueError(f"--prune supports PaperNeRFModel/FlexibleNeRFModel, not {type(models[name]).__name__}")
+        unknown = sorted(set(excluded) - set(prunable_layers(models[name])))
+        if unknown:
+            raise ValueError(f"pruning.excluded_layers: {unknown} are not prunable layers of the {name} model "
+                             f"(those are {', '.join(prunable_layers(models[name]))})")
+    return {name: models[name] for name in chosen}
+
+
+def start_pruning(which, stored: dict, start_step: int, cfg: Config, checkpoint, coarse, fine) -> tuple:
+    """The pruning run of a training run: a new one (`--prune which`), the unfinished one stored in the
+    checkpoint (resumed with or without the flag), or none. Returns (run or None, the models it prunes
+    {"coarse": model, ...}, lines to print); ValueError when it cannot go ahead."""
+    run = PruningRun.from_dict(stored) if stored else None
+    lines = []
+    if run is not None and not run.finished:
+        if which and which != run.which:
+            raise ValueError(f"{checkpoint}: holds an unfinished --prune {run.which} run; resume it (with --prune "
+                             f"{run.which} or no --prune) before pruning {which}")
+        lines.append(f"Continuing the --prune {run.which} run: {run.events_done}/{run.num_events} events done")
+    elif which:
+        p = cfg.pruning
+        run = PruningRun(which, start_step, {}, p.amount, p.increment, p.every, lr_scale=p.lr_scale, norm=p.norm,
+                         excluded_layers=list(p.excluded_layers), end_step=cfg.experiment.train_iters)
+    elif run is not None and start_step >= run.end_step:
+        run = None  # that pruning fine-tune is over: train on at the normal learning rate
+    if run is None or run.finished:
+        return run, {}, lines
+    models = models_to_prune(run.which, coarse, fine, checkpoint, run.excluded_layers)
+    if not run.start_widths:
+        run.start_widths = {name: layer_widths(model) for name, model in models.items()}
+    if run.last_step > cfg.experiment.train_iters:
+        raise ValueError(f"the pruning schedule needs steps up to {run.last_step} ({run.num_events} events every "
+                         f"{run.every} steps from {run.start_step}) but experiment.train_iters is "
+                         f"{cfg.experiment.train_iters}")
+    lines.append(f"Pruning {run.which}: {run.amount:.0%} of each prunable layer in {run.num_events} events of "
+                 f"{run.increment:.0%}, at steps {run.start_step + run.every}..{run.last_step} (every {run.every})")
+    return run, models, lines

@@ -1,6 +1,11 @@
-"""Camera rays (OpenGL convention, no half-pixel offset) and NDC rays for forward-facing scenes."""
+"""Camera rays (OpenGL convention, no half-pixel offset), NDC rays for forward-facing scenes, and the
+`Rays` bundle every sampler and renderer takes.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -61,3 +66,33 @@ def ndc_rays(height: int, width: int, focal: float, near: float, rays_o: torch.T
     d1 = -1.0 / (height / (2.0 * focal)) * (dy / dz - oy / oz)
     d2 = -2.0 * near / oz
     return torch.stack((o0, o1, o2), -1), torch.stack((d0, d1, d2), -1)
+
+
+@dataclass
+class Rays:
+    """Rays ready for rendering. origins, directions, viewdirs: [R, 3]; near, far: [R]."""
+
+    origins: torch.Tensor
+    directions: torch.Tensor
+    viewdirs: torch.Tensor
+    near: torch.Tensor
+    far: torch.Tensor
+
+    def __getitem__(self, index) -> "Rays":
+        return Rays(self.origins[index], self.directions[index], self.viewdirs[index], self.near[index],
+                    self.far[index])
+
+    def __len__(self) -> int:
+        return self.origins.shape[0]
+
+
+def prepare_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, near: float, far: float,
+                 ndc: Optional[tuple[int, int, float]] = None) -> Rays:
+    """World rays [R, 3] -> Rays. viewdirs = d/|d| in world space, computed before the optional NDC
+    map (ndc = (H, W, focal), near plane n = 1, as in the official render())."""
+    viewdirs = rays_d / torch.linalg.norm(rays_d, dim=-1, keepdim=True)
+    if ndc is not None:
+        rays_o, rays_d = ndc_rays(ndc[0], ndc[1], ndc[2], 1.0, rays_o, rays_d)
+    near_t = torch.full(rays_o.shape[:1], near, device=rays_o.device, dtype=rays_o.dtype)
+    far_t = torch.full(rays_o.shape[:1], far, device=rays_o.device, dtype=rays_o.dtype)
+    return Rays(rays_o, rays_d, viewdirs, near_t, far_t)

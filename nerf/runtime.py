@@ -1,4 +1,4 @@
-"""How the networks run: mixed precision, torch.compile, and the CPU-friendly network chunk.
+"""How the networks run: mixed precision, torch.compile, and chunked evaluation (the CPU-friendly network chunk).
 
 `FieldRunner` wraps a model for rendering and training: it evaluates the model under autocast (bf16 on CPU
 and CUDA, fp16 on CUDA) and returns fp32 raw outputs, so that the positional encoding (computed from fp32
@@ -27,6 +27,34 @@ CPU_NETWORK_CHUNK = 4096
 def network_chunk(netchunk: int, device: torch.device) -> int:
     """Points per network call: `netchunk` (the memory bound), capped at CPU_NETWORK_CHUNK on the CPU."""
     return min(netchunk, CPU_NETWORK_CHUNK) if device.type == "cpu" else netchunk
+
+
+def evaluate_points(model: nn.Module, points: torch.Tensor, viewdirs: torch.Tensor, netchunk: int) -> torch.Tensor:
+    """model(points [P, 3], viewdirs [P, 3]) -> raw [P, 4], in calls of at most network_chunk(netchunk) points."""
+    chunk = network_chunk(netchunk, points.device)
+    if points.shape[0] <= chunk:
+        return model(points, viewdirs)
+    return torch.cat([model(points[k:k + chunk], viewdirs[k:k + chunk])
+                      for k in range(0, points.shape[0], chunk)], dim=0)
+
+
+def run_network(model: nn.Module, points: torch.Tensor, viewdirs: torch.Tensor, netchunk: int) -> torch.Tensor:
+    """Evaluate the field at points: [R, S, 3] with per-ray viewdirs [R, 3] -> raw [R, S, 4],
+    in chunks of at most `netchunk` points (a memory knob that does not change the result; on the CPU
+    smaller chunks are used, see network_chunk)."""
+    num_rays, num_samples = points.shape[:2]
+    flat_points = points.reshape(-1, 3)  # [P, 3]
+    flat_dirs = viewdirs[:, None, :].expand(points.shape).reshape(-1, 3)  # [P, 3]
+    return evaluate_points(model, flat_points, flat_dirs, netchunk).reshape(num_rays, num_samples, -1)  # [R, S, 4]
+
+
+@torch.no_grad()
+def evaluate_density(density_fn: Callable, points: torch.Tensor, netchunk: int) -> torch.Tensor:
+    """sigma = ReLU(density_fn(points)): [P], without gradients, in calls of at most network_chunk(netchunk)."""
+    chunk = network_chunk(netchunk, points.device)
+    if points.shape[0] <= chunk:
+        return torch.relu(density_fn(points))
+    return torch.cat([torch.relu(density_fn(points[k:k + chunk])) for k in range(0, points.shape[0], chunk)])
 
 
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:

@@ -13,7 +13,7 @@ from nerf.config import ConfigError, TrainConfig, config_from_dict
 from nerf.datasets import load_scene
 from nerf.config import DatasetConfig
 from nerf.datasets.demo import generate_demo_scene
-from nerf.rendering import prepare_rays
+from nerf.rays import prepare_rays
 from tests.test_datasets import _write_llff
 
 

@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from nerf.config import (Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, load_config,
+from nerf.config import (Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, load_config, overrides_from,
                          save_config)
 from tests.conftest import ROOT
 
@@ -141,6 +141,23 @@ def test_overrides_apply_and_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="expected section.key=value"):
         load_config(path, ["experiment.train_iters"])
     assert apply_overrides({}, ["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
+
+
+@pytest.mark.parametrize("script", ["train_nerf", "eval_nerf", "cache_dataset"])
+def test_set_takes_several_overrides_after_one_flag_and_the_repeated_form(script):
+    module = __import__(script)
+    required = {"train_nerf": ["--config", "c.yml"], "eval_nerf": ["--config", "c.yml", "--checkpoint", "x.ckpt",
+                                                                    "--savedir", "out"],
+                "cache_dataset": ["--config", "c.yml", "--savedir", "out"]}[script]
+    args = module.parse_args(required + ["--set", "a.b=1", "c.d=x y", "--set", "e.f=[1, 2]"])
+    assert overrides_from(args.set) == ["a.b=1", "c.d=x y", "e.f=[1, 2]"]
+    assert apply_overrides({}, overrides_from(args.set)) == {"a": {"b": 1}, "c": {"d": "x y"}, "e": {"f": [1, 2]}}
+
+
+def test_a_positional_argument_after_set_is_named_in_the_error(tmp_path):
+    path = _write(tmp_path, KRRISH94_LEGO)
+    with pytest.raises(ConfigError, match="'test-run': expected section.key=value .positional arguments go before"):
+        load_config(path, ["dataset.basedir=/x", "test-run"])
 
 
 def test_semantic_errors():

@@ -5,9 +5,11 @@ import torch
 from torch import nn
 
 from nerf.config import OccupancyConfig, RenderConfig
+from nerf.compositing import composite
 from nerf.occupancy import (OccupancyGrid, OccupancySampler, compact, early_termination, march, occupancy_samples,
-                            ray_box_interval, render_samples)
-from nerf.rendering import Rays, composite
+                            ray_box_interval)
+from nerf.rays import Rays
+from nerf.rendering import render_samples
 
 BLOBS = torch.tensor([[0.3, -0.2, 0.1], [-0.5, 0.4, -0.3]])
 
@@ -229,7 +231,7 @@ def test_early_termination_keeps_exactly_the_samples_before_the_cutoff():
 def test_march_in_ndc_space_stays_in_the_unit_box():
     from nerf.occupancy import NDC_AABB
     from nerf.rays import get_rays
-    from nerf.rendering import prepare_rays
+    from nerf.rays import prepare_rays
 
     height = width = 16
     c2w = torch.eye(4)[:3]

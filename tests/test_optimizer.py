@@ -3,9 +3,11 @@ import dataclasses
 import pytest
 import torch
 
-from nerf.config import Config, ModelConfig, OptimizerConfig, VoxelGridConfig
+from nerf.config import Config, ModelConfig, ModelsConfig, OccupancyConfig, OptimizerConfig, VoxelGridConfig
+from nerf.methods import build_method
 from nerf.models import build_model
-from nerf.optimizer import build_optimizer, keep_configured_groups, set_learning_rate, zero_gradients
+from nerf.optimizer import build_optimizer as build_adam
+from nerf.optimizer import keep_configured_groups, set_learning_rate, zero_gradients
 from nerf.voxel_grid import VoxelGridModel
 
 CPU = torch.device("cpu")
@@ -14,7 +16,15 @@ BOX = [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]
 
 def grid_config(grid_lr=0.2, lr=1e-3) -> Config:
     return dataclasses.replace(Config(), optimizer=OptimizerConfig(lr=lr, eps=1e-15),
-                               voxel_grid=VoxelGridConfig(grid_lr=grid_lr))
+                               voxel_grid=VoxelGridConfig(grid_lr=grid_lr),
+                               models=ModelsConfig(coarse=ModelConfig(type="VoxelGridModel"), fine=None),
+                               occupancy=OccupancyConfig(enabled=True))
+
+
+def build_optimizer(cfg: Config, coarse, fine, device):
+    """Adam over the parameter groups of the method that trains these networks."""
+    method = build_method(cfg, False, device, (coarse, fine))
+    return build_adam(method.parameter_groups(), cfg.optimizer, device, method.fused_optimizer)
 
 
 def small_grid_model() -> VoxelGridModel:
@@ -59,7 +69,7 @@ def test_zero_gradients_reuses_grid_buffers_and_frees_mlp_gradients():
     model(points, torch.nn.functional.normalize(torch.randn(64, 3), dim=-1)).square().sum().backward()
     buffers = [p.grad for p in model.grid_parameters()]
     assert all(b is not None and b.abs().sum() > 0 for b in buffers)
-    zero_gradients(optimizer, model)
+    zero_gradients(optimizer, build_method(grid_config(), False, CPU, (model, None)).keeps_gradient_buffers)
     assert all(p.grad is b for p, b in zip(model.grid_parameters(), buffers))  # the same storage, zeroed
     assert all(float(b.abs().sum()) == 0.0 for b in buffers)
 
@@ -67,5 +77,5 @@ def test_zero_gradients_reuses_grid_buffers_and_frees_mlp_gradients():
     optimizer = build_optimizer(Config(), mlp, None, CPU)
     mlp(torch.randn(16, 3), torch.nn.functional.normalize(torch.randn(16, 3), dim=-1)).sum().backward()
     assert all(p.grad is not None for p in mlp.parameters())
-    zero_gradients(optimizer, mlp)
+    zero_gradients(optimizer, build_method(Config(), False, CPU, (mlp, None)).keeps_gradient_buffers)
     assert all(p.grad is None for p in mlp.parameters())

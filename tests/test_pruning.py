@@ -9,7 +9,7 @@ import train_nerf
 from nerf.checkpoint import load_checkpoint
 from nerf.datasets.demo import generate_demo_scene
 from nerf.models import NeRFModel, count_parameters
-from nerf.pruning import consumers, layer_widths, prune_model, remove_neurons, transfer_optimizer
+from nerf.pruning import consumers, layer_widths, models_to_prune, prune_model, remove_neurons, transfer_optimizer
 
 
 def _model():
@@ -145,8 +145,8 @@ def test_prune_run_shrinks_checkpoint_and_resumes(tmp_path):
 
 def test_prune_refusals(tmp_path):
     with pytest.raises(ValueError, match="--load-checkpoint"):
-        train_nerf.models_to_prune("both", _model(), _model(), None, [])
+        models_to_prune("both", _model(), _model(), None, [])
     with pytest.raises(ValueError, match="no fine network"):
-        train_nerf.models_to_prune("fine", _model(), None, "x.ckpt", [])
+        models_to_prune("fine", _model(), None, "x.ckpt", [])
     with pytest.raises(ValueError, match="not prunable"):
-        train_nerf.models_to_prune("coarse", _model(), None, "x.ckpt", ["rgb_linear"])
+        models_to_prune("coarse", _model(), None, "x.ckpt", ["rgb_linear"])

@@ -1,6 +1,6 @@
 import torch
 
-from nerf.rays import get_rays, ndc_rays, pixel_directions
+from nerf.rays import get_rays, ndc_rays, pixel_directions, prepare_rays
 
 
 def test_identity_pose_no_half_pixel_offset():
@@ -46,3 +46,12 @@ def test_ndc_rays_pass_through_projected_points():
         t = 1 + near / p[:, 2]  # NDC parameter of that point
         assert torch.allclose(o_ndc + t[:, None] * d_ndc, projected, atol=1e-5)
         assert ((t >= 0) & (t <= 1)).all()
+
+
+def test_prepare_rays_ndc_keeps_world_viewdirs():
+    o = torch.zeros(3, 3)
+    d = torch.tensor([[0.1, 0.0, -1.0], [0.0, 0.2, -1.0], [0.0, 0.0, -2.0]])
+    rays = prepare_rays(o, d, 0.0, 1.0, ndc=(10, 10, 10.0))
+    assert torch.allclose(rays.viewdirs, d / d.norm(dim=-1, keepdim=True))
+    assert torch.allclose(rays.origins[:, 2], torch.full((3,), -1.0))
+    assert torch.equal(rays.near, torch.zeros(3)) and torch.equal(rays.far, torch.ones(3))

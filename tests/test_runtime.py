@@ -5,8 +5,8 @@ import torch
 
 from nerf.config import ModelConfig, RuntimeConfig
 from nerf.models import NeRFModel, build_model
-from nerf.rendering import evaluate_points, run_network
-from nerf.runtime import CPU_NETWORK_CHUNK, FieldRunner, autocast_dtype, field_runners, network_chunk, try_compile
+from nerf.runtime import (CPU_NETWORK_CHUNK, FieldRunner, autocast_dtype, evaluate_points, field_runners, network_chunk,
+                          run_network, try_compile)
 
 SMALL = dict(num_layers=4, hidden_size=32, skip_connect_every=2, hidden_size_dir=16)
 
@@ -106,3 +106,11 @@ def test_compiled_runner_matches_eager():
     assert torch.allclose(compiled(points, dirs), model(points, dirs), atol=1e-5)
     assert torch.allclose(compiled.density(points), model.density(points), atol=1e-5)
     assert counters["stats"]["unique_graphs"] > graphs_before  # it really compiled (no silent eager fallback)
+
+
+def test_run_network_chunking_does_not_change_results():
+    torch.manual_seed(0)
+    coarse = NeRFModel(num_layers=3, hidden_size=32, skip_connect_every=1, hidden_size_dir=16)
+    points, dirs = torch.randn(10, 7, 3), torch.randn(10, 3)
+    assert torch.allclose(run_network(coarse, points, dirs, 5), run_network(coarse, points, dirs, 10_000),
+                          atol=1e-6)

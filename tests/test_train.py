@@ -9,7 +9,7 @@ from nerf.checkpoint import load_checkpoint
 from nerf.config import load_config
 from nerf.datasets import load_scene
 from nerf.datasets.demo import generate_demo_scene
-from nerf.models import build_model
+from nerf.methods import build_method
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_short_training_run_learns(tmp_path, scene_dir):
     cfg = load_config(config)
     scene = load_scene(cfg.dataset, white_background=True)
     torch.manual_seed(cfg.experiment.randomseed)
-    before = train_nerf.validate(cfg, scene, build_model(cfg.models.coarse), build_model(cfg.models.fine))["psnr"]
+    before = train_nerf.validate(cfg, scene, build_method(cfg, False, torch.device("cpu")))["psnr"]
     metrics = train_nerf.main(["--config", config, "--set", "nerf.train.radiance_field_noise_std=0"])
     assert metrics["val_psnr"] > before + 4.0, (before, metrics["val_psnr"])
     assert metrics["train_psnr"] > 15.0
@@ -203,13 +203,9 @@ def test_fast_options_learn(tmp_path, scene_dir, sets):
     cfg = load_config(config, sets)
     scene = load_scene(cfg.dataset, white_background=True)
     torch.manual_seed(cfg.experiment.randomseed)
-    coarse = build_model(cfg.models.coarse)
-    fine = build_model(cfg.models.fine) if cfg.models.fine is not None else None
-    sampler = None
-    if cfg.occupancy.enabled:
-        from nerf.occupancy import build_sampler
-        sampler = build_sampler(cfg.occupancy, False, torch.device("cpu"))
-        sampler.skipping = False
-    before = train_nerf.validate(cfg, scene, coarse, fine, sampler)["psnr"]
+    method = build_method(cfg, False, torch.device("cpu"))
+    if method.sampler is not None:
+        method.sampler.skipping = False
+    before = train_nerf.validate(cfg, scene, method)["psnr"]
     metrics = train_nerf.main(["--config", config, "--set", "nerf.train.radiance_field_noise_std=0"] + _sets(sets))
     assert metrics["val_psnr"] > before + 4.0, (before, metrics["val_psnr"])

@@ -13,9 +13,10 @@ from nerf.config import ConfigError, RenderConfig, VoxelGridConfig, load_config
 from nerf.datasets import load_scene
 from nerf.datasets.demo import generate_demo_scene
 from nerf.models import build_model
-from nerf.occupancy import OccupancyGrid, OccupancySampler, occupancy_samples, render_samples
+from nerf.occupancy import OccupancyGrid, OccupancySampler, occupancy_samples
+from nerf.rendering import render_samples
 from nerf.config import OccupancyConfig
-from nerf.rendering import prepare_rays
+from nerf.rays import prepare_rays
 from nerf.voxel_grid import (VoxelGridModel, density_shift, grid_shape, grow, grown_box, total_variation, trilinear,
                              voxels_after_growth)
 
@@ -249,12 +250,10 @@ def test_training_loss_falls(tmp_path, scene_dir):
     cfg = load_config(config)
     scene = load_scene(cfg.dataset, white_background=True)
     torch.manual_seed(cfg.experiment.randomseed)
-    from nerf.occupancy import build_sampler
-    sampler = build_sampler(cfg.occupancy, False, torch.device("cpu"))
-    sampler.skipping = False
-    model = build_model(cfg.models.coarse, cfg.voxel_grid, sampler.grid.aabb)
-    sampler.fixed_step = model.marching_step
-    before = train_nerf.validate(cfg, scene, model, None, sampler)["psnr"]
+    from nerf.methods import build_method
+    method = build_method(cfg, False, torch.device("cpu"))
+    method.sampler.skipping = False
+    before = train_nerf.validate(cfg, scene, method)["psnr"]
     metrics = train_nerf.main(["--config", config])
     assert metrics["val_psnr"] > before + 5.0, (before, metrics["val_psnr"])
     # eval renders the test views with the stored grid and writes metrics

@@ -1,0 +1,218 @@
+"""Reading configs: strict construction from YAML data, `--set` overrides, and atomic saving.
+
+Every key is honoured or rejected: an unknown key or a wrong type is a ConfigError naming the file and
+the dotted key; nerf/config/validation.py then checks values and cross-key consistency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import os
+import tempfile
+import types
+import typing
+from typing import Any, Optional
+
+import yaml
+
+from .schema import Config, ConfigError, ModelsConfig, VoxelGridConfig
+from .validation import validate, validate_model
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    tp, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{source}: key '{key}' must not be null")
+    if typing.get_origin(tp) is list:
+        (item_type,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: key '{key}' expects a list of {item_type.__name__}, got "
+                              f"{type(value).__name__} {value!r}")
+        return [_coerce(item, item_type, f"{key}[{k}]", source) for k, item in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: key '{key}' must be a mapping, got {type(value).__name__}")
+        return _build(tp, value, key, source)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "5e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a programming error in the dataclasses above
+        raise TypeError(f"unsupported config field type {tp!r}")
+    raise ConfigError(
+        f"{source}: key '{key}' expects {tp.__name__}, got {type(value).__name__} {value!r}"
+    )
+
+
+def _build(cls: type, data: dict, prefix: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(
+                f"{source}: unknown key '{dotted}' (expected one of: {', '.join(sorted(names))})"
+            )
+        kwargs[key] = _coerce(value, hints[key], dotted, source)
+    return cls(**kwargs)
+
+
+# Validation renders "with everything else as in training" (official test settings): keys the validation
+# section leaves out are taken from the train section rather than from the defaults.
+INHERITED_VALIDATION_KEYS = ("num_coarse", "num_fine", "lindisp", "white_background", "chunksize", "netchunk")
+
+
+def _inherit_validation_settings(data: dict) -> dict:
+    nerf = data.get("nerf")
+    if not isinstance(nerf, dict) or not isinstance(nerf.get("train"), dict):
+        return data
+    validation = nerf.get("validation") if nerf.get("validation") is not None else {}
+    if not isinstance(validation, dict):
+        return data
+    inherited = {k: nerf["train"][k] for k in INHERITED_VALIDATION_KEYS if k in nerf["train"] and k not in validation}
+    return {**data, "nerf": {**nerf, "validation": {**validation, **inherited}}}
+
+
+def config_from_dict(data: dict, source: str = "<dict>") -> Config:
+    """Build and validate a Config from nested plain data (as read from YAML)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    cfg = _build(Config, _inherit_validation_settings(data), "", source)
+    validate(cfg, source)
+    return cfg
+
+
+def models_config_from_dict(data: dict, source: str) -> ModelsConfig:
+    """Build and validate just a `models` section (e.g. the one stored inside a checkpoint)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: 'models' must be a mapping")
+    models = _build(ModelsConfig, data, "models", source)
+    validate_model(models.coarse, "models.coarse", source)
+    if models.fine is not None:
+        validate_model(models.fine, "models.fine", source)
+    return models
+
+
+def voxel_grid_config_from_dict(data: Optional[dict], source: str) -> VoxelGridConfig:
+    """The voxel_grid: section alone (e.g. from a checkpoint's stored config); defaults when absent."""
+    return _build(VoxelGridConfig, data or {}, "voxel_grid", source)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`section.key=value` -> (["section", "key"], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value (positional arguments go before --set)")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {text!r}: malformed key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({err})") from None
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Return a copy of `data` with each `section.key=value` override set (nested keys created)."""
+    data = copy.deepcopy(data) if data else {}
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def read_yaml(path: str) -> dict:
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"{path}: malformed YAML{line}: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str, overrides: Optional[list[str]] = None) -> Config:
+    """Read a YAML config strictly, apply `--set` overrides, validate."""
+    data = apply_overrides(read_yaml(path), overrides or [])
+    source = path if not overrides else f"{path} (with --set overrides)"
+    return config_from_dict(data, source)
+
+
+def default_file_mode() -> int:
+    """0666 less the process umask: the mode open() would have given a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def save_config(cfg: Config, path: str) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".config-", suffix=".tmp")
+    os.chmod(tmp, default_file_mode())  # mkstemp creates 0600; give the usual permissions
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    """`--set section.key=value [section.key=value ...]`, repeatable: both `--set a.b=1 --set c.d=2` and
+    `--set a.b=1 c.d=2` work (read them with `overrides_from`)."""
+    parser.add_argument("--set", action="append", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override config values, e.g. --set experiment.train_iters=1000 dataset.half_res=true "
+                             "(repeatable)")
+
+
+def overrides_from(values: list) -> list[str]:
+    """The overrides of `add_set_argument`'s list of lists, in command-line order."""
+    return [text for group in values for text in (group if isinstance(group, list) else [group])]

@@ -1,0 +1,71 @@
+"""One field marched through an occupancy grid (Instant-NGP / nerfacc sampling) instead of coarse/fine."""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..checkpoint import CheckpointError
+from ..config import Config
+from ..occupancy import box_warning, build_sampler, sampler_for_rendering
+from .base import Method
+
+
+class GridSampledMethod(Method):
+    """The field (the fine network if there is one, else the coarse one) is rendered on samples marched
+    through occupied cells; the grid is updated from the field's density every occupancy.update_every steps
+    and saved in checkpoints. Training uses one network (checked by build_method)."""
+
+    def __init__(self, cfg: Config, coarse: nn.Module, fine: Optional[nn.Module], device: torch.device,
+                 use_ndc: bool):
+        super().__init__(cfg, coarse, fine, device)
+        self.use_ndc = use_ndc
+        self.sampler = build_sampler(cfg.occupancy, use_ndc, device)
+
+    @property
+    def field(self):
+        """The runner of the network that renders: fine if present, else coarse."""
+        return self.runners[1] if self.runners[1] is not None else self.runners[0]
+
+    def marching_step(self) -> Optional[float]:
+        """A marching step the field sets itself (None: occupancy.num_steps decides)."""
+        return None
+
+    def start(self, start_step: int, ckpt: Optional[dict], path: Optional[str] = None) -> None:
+        if ckpt is not None and ckpt.get("occupancy_grid") is not None:
+            try:
+                self.sampler.grid.load_state_dict(ckpt["occupancy_grid"])
+            except ValueError as err:
+                raise CheckpointError(f"{path}: {err}") from None
+
+    def prepare_rendering(self, stored: Optional[dict]) -> Optional[str]:
+        """The grid stored by the run, or one filled from the field's density. ValueError if the stored
+        grid does not match the config."""
+        start = time.time()
+        self.sampler = sampler_for_rendering(self.cfg.occupancy, self.field, self.use_ndc, self.device, stored,
+                                             self.marching_step())
+        how = "stored in the checkpoint" if stored is not None else \
+            f"filled from the model's density in {time.time() - start:.1f} s"
+        return (f"Occupancy grid {self.cfg.occupancy.resolution}^3 ({how}): "
+                f"{100 * self.sampler.grid.occupied_fraction():.1f} % of the cells occupied")
+
+    def check(self, scene) -> Optional[str]:
+        return box_warning(self.sampler, scene)
+
+    def before_step(self, step: int) -> bool:
+        occ = self.cfg.occupancy
+        self.sampler.skipping = step >= occ.warmup_steps
+        if step % occ.update_every == 0:
+            self.sampler.grid.update(self.runners[0].density, self.sampler.step_size,
+                                     all_cells=step < occ.warmup_steps)
+        return False
+
+    def scalars(self, out: dict, target: torch.Tensor) -> dict:
+        return {"occupancy/occupied_fraction": self.sampler.grid.occupied_fraction(),
+                "occupancy/samples_per_ray": out["num_samples"].float().mean().item()}
+
+    def checkpoint_state(self) -> dict:
+        return {"occupancy_grid": self.sampler.grid.state_dict()}

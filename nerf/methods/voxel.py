@@ -1,0 +1,89 @@
+"""The fast preset's method: the voxel-grid field (nerf/voxel_grid.py) marched through the occupancy grid,
+grown coarse to fine, with the box shrunk to the content at the first growth and optional regularisers."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..config import Config
+from ..losses import ray_distortion_loss, sample_color_loss
+from ..rays import Rays
+from ..voxel_grid import grow, grown_box
+from .grid_sampled import GridSampledMethod
+
+
+class VoxelGridMethod(GridSampledMethod):
+    """GridSampledMethod for a VoxelGridModel: the marching step follows the voxel size; at
+    voxel_grid.grow_steps the grids are resampled (new parameters: a fresh optimizer, as DVGO at each scale),
+    the first time onto the box of the cells where training rays put weight; the grids have their own
+    learning rate; TV, distortion and per-sample colour terms join the loss when weighted."""
+
+    fused_optimizer = True
+    keeps_gradient_buffers = True
+
+    def __init__(self, cfg: Config, coarse: nn.Module, fine: Optional[nn.Module], device: torch.device,
+                 use_ndc: bool):
+        super().__init__(cfg, coarse, fine, device, use_ndc)
+        self.sampler.fixed_step = self.marching_step()
+        self.seen = None  # cells where training rays put weight >= seen_weight, before the first growth
+
+    def marching_step(self) -> Optional[float]:
+        return self.coarse.marching_step
+
+    def parameter_groups(self) -> list[dict]:
+        lr_scale = self.cfg.voxel_grid.grid_lr / self.cfg.optimizer.lr
+        return [{"params": self.coarse.grid_parameters(), "lr_scale": lr_scale},
+                {"params": self.coarse.network_parameters(), "lr_scale": 1.0}]
+
+    def prepare_to_load(self, ckpt: dict) -> None:
+        self.coarse.resize_like(ckpt.get("model_coarse_state_dict") or {})  # grown: the optimizer needs its shapes
+
+    def start(self, start_step: int, ckpt: Optional[dict], path: Optional[str] = None) -> None:
+        super().start(start_step, ckpt, path)
+        self.sampler.fixed_step = self.marching_step()  # from the (loaded) grid and box
+        v, self.seen = self.cfg.voxel_grid, None
+        if v.shrink_box and v.grow_steps and start_step <= v.grow_steps[0]:
+            self.seen = torch.zeros_like(self.sampler.grid.occupied)
+            if ckpt is not None and ckpt.get("voxel_grid_seen") is not None:
+                self.seen = ckpt["voxel_grid_seen"].to(self.seen)  # resumed mid-way: keep what earlier steps saw
+
+    def before_step(self, step: int) -> bool:
+        v, grid = self.cfg.voxel_grid, self.sampler.grid
+        grown = step in v.grow_steps
+        if grown:
+            # coarse to fine; the first growth also moves the grids onto the seen cells (plus one cell)
+            cell = (grid.aabb[3:] - grid.aabb[:3]) / grid.resolution
+            box = grown_box(self.coarse.aabb, grid.box_of(self.seen), cell) if self.seen is not None else None
+            self.seen = None
+            grow(self.coarse, v.grow_steps, v.num_voxels_start, v.num_voxels, step, box, v.aspect)
+            self.sampler.fixed_step = self.marching_step()
+            tqdm.write(f"[step {step}] voxel grid {'x'.join(map(str, self.coarse.resolution))} over "
+                       f"{[round(x, 3) for x in self.coarse.aabb.tolist()]}")
+        super().before_step(step)
+        return grown
+
+    @torch.no_grad()
+    def after_render(self, step: int, rays: Rays, out: dict) -> None:
+        v = self.cfg.voxel_grid
+        if self.seen is not None and step >= v.grow_steps[0] // 2:
+            # the cells where training rays put weight: the content the box must keep
+            cells = self.sampler.grid.cells_along(rays.origins, rays.directions, out["t"])  # [R, M]
+            self.seen[cells[out["weights"] >= v.seen_weight]] = True
+
+    def loss(self, out: dict, target: torch.Tensor, rays: Rays, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, mse = super().loss(out, target, rays, step)
+        v = self.cfg.voxel_grid
+        if v.tv_weight > 0 and (v.tv_until == 0 or step < v.tv_until):
+            loss = loss + v.tv_weight * self.coarse.total_variation()
+        if v.distortion_weight > 0:
+            loss = loss + v.distortion_weight * ray_distortion_loss(out["weights"], out["t"], out["dt"], rays).mean()
+        if v.sample_rgb_weight > 0:
+            loss = loss + v.sample_rgb_weight * sample_color_loss(out["weights"], out["sample_rgb"], target).mean()
+        return loss, mse
+
+    def checkpoint_state(self) -> dict:
+        return {**super().checkpoint_state(), "voxel_grid_seen": self.seen}

@@ -1,0 +1,111 @@
+import dataclasses
+
+import pytest
+import torch
+
+from nerf.config import (Config, ModelConfig, ModelsConfig, OccupancyConfig, OptimizerConfig, RenderConfig,
+                         VoxelGridConfig)
+from nerf.losses import photometric_loss
+from nerf.methods import (ONE_NETWORK_ERROR, CoarseFineMethod, GridSampledMethod, VoxelGridMethod, build_method)
+from nerf.rays import prepare_rays
+
+CPU = torch.device("cpu")
+SMALL = ModelConfig(type="FlexibleNeRFModel", num_layers=2, hidden_size=8, skip_connect_every=0, hidden_size_dir=4,
+                    num_encoding_fn_xyz=2, num_encoding_fn_dir=1)
+
+
+def voxel_config(**voxel) -> Config:
+    v = dict(num_voxels=4096, num_voxels_start=512, grow_steps=[4, 8], feature_dim=3, hidden_size=8, num_layers=1,
+             grid_lr=0.2)
+    v.update(voxel)
+    return dataclasses.replace(Config(), models=ModelsConfig(coarse=ModelConfig(type="VoxelGridModel"), fine=None),
+                               occupancy=OccupancyConfig(enabled=True, resolution=8, update_every=2, warmup_steps=2),
+                               optimizer=OptimizerConfig(lr=1e-3, eps=1e-15), voxel_grid=VoxelGridConfig(**v))
+
+
+def _rays(num=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    origins = torch.tensor([0.0, 0.0, 4.0]).expand(num, 3)
+    directions = torch.nn.functional.normalize(torch.randn(num, 3, generator=g) * 0.15 + torch.tensor([0, 0, -1.0]),
+                                               dim=-1)
+    return prepare_rays(origins, directions, 2.0, 6.0)
+
+
+def test_the_config_chooses_the_method():
+    assert type(build_method(Config(), False, CPU)) is CoarseFineMethod
+    grid = dataclasses.replace(Config(), models=ModelsConfig(coarse=SMALL, fine=None),
+                               occupancy=OccupancyConfig(enabled=True))
+    assert type(build_method(grid, False, CPU)) is GridSampledMethod
+    assert type(build_method(voxel_config(), False, CPU)) is VoxelGridMethod
+    with pytest.raises(ValueError, match="trains one network"):
+        build_method(dataclasses.replace(grid, models=ModelsConfig(coarse=SMALL, fine=SMALL)), False, CPU)
+    assert ONE_NETWORK_ERROR.startswith("occupancy.enabled")
+    # rendering a coarse/fine model through a grid uses its fine network
+    method = build_method(dataclasses.replace(grid, models=ModelsConfig(coarse=SMALL, fine=SMALL)), False, CPU,
+                          training=False)
+    assert method.field is method.runners[1]
+    with pytest.raises(ValueError, match="occupancy.enabled: true"):
+        build_method(dataclasses.replace(voxel_config(), occupancy=OccupancyConfig(enabled=False)), False, CPU)
+
+
+def test_parameter_groups_hold_every_parameter_once_with_their_lr_scale():
+    mlp = build_method(dataclasses.replace(Config(), models=ModelsConfig(coarse=SMALL, fine=SMALL)), False, CPU)
+    (group,) = mlp.parameter_groups()
+    assert [id(p) for p in group["params"]] == [id(p) for p in list(mlp.coarse.parameters()) +
+                                                list(mlp.fine.parameters())]
+    assert "lr_scale" not in group and not mlp.fused_optimizer and not mlp.keeps_gradient_buffers
+    voxel = build_method(voxel_config(grid_lr=0.3), False, CPU)
+    grids, network = voxel.parameter_groups()
+    assert grids["lr_scale"] == pytest.approx(300.0) and network["lr_scale"] == 1.0
+    ids = [id(p) for g in (grids, network) for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in voxel.coarse.parameters())
+    assert voxel.fused_optimizer and voxel.keeps_gradient_buffers
+
+
+def test_voxel_hooks_grow_at_the_grow_steps_only_and_follow_the_voxel_size():
+    method = build_method(voxel_config(), False, CPU)
+    method.start(0, None)
+    start_shape = method.coarse.resolution
+    assert method.sampler.step_size == pytest.approx(method.coarse.marching_step)
+    assert [method.before_step(step) for step in range(9)] == [s in (4, 8) for s in range(9)]
+    assert torch.tensor(method.coarse.resolution).prod() > torch.tensor(start_shape).prod()
+    assert method.sampler.step_size == pytest.approx(method.coarse.marching_step)
+    assert method.sampler.skipping  # past occupancy.warmup_steps
+
+
+def test_voxel_seen_cells_and_loss_terms():
+    cfg = voxel_config(seen_weight=0.008, tv_weight=0.5)  # a fresh grid is a fog of alpha 1e-2 per step
+    method = build_method(cfg, False, CPU)
+    method.start(0, None)
+    rays, opts = _rays(), RenderConfig(perturb=False, num_fine=0, white_background=True)
+    method.before_step(0)
+    out = method.render_rays(rays, opts)
+    method.after_render(1, rays, out)  # before grow_steps[0] // 2: nothing recorded
+    assert not method.seen.any()
+    method.after_render(2, rays, out)
+    cells = method.sampler.grid.cells_along(rays.origins, rays.directions, out["t"])
+    expected = torch.zeros_like(method.seen)
+    expected[cells[out["weights"] >= 0.008]] = True
+    assert torch.equal(method.seen, expected)
+    assert expected.any() and (out["weights"][out["t"] > 0] < 0.008).any()  # the threshold sorts samples
+    target = torch.rand(len(rays), 3, generator=torch.Generator().manual_seed(1))
+    loss, mse = method.loss(out, target, rays, step=2)
+    plain, plain_mse = photometric_loss(out, target)
+    torch.testing.assert_close(loss, plain + 0.5 * method.coarse.total_variation())
+    torch.testing.assert_close(mse, plain_mse)
+
+
+def test_voxel_state_round_trips_through_a_checkpoint():
+    method = build_method(voxel_config(), False, CPU)
+    method.start(0, None)
+    for step in range(3):
+        method.before_step(step)
+    method.seen[::7] = True
+    state = {"model_coarse_state_dict": method.coarse.state_dict(), **method.checkpoint_state()}
+    resumed = build_method(voxel_config(), False, CPU)
+    resumed.coarse.load_state_dict(state["model_coarse_state_dict"])
+    resumed.start(3, state, "mem.ckpt")
+    assert torch.equal(resumed.seen, method.seen)
+    assert torch.equal(resumed.sampler.grid.estimates, method.sampler.grid.estimates)
+    resumed.start(5, state, "mem.ckpt")  # past the first growth there is no box left to find
+    assert resumed.seen is None
