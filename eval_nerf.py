@@ -112,23 +112,17 @@ def depth_in_scene_units(depth: torch.Tensor, use_ndc: bool) -> torch.Tensor:
     return 1.0 / (1.0 - depth.clamp(max=1.0 - 1e-6))
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
+def set_up(args) -> tuple:
+    """(cfg, rendering settings, scene, method, loaded checkpoint); a one-line error for any problem."""
     try:
         cfg = load_config(args.config, args.set)
-    except ConfigError as err:
-        sys.exit(f"error: {err}")
-    try:
         device = select_device(cfg.experiment.device)
-    except RuntimeError as err:
-        sys.exit(f"error: {err}")
-    opts = cfg.nerf.validation
-    if args.chunksize is not None:
-        opts = dataclasses.replace(opts, chunksize=args.chunksize)
-    try:
+        opts = cfg.nerf.validation
+        if args.chunksize is not None:
+            opts = dataclasses.replace(opts, chunksize=args.chunksize)
         loaded = load_models(args.checkpoint, cfg, device)
         scene = load_scene(cfg.dataset, white_background=opts.white_background)
-    except (CheckpointError, DatasetError) as err:
+    except (ConfigError, RuntimeError, CheckpointError, DatasetError) as err:
         sys.exit(f"error: {err}")
     print(loaded.description)
     try:  # the method of the checkpoint's models, with the config's sampler and runtime settings
@@ -140,10 +134,44 @@ def main(argv=None) -> dict:
     for line in (described, method.check(scene)):
         if line:
             print(line)
+    return cfg, opts, scene, method, loaded
+
+
+def score(rgb_float: torch.Tensor, target: torch.Tensor, lpips_metric, out_dir: str, name: str) -> dict:
+    """PSNR, SSIM (when the image is large enough) and LPIPS (when available) of the 8-bit render as saved;
+    writes the error and the side-by-side comparison images."""
+    rgb = torch.from_numpy(to_uint8(rgb_float)).to(target.device).float() / 255.0  # scored as saved (8-bit)
+    record = {"psnr": psnr(rgb, target)}
+    if min(rgb.shape[:2]) >= SSIM_WINDOW:
+        record["ssim"] = ssim(rgb, target, window_size=SSIM_WINDOW)
+    if lpips_metric is not None:
+        record["lpips"] = lpips_metric(rgb, target)
+    errors = error_image(rgb, target)
+    save_png(to_uint8(errors), os.path.join(out_dir, "error", name + ".png"))
+    save_png(to_uint8(torch.cat((target, rgb, errors), dim=1)), os.path.join(out_dir, "compare", name + ".png"))
+    return record
+
+
+def write_metrics(summary: dict, records: list, lpips_metric, out_dir: str) -> None:
+    """Means over the views, what was not computed and why, and the per-view records: metrics.json."""
+    summary["mean"] = {key: float(np.mean([r[key] for r in records])) for key in records[0]
+                       if key not in ("view", "image_index")}
+    if "ssim" not in records[0]:
+        summary["ssim"] = f"not computed: renders smaller than the {SSIM_WINDOW}x{SSIM_WINDOW} SSIM window"
+    if lpips_metric is None:
+        summary["lpips"] = LpipsMetric.unavailable_reason()
+    else:
+        summary["lpips_backbone"] = lpips_metric.backbone
+    summary["views"] = records
+    with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    cfg, opts, scene, method, loaded = set_up(args)
     out_dir = os.path.join(args.savedir, args.trial) if args.trial else args.savedir
     os.makedirs(out_dir, exist_ok=True)
-
-    factor = args.downsample
     if args.split == "render":
         poses, targets, ids = scene.render_poses, None, list(range(len(scene.render_poses)))
     else:
@@ -154,15 +182,14 @@ def main(argv=None) -> dict:
     except ValueError as err:
         sys.exit(f"error: {err}")
 
+    factor, device = args.downsample, method.device
     lpips_metric = LpipsMetric.create(device) if targets is not None else None
     records, disparities, depths, seconds = [], [], [], []
     for position in tqdm(positions, desc=f"rendering {args.split}", dynamic_ncols=True):
-        index = ids[position]
-        start = time.time()
+        index, name, start = ids[position], f"{position:03d}", time.time()
         out = method.render_image(poses[index].to(device), scene, opts, stride=factor)
         height, width = out["rgb"].shape[:2]
         seconds.append(time.time() - start)
-        name = f"{position:03d}"
         save_png(to_uint8(out["rgb"]), os.path.join(out_dir, name + ".png"))
         if args.save_disparity_image:
             disparities.append((name, out["disp"].cpu()))
@@ -173,16 +200,8 @@ def main(argv=None) -> dict:
             depths.append((name, depth))
         if targets is not None:
             target = targets[index][::factor, ::factor].to(device)  # the pixels that were rendered
-            rgb = torch.from_numpy(to_uint8(out["rgb"])).to(device).float() / 255.0  # scored as saved (8-bit)
-            record = {"view": position, "image_index": index, "psnr": psnr(rgb, target)}
-            if min(height, width) >= SSIM_WINDOW:
-                record["ssim"] = ssim(rgb, target, window_size=SSIM_WINDOW)
-            if lpips_metric is not None:
-                record["lpips"] = lpips_metric(rgb, target)
-            records.append(record)
-            errors = error_image(rgb, target)
-            save_png(to_uint8(errors), os.path.join(out_dir, "error", name + ".png"))
-            save_png(to_uint8(torch.cat((target, rgb, errors), dim=1)), os.path.join(out_dir, "compare", name + ".png"))
+            records.append({"view": position, "image_index": index,
+                            **score(out["rgb"], target, lpips_metric, out_dir, name)})
 
     # one brightness scale for the whole sequence, so that frames are comparable
     for folder, frames in (("disparity", disparities), ("depth", depths)):
@@ -191,21 +210,11 @@ def main(argv=None) -> dict:
             save_png(to_uint8(frame / scale), os.path.join(out_dir, folder, name + ".png"))
 
     summary = {"checkpoint": args.checkpoint, "source": loaded.source, "split": args.split,
-               "resolution": [width, height], "metrics_on": "8-bit renders read back / 255", "downsample": factor, "num_views": len(positions),
-               "seconds_per_frame": float(np.mean(seconds)), "precision": cfg.runtime.precision,
-               "sampler": "occupancy" if method.sampler is not None else "hierarchical"}
+               "resolution": [width, height], "metrics_on": "8-bit renders read back / 255", "downsample": factor,
+               "num_views": len(positions), "seconds_per_frame": float(np.mean(seconds)),
+               "precision": cfg.runtime.precision, "sampler": "occupancy" if method.sampler is not None else "hierarchical"}
     if records:
-        summary["mean"] = {key: float(np.mean([r[key] for r in records])) for key in records[0]
-                           if key not in ("view", "image_index")}
-        if "ssim" not in records[0]:
-            summary["ssim"] = f"not computed: renders smaller than the {SSIM_WINDOW}x{SSIM_WINDOW} SSIM window"
-        if lpips_metric is None:
-            summary["lpips"] = LpipsMetric.unavailable_reason()
-        else:
-            summary["lpips_backbone"] = lpips_metric.backbone
-        summary["views"] = records
-        with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
+        write_metrics(summary, records, lpips_metric, out_dir)
         means = ", ".join(f"{k.upper()} {v:.4f}" for k, v in summary["mean"].items())
         print(f"{args.split}: {len(records)} views at {width}x{height}: mean {means}")
     print(f"Wrote {len(positions)} frames to {out_dir} ({summary['seconds_per_frame']:.2f} s per frame)")

@@ -21,13 +21,16 @@ from tqdm import tqdm
 
 from nerf.batching import RayBatcher
 from nerf.cache import CachedRayBatcher, RayCache
-from nerf.checkpoint import import_optimizer_state, load_checkpoint, restore_training_state, save_checkpoint
+from nerf.checkpoint import (import_optimizer_state, load_checkpoint, nonfinite_tensors, restore_training_state,
+                             save_checkpoint)
 from nerf.config import (Config, add_set_argument, config_to_dict, load_config, overrides_from, save_config,
                          validate as validate_config)
 from nerf.datasets import Scene, load_scene
 from nerf.device import select_device
+from nerf.files import remove_stale_temporaries
 from nerf.importers import NATIVE, LoadedModels, detect_format, models_from_checkpoint, stored_models_if_pruned
 from nerf.methods import Method, build_method
+from nerf.losses import NonFiniteLoss, NonFiniteWatch
 from nerf.metrics import mse_to_psnr
 from nerf.optimizer import build_optimizer, keep_configured_groups, set_learning_rate, zero_gradients
 from nerf.pruning import PruningRun, apply_pruning_event, start_pruning, transfer_optimizer
@@ -155,8 +158,37 @@ def run_folder(cfg: Config, start_step: int, resumed: bool, overwrite: bool) -> 
                          "overwrite; pick another experiment.id (--set experiment.id=NAME), resume from its last "
                          "checkpoint, or pass --overwrite")
     os.makedirs(run_dir, exist_ok=True)
+    stale = remove_stale_temporaries(run_dir)
+    if stale:
+        print(f"{run_dir}: removed {len(stale)} temporary file(s) of interrupted saves ({', '.join(stale)})")
     save_config(cfg, os.path.join(run_dir, "config.yml"))
     return run_dir
+
+
+def newest_checkpoint(run_dir: str) -> str:
+    """The run folder's checkpoint of the highest step, or "none"."""
+    names = [name for name in os.listdir(run_dir) if name.endswith(".ckpt")] if os.path.isdir(run_dir) else []
+    return os.path.join(run_dir, max(names, key=checkpoint_step)) if names else "none"
+
+
+def check_finite(watch: NonFiniteWatch, method: Method, cfg: Config, run_dir: str, step: int, saving: bool) -> None:
+    """NonFiniteLoss (one line: the step, the settings to change, the newest checkpoint, which stays the
+    newest) when a loss was NaN or infinite, or, before a save, when a weight is."""
+    bad = watch.first_bad_step()
+    where = f"the training loss became {bad[1]} in step {bad[0] + 1} (after {bad[0]} completed steps)" if bad else None
+    if where is None and saving:
+        tensors = nonfinite_tensors({"coarse": method.coarse, "fine": method.fine})
+        where = (f"{len(tensors)} weight tensor(s) became NaN or infinite in step {step} ({tensors[0]})"
+                 if tensors else None)
+    if where:
+        newest = newest_checkpoint(run_dir)
+        resume_hint = (f"the newest checkpoint, {newest}, stays the newest" if newest != "none" else
+                       "no checkpoint was saved before it")
+        precision = (f" or use runtime.precision fp32 (now {cfg.runtime.precision})" if cfg.runtime.precision != "fp32"
+                     else "")
+        raise NonFiniteLoss(f"{where}; training stopped without saving it and {resume_hint}. Lower optimizer.lr "
+                            f"(now {cfg.optimizer.lr:g}){precision}" + (" and resume from that checkpoint"
+                                                                       if newest != "none" else ""))
 
 
 class Clock:
@@ -214,29 +246,36 @@ def prune_event(run: PruningRun, pruned: dict, method: Method, optimizer, cfg: C
     return optimizer, cfg
 
 
+def start_training(args, cfg: Config, scene: Scene, device: torch.device, ckpt, foreign) -> tuple:
+    """(method, optimizer, grad scaler, start step, pruning run or None, the models it prunes) of a fresh,
+    resumed or imported run."""
+    method = build_method(cfg, scene.use_ndc, device, (foreign.coarse, foreign.fine) if foreign else None)
+    if ckpt is not None and foreign is None:
+        method.prepare_to_load(ckpt)
+    warning = method.check(scene)
+    if warning:
+        print(warning)
+    scaler, optimizer = grad_scaler(cfg.runtime, device), new_optimizer(method)
+    start_step = resume(method, optimizer, scaler, ckpt, foreign, args.load_checkpoint)
+    stored = ckpt.get("pruning") if ckpt is not None and foreign is None else None
+    pruning, pruned, lines = start_pruning(args.prune, stored, start_step, cfg, args.load_checkpoint,
+                                           method.coarse, method.fine)
+    for line in lines:
+        print(line)
+    return method, optimizer, scaler, start_step, pruning, pruned
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    try:  # set-up: every problem is a one-line error before any training
+    try:  # set-up: every problem is a one-line error before any training output
         cfg = load_config(args.config, args.set)
         device = select_device(cfg.experiment.device)
         torch.manual_seed(cfg.experiment.randomseed)
         scene, batcher, num_train = load_data(cfg, args.config, device)
         ckpt, foreign, cfg = read_start(args.load_checkpoint, cfg, args.config)
-        method = build_method(cfg, scene.use_ndc, device, (foreign.coarse, foreign.fine) if foreign else None)
-        if ckpt is not None and foreign is None:
-            method.prepare_to_load(ckpt)
-        warning = method.check(scene)
-        if warning:
-            print(warning)
-        scaler, optimizer = grad_scaler(cfg.runtime, device), new_optimizer(method)
-        start_step = resume(method, optimizer, scaler, ckpt, foreign, args.load_checkpoint)
-        stored = ckpt.get("pruning") if ckpt is not None and foreign is None else None
-        pruning, pruned, lines = start_pruning(args.prune, stored, start_step, cfg, args.load_checkpoint,
-                                               method.coarse, method.fine)
-        for line in lines:
-            print(line)
+        method, optimizer, scaler, start_step, pruning, pruned = start_training(args, cfg, scene, device, ckpt, foreign)
         run_dir = run_folder(cfg, start_step, ckpt is not None, args.overwrite)
-    except (ValueError, RuntimeError) as err:  # ConfigError, DatasetError, CheckpointError are ValueErrors
+    except (ValueError, RuntimeError, OSError) as err:  # ConfigError, DatasetError, CheckpointError: ValueErrors
         sys.exit(f"error: {err}")
     from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
@@ -246,44 +285,64 @@ def main(argv=None) -> dict:
           f"{', NDC' if scene.use_ndc else ''}; device {device}; run dir {run_dir}")
     ndc = (scene.height, scene.width, scene.focal) if scene.use_ndc else None
     clock = Clock(float(ckpt.get("train_seconds") or 0.0) if ckpt is not None and foreign is None else 0.0)
-    metrics = {}
+    metrics, watch = {}, NonFiniteWatch(device)
     progress = tqdm(range(start_step, exp.train_iters), initial=start_step, total=exp.train_iters, dynamic_ncols=True)
-    for step in progress:
-        lr = learning_rate(step, cfg.optimizer.lr, cfg.scheduler.lr_decay, cfg.scheduler.lr_decay_factor)
-        lr *= pruning.lr_scale if pruning is not None and step < pruning.end_step else 1.0
-        set_learning_rate(optimizer, lr)
-        if method.before_step(step):  # new parameters (a grown grid): a fresh Adam
-            optimizer = new_optimizer(method)
+    try:
+        for step in progress:
+            lr = learning_rate(step, cfg.optimizer.lr, cfg.scheduler.lr_decay, cfg.scheduler.lr_decay_factor)
+            lr *= pruning.lr_scale if pruning is not None and step < pruning.end_step else 1.0
             set_learning_rate(optimizer, lr)
+            if method.before_step(step):  # new parameters (a grown grid): a fresh Adam
+                optimizer = new_optimizer(method)
+                set_learning_rate(optimizer, lr)
 
-        rays_o, rays_d, target = batcher.batch(step)  # [R, 3] each
-        rays = prepare_rays(rays_o, rays_d, scene.near, scene.far, ndc)
-        out = method.render_rays(rays, train_opts)
-        method.after_render(step, rays, out)
-        loss, mse = method.loss(out, target, rays, step)
-        zero_gradients(optimizer, method.keeps_gradient_buffers)
-        scaler.scale(loss).backward()  # the scaler is a pass-through except for fp16
-        scaler.step(optimizer)
-        scaler.update()
+            rays_o, rays_d, target = batcher.batch(step)  # [R, 3] each
+            rays = prepare_rays(rays_o, rays_d, scene.near, scene.far, ndc)
+            out = method.render_rays(rays, train_opts)
+            method.after_render(step, rays, out)
+            loss, mse = method.loss(out, target, rays, step)
+            watch.record(loss, step)
+            completed = step + 1
+            is_last, logging = completed == exp.train_iters, exp.print_every and completed % exp.print_every == 0
+            saving = (exp.save_every and completed % exp.save_every == 0) or is_last
+            if watch.check_every_step or logging or saving:
+                check_finite(watch, method, cfg, run_dir, completed, saving=False)
+            zero_gradients(optimizer, method.keeps_gradient_buffers)
+            scaler.scale(loss).backward()  # the scaler is a pass-through except for fp16
+            scaler.step(optimizer)
+            scaler.update()
 
-        completed = step + 1
-        is_last = completed == exp.train_iters
-        if pruned and pruning.due(completed):
-            optimizer, cfg = prune_event(pruning, pruned, method, optimizer, cfg, run_dir, writer, completed)
-        if (exp.print_every and completed % exp.print_every == 0) or is_last:
-            metrics.update(log_training(writer, method, out, loss, mse, target, lr, completed, progress))
-        if exp.validate_every and (completed % exp.validate_every == 0 or is_last):
-            first = completed == exp.validate_every or step == start_step
-            metrics.update(log_validation(writer, cfg, scene, method, clock, completed, first))
-        if (exp.save_every and completed % exp.save_every == 0) or is_last:
-            extra = {"pruning": pruning.to_dict() if pruning is not None and completed <= pruning.end_step else None,
-                     "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                     "train_seconds": clock.train_seconds(), **method.checkpoint_state()}
-            save_checkpoint(os.path.join(run_dir, f"checkpoint{completed:06d}.ckpt"), completed, method.coarse,
-                            method.fine, optimizer, config_to_dict(cfg), metrics, extra)
+            if pruned and pruning.due(completed):
+                optimizer, cfg = prune_event(pruning, pruned, method, optimizer, cfg, run_dir, writer, completed)
+            if logging or is_last:
+                metrics.update(log_training(writer, method, out, loss, mse, target, lr, completed, progress))
+            if exp.validate_every and (completed % exp.validate_every == 0 or is_last):
+                first = completed == exp.validate_every or step == start_step
+                metrics.update(log_validation(writer, cfg, scene, method, clock, completed, first))
+            if saving:
+                check_finite(watch, method, cfg, run_dir, completed, saving=True)
+                extra = {"pruning": pruning.to_dict() if pruning is not None and completed <= pruning.end_step
+                         else None, "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                         "train_seconds": clock.train_seconds(), **method.checkpoint_state()}
+                save_checkpoint(os.path.join(run_dir, f"checkpoint{completed:06d}.ckpt"), completed, method.coarse,
+                                method.fine, optimizer, config_to_dict(cfg), metrics, extra)
+    except NonFiniteLoss as err:
+        stop(progress, writer, f"error: {err}")
+    except OSError as err:  # a full disk: the atomic writes leave every earlier file intact
+        what = f"{err.filename}: {err.strerror}" if err.filename else (err.strerror or str(err))
+        newest = newest_checkpoint(run_dir)
+        stop(progress, writer, f"error: {what}; the files written before are intact ("
+                               + (f"newest checkpoint: {newest})" if newest != "none" else "no checkpoint yet)"))
     progress.close()
     writer.close()
     return finish(metrics, clock, start_step, exp.train_iters, run_dir)
+
+
+def stop(progress, writer, message: str) -> None:
+    """End a run that cannot go on: close the bar and the event file, exit with a one-line error."""
+    progress.close()
+    writer.close()
+    sys.exit(message)
 
 
 def finish(metrics: dict, clock: Clock, start_step: int, train_iters: int, run_dir: str) -> dict:

@@ -44,6 +44,21 @@ class RayBatcher:
         if not opts.use_batching and opts.num_random_rays > self.pixels_per_image:
             raise ConfigError(f"nerf.train.num_random_rays ({opts.num_random_rays}) exceeds the pixels of one "
                              f"image ({self.pixels_per_image}); lower it or set use_batching")
+        if not opts.use_batching and opts.precrop_iters > 0:  # checked here, before any training output
+            _, _, crop_h, crop_w = self.crop(0)
+            if opts.num_random_rays > crop_h * crop_w:
+                raise ConfigError(f"nerf.train.num_random_rays ({opts.num_random_rays}) exceeds the {crop_h}x{crop_w} "
+                                  f"precrop region of the {scene.height}x{scene.width} images; lower it or raise "
+                                  "nerf.train.precrop_frac")
+
+    def crop(self, step: int) -> tuple[int, int, int, int]:
+        """(first row, first column, rows, columns) of the region rays are drawn from at `step`: the central
+        precrop_frac crop before precrop_iters, else the whole image."""
+        s, opts = self.scene, self.opts
+        if step < opts.precrop_iters:
+            half_h, half_w = int(s.height // 2 * opts.precrop_frac), int(s.width // 2 * opts.precrop_frac)
+            return s.height // 2 - half_h, s.width // 2 - half_w, 2 * half_h, 2 * half_w
+        return 0, 0, s.height, s.width
 
     def rays_at(self, train_index: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
         """World rays and target colours of pixels (row, col) of the batcher's views (positions in its
@@ -67,15 +82,7 @@ class RayBatcher:
             return self.rays_at(flat // self.pixels_per_image, pixel // s.width, pixel % s.width)
 
         image = torch.randint(self.num_train, (1,), device=device)  # [1], a position in i_train
-        if step < opts.precrop_iters:
-            half_h, half_w = int(s.height // 2 * opts.precrop_frac), int(s.width // 2 * opts.precrop_frac)
-            row0, col0 = s.height // 2 - half_h, s.width // 2 - half_w
-            crop_h, crop_w = 2 * half_h, 2 * half_w
-        else:
-            row0, col0, crop_h, crop_w = 0, 0, s.height, s.width
-        if opts.num_random_rays > crop_h * crop_w:
-            raise ConfigError(f"nerf.train.num_random_rays ({opts.num_random_rays}) exceeds the {crop_h}x{crop_w} "
-                             "precrop region; lower it or nerf.train.precrop_frac")
+        row0, col0, crop_h, crop_w = self.crop(step)
         chosen = torch.randperm(crop_h * crop_w, device=device)[:opts.num_random_rays]  # without replacement
         rows, cols = row0 + chosen // crop_w, col0 + chosen % crop_w
         return self.rays_at(image.expand(opts.num_random_rays), rows, cols)

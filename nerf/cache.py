@@ -77,6 +77,52 @@ def check_savedir(savedir: str, basedir: str, overwrite: bool) -> None:
                               "replaces an earlier cache or an empty folder")
 
 
+def _write_train_rays(scene: Scene, folder: str, num_random_rays: Optional[int], rays_per_image: int,
+                      variations: int, seed: int, progress=None) -> None:
+    """train/rays_VVVV.npy [N_train, rays_per_image, 9] (origin, direction, rgb) and pixels_VVVV.npy
+    [N_train, rays_per_image, 2] (row, col) for each variation: random pixels without replacement within an
+    image, fresh for every variation (or every pixel when num_random_rays is None)."""
+    pixels_per_image = scene.height * scene.width
+    generator = torch.Generator().manual_seed(seed)
+    ray_maker = RayBatcher(scene, TrainConfig(num_random_rays=1), seed)
+    num_train = len(scene.i_train)
+    for v in range(variations):
+        rays = np.lib.format.open_memmap(os.path.join(folder, "train", f"rays_{v:04d}.npy"), mode="w+",
+                                         dtype=np.float32, shape=(num_train, rays_per_image, 9))
+        pixels = np.empty((num_train, rays_per_image, 2), dtype=np.int32)
+        for k in range(num_train):
+            if num_random_rays is None:
+                chosen = torch.arange(pixels_per_image)
+            else:
+                chosen = torch.randperm(pixels_per_image, generator=generator)[:rays_per_image]
+            rows, cols = chosen // scene.width, chosen % scene.width
+            o, d, rgb = ray_maker.rays_at(torch.tensor(k).expand(rays_per_image), rows, cols)
+            rays[k] = torch.cat((o, d, rgb), dim=-1).cpu().numpy()
+            pixels[k] = torch.stack((rows, cols), dim=-1).numpy()
+            if progress is not None:
+                progress.update(1)
+        rays.flush()
+        del rays
+        np.save(os.path.join(folder, "train", f"pixels_{v:04d}.npy"), pixels)
+
+
+def _write_val_rays(scene: Scene, folder: str, seed: int, progress=None) -> None:
+    """val/rays.npy [N_val, H W, 9]: every pixel of every validation view."""
+    pixels_per_image = scene.height * scene.width
+    val = np.lib.format.open_memmap(os.path.join(folder, "val", "rays.npy"), mode="w+", dtype=np.float32,
+                                    shape=(len(scene.i_val), pixels_per_image, 9))
+    all_pixels = torch.arange(pixels_per_image)
+    val_rays = RayBatcher(scene, TrainConfig(num_random_rays=1), seed, views=scene.i_val)
+    for k in range(len(scene.i_val)):
+        o, d, rgb = val_rays.rays_at(torch.tensor(k).expand(pixels_per_image),
+                                     all_pixels // scene.width, all_pixels % scene.width)
+        val[k] = torch.cat((o, d, rgb), dim=-1).cpu().numpy()
+        if progress is not None:
+            progress.update(1)
+    val.flush()
+    del val
+
+
 def build_cache(scene: Scene, settings: dict, savedir: str, num_random_rays: Optional[int], num_variations: int,
                 seed: int, overwrite: bool = False, progress=None) -> int:
     """Write a cache of `scene` to `savedir` (None rays = every pixel, one variation); return bytes written.
@@ -98,39 +144,8 @@ def build_cache(scene: Scene, settings: dict, savedir: str, num_random_rays: Opt
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the usual permissions
         os.makedirs(os.path.join(tmp, "train"))
         os.makedirs(os.path.join(tmp, "val"))
-        generator = torch.Generator().manual_seed(seed)
-        ray_maker = RayBatcher(scene, TrainConfig(num_random_rays=1), seed)
-        num_train = len(scene.i_train)
-        for v in range(variations):
-            rays = np.lib.format.open_memmap(os.path.join(tmp, "train", f"rays_{v:04d}.npy"), mode="w+",
-                                             dtype=np.float32, shape=(num_train, rays_per_image, 9))
-            pixels = np.empty((num_train, rays_per_image, 2), dtype=np.int32)
-            for k in range(num_train):
-                if num_random_rays is None:
-                    chosen = torch.arange(pixels_per_image)
-                else:  # without replacement within an image, fresh for every variation
-                    chosen = torch.randperm(pixels_per_image, generator=generator)[:rays_per_image]
-                rows, cols = chosen // scene.width, chosen % scene.width
-                o, d, rgb = ray_maker.rays_at(torch.tensor(k).expand(rays_per_image), rows, cols)
-                rays[k] = torch.cat((o, d, rgb), dim=-1).cpu().numpy()
-                pixels[k] = torch.stack((rows, cols), dim=-1).numpy()
-                if progress is not None:
-                    progress.update(1)
-            rays.flush()
-            del rays
-            np.save(os.path.join(tmp, "train", f"pixels_{v:04d}.npy"), pixels)
-        val = np.lib.format.open_memmap(os.path.join(tmp, "val", "rays.npy"), mode="w+", dtype=np.float32,
-                                        shape=(len(scene.i_val), pixels_per_image, 9))
-        all_pixels = torch.arange(pixels_per_image)
-        val_rays = RayBatcher(scene, TrainConfig(num_random_rays=1), seed, views=scene.i_val)
-        for k in range(len(scene.i_val)):
-            o, d, rgb = val_rays.rays_at(torch.tensor(k).expand(pixels_per_image),
-                                         all_pixels // scene.width, all_pixels % scene.width)
-            val[k] = torch.cat((o, d, rgb), dim=-1).cpu().numpy()
-            if progress is not None:
-                progress.update(1)
-        val.flush()
-        del val
+        _write_train_rays(scene, tmp, num_random_rays, rays_per_image, variations, seed, progress)
+        _write_val_rays(scene, tmp, seed, progress)
         manifest = {
             "schema": SCHEMA, "dataset": settings, "height": scene.height, "width": scene.width,
             "focal": scene.focal, "near": scene.near, "far": scene.far, "use_ndc": scene.use_ndc,

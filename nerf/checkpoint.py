@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from typing import Optional
 
 import torch
 from torch import nn
 
-from .config import default_file_mode
+from .files import atomic_write, remove_stale_temporaries
 
 FORMAT_VERSION = 1
 
@@ -50,21 +49,10 @@ def set_rng_state(state: dict) -> None:
 
 
 def atomic_torch_save(obj: object, path: str) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves a partial file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ckpt-", suffix=".tmp")
-    try:
-        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """torch.save through files.atomic_write: a crash never leaves a partial file, a full disk names the
+    file. Stale temporaries of earlier, killed saves in that folder are removed first."""
+    remove_stale_temporaries(os.path.dirname(os.path.abspath(path)))
+    atomic_write(path, lambda f: torch.save(obj, f), binary=True, prefix=".ckpt-")
 
 
 def save_checkpoint(path: str, step: int, coarse: nn.Module, fine: Optional[nn.Module],
@@ -81,6 +69,14 @@ def save_checkpoint(path: str, step: int, coarse: nn.Module, fine: Optional[nn.M
         "rng_state": rng_state(),
         "metrics": dict(metrics or {}),
     }, path)
+
+
+def nonfinite_tensors(modules: dict) -> list[str]:
+    """Names ("coarse.pts_linears.0.weight", ...) of the floating-point tensors of {name: module} that hold
+    NaN or infinite values."""
+    return [f"{key}.{name}" for key, module in modules.items() if module is not None
+            for name, tensor in module.state_dict().items()
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
 
 
 def load_checkpoint(path: str) -> dict:

@@ -131,6 +131,11 @@ def models_from_checkpoint(ckpt: dict, path: str, configured: ModelsConfig) -> L
             raise CheckpointError(str(err)) from None
         coarse_state, fine_state = ckpt.get("model_coarse_state_dict"), ckpt.get("model_fine_state_dict")
         step, note = int(ckpt.get("step", 0)), "this project's checkpoint"
+        if models != configured:  # a one-line note: the config's models section is not what renders
+            ours, theirs = describe_models(models), describe_models(configured)
+            note += (f"; its model ({ours}) differs from the config's ({theirs}): using the checkpoint's"
+                     if ours != theirs else "; its model settings (e.g. the encoding) differ from the config's: "
+                     "using the checkpoint's")
     elif source == KRRISH94:
         coarse_state = fold_pruning_masks(ckpt["model_coarse_state_dict"])
         fine_state = fold_pruning_masks(ckpt["model_fine_state_dict"]) if ckpt.get("model_fine_state_dict") else None
@@ -165,7 +170,21 @@ def models_from_checkpoint(ckpt: dict, path: str, configured: ModelsConfig) -> L
         load_model_state(fine, fine_state, path, "fine model")
     elif fine_state is None:
         models = dataclasses.replace(models, fine=None)
-    return LoadedModels(coarse, fine, models, source, step, f"{path}: {note}, {step} steps trained")
+    head, _, rest = note.partition("; ")
+    description = f"{path}: {head}, {step} steps trained" + (f"; {rest}" if rest else "")
+    return LoadedModels(coarse, fine, models, source, step, description)
+
+
+def describe_models(models: ModelsConfig) -> str:
+    """A short description of the coarse (and fine) network: "FlexibleNeRFModel 4x64 + fine 4x64"."""
+    def one(m: ModelConfig) -> str:
+        if m.type == "VoxelGridModel":
+            return m.type
+        widths = "-".join(map(str, m.layer_widths)) if m.layer_widths else f"{m.num_layers}x{m.hidden_size}"
+        return f"{m.type} {widths}"
+
+    fine = f" + fine {one(models.fine).split(' ', 1)[-1]}" if models.fine is not None else ""
+    return one(models.coarse) + fine
 
 
 def _base_architecture(m: Optional[ModelConfig]):

@@ -50,3 +50,30 @@ def sample_color_loss(weights: torch.Tensor, sample_rgb: torch.Tensor, target: t
     weights: [R, S]; sample_rgb: [R, S, 3]; target: [R, 3]. Returns [R].
     """
     return (weights.detach() * (sample_rgb - target[:, None, :]).square().sum(dim=-1)).sum(dim=-1)
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN or infinite loss; the message gives the step and what to change."""
+
+
+class NonFiniteWatch:
+    """Remembers the first step whose loss was NaN or infinite, without a host synchronisation per step:
+    `record` queues two small device ops; `first_bad_step` reads the result (one synchronisation), which
+    the training loop does where it synchronises anyway. On the CPU that costs nothing, so it reads every
+    step (`check_every_step`) and stops before the bad step's update; on a GPU it reads at logging steps
+    and before every save, so a NaN is caught at most experiment.print_every steps late and never saved."""
+
+    def __init__(self, device: torch.device):
+        self.first = torch.full((), -1, dtype=torch.int64, device=device)
+        self.value = torch.zeros((), device=device)
+        self.check_every_step = device.type == "cpu"
+
+    def record(self, loss: torch.Tensor, step: int) -> None:
+        new = ~torch.isfinite(loss.detach()) & (self.first < 0)
+        self.first = torch.where(new, torch.full_like(self.first, step), self.first)
+        self.value = torch.where(new, loss.detach().float(), self.value)
+
+    def first_bad_step(self) -> tuple[int, float] | None:
+        """(step, loss value) of the first non-finite loss recorded, or None."""
+        step = int(self.first.item())
+        return (step, float(self.value.item())) if step >= 0 else None

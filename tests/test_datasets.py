@@ -172,3 +172,105 @@ def test_real_lego_400_numbers():
     with open(os.path.join(basedir, "transforms_train.json")) as f:
         angle = json.load(f)["camera_angle_x"]
     assert 0.5 * 400 / math.tan(0.5 * angle) == pytest.approx(555.556, abs=1e-3)
+
+
+def _edit_poses(root, change):
+    rows = np.load(root / "poses_bounds.npy")
+    change(rows)
+    np.save(root / "poses_bounds.npy", rows)
+
+
+def _nan_pose(rows):
+    rows[2, 3] = np.nan
+
+
+def _inf_bound(rows):
+    rows[4, 16] = np.inf
+
+
+def _zero_focal(rows):
+    rows[:, 14] = 0.0
+
+
+def _negative_focal(rows):
+    rows[1, 14] = -50.0
+
+
+def _near_after_far(rows):
+    rows[5, 15] = rows[5, 16] + 1.0
+
+
+def _resize_one_image(root):
+    Image.fromarray(np.zeros((7, 8, 3), dtype=np.uint8)).save(root / "images_8" / "img_004.png")
+
+
+LLFF_BAD_INPUTS = [  # (what is wrong, how to break it, the message, the named file)
+    ("wrong shape", lambda r: np.save(r / "poses_bounds.npy", np.zeros((9, 3, 5))), r"shape \(N, 17\)", "poses_bounds.npy"),
+    ("no rows", lambda r: np.save(r / "poses_bounds.npy", np.zeros((0, 17))), "no views", "poses_bounds.npy"),
+    ("NaN pose", lambda r: _edit_poses(r, _nan_pose), "row 2 holds NaN or infinite", "poses_bounds.npy"),
+    ("infinite bound", lambda r: _edit_poses(r, _inf_bound), "row 4 holds NaN or infinite", "poses_bounds.npy"),
+    ("zero focal", lambda r: _edit_poses(r, _zero_focal), "row 0 has focal length 0; it must be > 0", "poses_bounds.npy"),
+    ("negative focal", lambda r: _edit_poses(r, _negative_focal), "row 1 has focal length -50", "poses_bounds.npy"),
+    ("near >= far", lambda r: _edit_poses(r, _near_after_far), "row 5 has bounds .* expected 0 < near < far",
+     "poses_bounds.npy"),
+    ("image sizes differ", _resize_one_image, "img_004.png: image is 8x7, expected 8x6", "img_004.png"),
+    ("count mismatch", lambda r: os.remove(r / "images_8" / "img_000.png"), "has 9 rows but .* holds 8 images",
+     "poses_bounds.npy"),
+    ("not an image", lambda r: (r / "images_8" / "img_002.png").write_text("text"), "cannot read image",
+     "img_002.png"),
+]
+
+
+@pytest.mark.parametrize("what, breaks, message, named", LLFF_BAD_INPUTS, ids=[c[0] for c in LLFF_BAD_INPUTS])
+def test_llff_bad_inputs_table(tmp_path, what, breaks, message, named):
+    _write_llff(tmp_path)
+    breaks(tmp_path)
+    with pytest.raises(DatasetError, match=message) as err:
+        load_llff(str(tmp_path), factor=8)
+    assert named in str(err.value) and "\n" not in str(err.value), what
+
+
+def test_llff_all_views_held_out_is_an_empty_training_split(tmp_path):
+    _write_llff(tmp_path)
+    with pytest.raises(DatasetError, match="poses_bounds.npy: with dataset.llffhold=1 all 9 views are held out"):
+        load_llff(str(tmp_path), factor=8, llffhold=1)
+
+
+def _edit_transforms(root, split, change):
+    path = root / f"transforms_{split}.json"
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))  # NaN and Infinity as JSON literals, which json.load reads back
+
+
+def _set_matrix_value(meta, value):
+    meta["frames"][1]["transform_matrix"][0][3] = value
+
+
+BLENDER_BAD_INPUTS = [
+    ("NaN pose", lambda r: _edit_transforms(r, "train", lambda m: _set_matrix_value(m, float("nan"))),
+     "frame './train/r_1' has NaN or infinite", "transforms_train.json"),
+    ("infinite pose", lambda r: _edit_transforms(r, "val", lambda m: _set_matrix_value(m, float("inf"))),
+     "frame './val/r_1' has NaN or infinite", "transforms_val.json"),
+    ("3x4 pose", lambda r: _edit_transforms(r, "test", lambda m: m["frames"][0].update(transform_matrix=[[1, 0, 0, 0]] * 3)),
+     "needs a 4x4 'transform_matrix'", "transforms_test.json"),
+    ("zero field of view", lambda r: _edit_transforms(r, "train", lambda m: m.update(camera_angle_x=0.0)),
+     "'camera_angle_x' must be a field of view in radians", "transforms_train.json"),
+    ("negative field of view", lambda r: _edit_transforms(r, "val", lambda m: m.update(camera_angle_x=-0.5)),
+     "'camera_angle_x' must be", "transforms_val.json"),
+    ("no training frames", lambda r: _edit_transforms(r, "train", lambda m: m.update(frames=[])),
+     "no training frames", "transforms_train.json"),
+    ("no val or test frames", lambda r: [_edit_transforms(r, s, lambda m: m.update(frames=[])) for s in ("val", "test")],
+     "no frames; validation and evaluation need at least one", "transforms_val.json"),
+    ("image sizes differ", lambda r: Image.fromarray(np.zeros((5, 4, 4), dtype=np.uint8), "RGBA").save(r / "val" / "r_1.png"),
+     "r_1.png: image is 4x5, expected 4x4", "r_1.png"),
+]
+
+
+@pytest.mark.parametrize("what, breaks, message, named", BLENDER_BAD_INPUTS, ids=[c[0] for c in BLENDER_BAD_INPUTS])
+def test_blender_bad_inputs_table(tmp_path, what, breaks, message, named):
+    _write_blender(tmp_path)
+    breaks(tmp_path)
+    with pytest.raises(DatasetError, match=message) as err:
+        load_blender(str(tmp_path))
+    assert named in str(err.value) and "\n" not in str(err.value), what

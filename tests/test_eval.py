@@ -116,3 +116,16 @@ def test_occupancy_rendering_of_both_kinds_of_checkpoint(trained, capsys):
     with pytest.raises(SystemExit, match="does not match"):
         eval_nerf.main(["--config", config, "--checkpoint", grid_ckpt, "--savedir", str(root / "occ3"),
                         "--views", "0"] + single + grid_sets + ["--set", "occupancy.resolution=4"])
+
+
+def test_a_config_whose_model_differs_says_which_model_renders(trained, capsys):
+    config, ckpt, root = trained
+    eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(root / "same"), "--max-views", "1"])
+    assert "differs from the config" not in capsys.readouterr().out
+    out = root / "other"
+    summary = eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(out), "--max-views", "1",
+                              "--set", "models.coarse.hidden_size=32", "models.fine.hidden_size=32"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if "differs from the config" in line]
+    assert lines == [f"{ckpt}: this project's checkpoint, 3 steps trained; its model (FlexibleNeRFModel 2x16 + fine "
+                     "2x16) differs from the config's (FlexibleNeRFModel 2x32 + fine 2x32): using the checkpoint's"]
+    assert summary["num_views"] == 1  # and it rendered with the checkpoint's model

@@ -1,4 +1,5 @@
 import os
+import re
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from nerf.config import load_config
 from nerf.datasets import load_scene
 from nerf.datasets.demo import generate_demo_scene
 from nerf.methods import build_method
+from nerf.models import NeRFModel
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +211,116 @@ def test_fast_options_learn(tmp_path, scene_dir, sets):
     before = train_nerf.validate(cfg, scene, method)["psnr"]
     metrics = train_nerf.main(["--config", config, "--set", "nerf.train.radiance_field_noise_std=0"] + _sets(sets))
     assert metrics["val_psnr"] > before + 4.0, (before, metrics["val_psnr"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Faults during training
+
+
+def _checkpoints(run_dir):
+    return sorted(name for name in os.listdir(run_dir) if name.endswith(".ckpt"))
+
+
+def _all_finite(path):
+    ckpt = load_checkpoint(path)
+    return all(bool(torch.isfinite(t).all()) for state in (ckpt["model_coarse_state_dict"], ckpt["model_fine_state_dict"])
+               for t in state.values() if t.is_floating_point())
+
+
+@pytest.mark.parametrize("every_step", [True, False], ids=["cpu_checks_each_step", "deferred_check_as_on_gpu"])
+def test_a_nan_from_step_k_stops_training_and_is_never_saved(tmp_path, scene_dir, monkeypatch, every_step):
+    """The fine field returns NaN from the 6th step on (5 completed): training stops with a non-zero exit and
+    a one-line error naming that step, on the CPU at once, with the GPU's deferred check at the next logging
+    or saving step; the newest checkpoint is the one of step 4, finite."""
+    import nerf.methods.base as base
+    from nerf.losses import NonFiniteWatch
+
+    original_before_step, original_forward = base.Method.before_step, NeRFModel.forward
+    current = {"step": 0}
+
+    def before_step(self, step):
+        current["step"] = step
+        return original_before_step(self, step)
+
+    def forward(self, points, viewdirs):
+        raw = original_forward(self, points, viewdirs)
+        return raw * float("nan") if current["step"] >= 5 else raw
+
+    monkeypatch.setattr(base.Method, "before_step", before_step)
+    monkeypatch.setattr(NeRFModel, "forward", forward)
+    original_init = NonFiniteWatch.__init__
+
+    def init(self, device):
+        original_init(self, device)
+        self.check_every_step = every_step
+
+    monkeypatch.setattr(NonFiniteWatch, "__init__", init)
+    config = _config(tmp_path, scene_dir, train_iters=12, save_every=4, print_every=4)
+    with pytest.raises(SystemExit) as err:
+        train_nerf.main(["--config", config])
+    message = str(err.value)
+    assert err.value.code != 0 and "\n" not in message
+    assert "the training loss became nan in step 6 (after 5 completed steps)" in message and "optimizer.lr" in message
+    assert current["step"] == (5 if every_step else 7)  # deferred: found at the logging/saving step 8
+    run_dir = str(tmp_path / "logs" / "run")
+    assert _checkpoints(run_dir) == ["checkpoint000004.ckpt"]
+    assert message.endswith("and resume from that checkpoint") and "checkpoint000004.ckpt" in message
+    assert _all_finite(os.path.join(run_dir, "checkpoint000004.ckpt"))
+
+
+def test_a_huge_learning_rate_stops_with_a_hint_and_leaves_finite_checkpoints(tmp_path, scene_dir):
+    config = _config(tmp_path, scene_dir, train_iters=30, save_every=1)
+    with pytest.raises(SystemExit) as err:
+        train_nerf.main(["--config", config, "--set", "optimizer.lr=1e6"])
+    message = str(err.value)  # the loss, or before a save the weights (an update that overflowed)
+    assert re.search(r"(training loss became \w+|weight tensor\(s\) became NaN or infinite) in step \d+", message)
+    assert "optimizer.lr (now 1e+06)" in message and "\n" not in message
+    run_dir = str(tmp_path / "logs" / "run")
+    saved = _checkpoints(run_dir)
+    assert len(saved) < 30
+    assert all(_all_finite(os.path.join(run_dir, name)) for name in saved)
+
+
+def test_a_full_disk_during_training_is_one_line_and_keeps_the_earlier_checkpoints(tmp_path, scene_dir, monkeypatch):
+    import nerf.checkpoint as checkpoint
+
+    real_save, calls = torch.save, []
+
+    def save_until_full(obj, f):
+        calls.append(1)
+        if len(calls) > 1:
+            f.write(b"part")
+            raise OSError(28, "No space left on device")
+        real_save(obj, f)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_until_full)
+    config = _config(tmp_path, scene_dir, train_iters=6, save_every=2)
+    with pytest.raises(SystemExit) as err:
+        train_nerf.main(["--config", config])
+    run_dir = tmp_path / "logs" / "run"
+    message = str(err.value)
+    assert "\n" not in message and "checkpoint000004.ckpt: could not be written (No space left on device)" in message
+    assert f"newest checkpoint: {run_dir / 'checkpoint000002.ckpt'}" in message
+    monkeypatch.undo()
+    assert _checkpoints(str(run_dir)) == ["checkpoint000002.ckpt"]
+    assert load_checkpoint(str(run_dir / "checkpoint000002.ckpt"))["step"] == 2
+    assert not [name for name in os.listdir(run_dir) if name.endswith(".tmp")]
+
+
+def test_a_batch_larger_than_the_precrop_is_refused_before_any_output(tmp_path, scene_dir):
+    config = _config(tmp_path, scene_dir)  # 20x20 images: the precrop (frac 0.5) has 10x10 pixels
+    with pytest.raises(SystemExit) as err:
+        train_nerf.main(["--config", config, "--set", "nerf.train.precrop_iters=5", "nerf.train.num_random_rays=128"])
+    assert "nerf.train.num_random_rays (128) exceeds the 10x10 precrop region of the 20x20 images" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "logs").exists()
+
+
+def test_stale_temporary_files_are_removed_when_a_run_starts(tmp_path, scene_dir, capsys):
+    run_dir = tmp_path / "logs" / "run"
+    run_dir.mkdir(parents=True)
+    (run_dir / ".ckpt-killed1.tmp").write_bytes(b"x" * 100)
+    (run_dir / "my_notes.tmp").write_text("keep")
+    train_nerf.main(["--config", _config(tmp_path, scene_dir, train_iters=1)])
+    assert "removed 1 temporary file(s) of interrupted saves (.ckpt-killed1.tmp)" in capsys.readouterr().out
+    assert sorted(p for p in os.listdir(run_dir) if p.endswith(".tmp")) == ["my_notes.tmp"]

@@ -7,7 +7,7 @@
 The names below are the package's public interface.
 """
 
-from .loader import (add_set_argument, apply_overrides, config_from_dict, config_to_dict, default_file_mode,
+from .loader import (add_set_argument, apply_overrides, config_from_dict, config_to_dict,
                      load_config, models_config_from_dict, overrides_from, parse_override, read_yaml, save_config,
                      voxel_grid_config_from_dict)
 from .schema import (DATASET_TYPES, MODEL_TYPES, PRECISIONS, Config, ConfigError, DatasetConfig, ExperimentConfig,
@@ -15,7 +15,7 @@ from .schema import (DATASET_TYPES, MODEL_TYPES, PRECISIONS, Config, ConfigError
                      RenderConfig, RuntimeConfig, SchedulerConfig, TrainConfig, ValidationConfig, VoxelGridConfig)
 from .validation import validate
 
-__all__ = ["add_set_argument", "apply_overrides", "config_from_dict", "config_to_dict", "default_file_mode",
+__all__ = ["add_set_argument", "apply_overrides", "config_from_dict", "config_to_dict",
            "load_config", "models_config_from_dict", "overrides_from", "parse_override", "read_yaml", "save_config",
            "voxel_grid_config_from_dict", "DATASET_TYPES", "MODEL_TYPES", "PRECISIONS", "Config", "ConfigError",
            "DatasetConfig", "ExperimentConfig", "ModelConfig", "ModelsConfig", "NerfConfig", "OccupancyConfig",

@@ -9,14 +9,13 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import os
-import tempfile
 import types
 import typing
 from typing import Any, Optional
 
 import yaml
 
+from ..files import atomic_write
 from .schema import Config, ConfigError, ModelsConfig, VoxelGridConfig
 from .validation import validate, validate_model
 
@@ -186,23 +185,10 @@ def load_config(path: str, overrides: Optional[list[str]] = None) -> Config:
     return config_from_dict(data, source)
 
 
-def default_file_mode() -> int:
-    """0666 less the process umask: the mode open() would have given a new file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def save_config(cfg: Config, path: str) -> None:
-    """Write the resolved config as YAML (atomically)."""
+    """Write the resolved config as YAML (atomically: an OSError names the file, which is then unchanged)."""
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".config-", suffix=".tmp")
-    os.chmod(tmp, default_file_mode())  # mkstemp creates 0600; give the usual permissions
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text), binary=False, prefix=".config-")
 
 
 def add_set_argument(parser: argparse.ArgumentParser) -> None:

@@ -47,6 +47,9 @@ def _read_transforms(path: str) -> dict:
         raise DatasetError(f"{path}: malformed JSON at line {err.lineno}: {err.msg}") from None
     if not isinstance(meta, dict) or "camera_angle_x" not in meta or not isinstance(meta.get("frames"), list):
         raise DatasetError(f"{path}: expected an object with 'camera_angle_x' and a 'frames' list")
+    angle = meta["camera_angle_x"]
+    if isinstance(angle, bool) or not isinstance(angle, (int, float)) or not 0 < angle < math.pi:
+        raise DatasetError(f"{path}: 'camera_angle_x' must be a field of view in radians in (0, pi), got {angle!r}")
     return meta
 
 
@@ -60,10 +63,16 @@ def _frame_image_path(basedir: str, frame: dict, json_path: str) -> str:
 
 
 def _frame_pose(frame: dict, json_path: str) -> np.ndarray:
-    pose = np.asarray(frame.get("transform_matrix"), dtype=np.float64)
+    try:
+        pose = np.asarray(frame.get("transform_matrix"), dtype=np.float64)
+    except (TypeError, ValueError):
+        pose = np.zeros(0)
     if pose.shape != (4, 4):
-        raise DatasetError(f"{json_path}: frame {frame.get('file_path')!r} needs a 4x4 'transform_matrix', "
-                           f"got shape {pose.shape}")
+        raise DatasetError(f"{json_path}: frame {frame.get('file_path')!r} needs a 4x4 'transform_matrix' of "
+                           f"numbers, got shape {pose.shape}")
+    if not np.isfinite(pose).all():
+        raise DatasetError(f"{json_path}: frame {frame.get('file_path')!r} has NaN or infinite values in its "
+                           "'transform_matrix'")
     return pose
 
 
@@ -98,6 +107,9 @@ def load_blender(basedir: str, half_res: bool = False, testskip: int = 1, white_
         counts.append(len(frames))
     if counts[0] == 0:
         raise DatasetError(f"{os.path.join(basedir, 'transforms_train.json')}: no training frames")
+    if counts[1] == 0 and counts[2] == 0:
+        raise DatasetError(f"{json_paths['val']} and {json_paths['test']}: no frames; validation and evaluation need "
+                           "at least one")
 
     height, width = size
     focal = 0.5 * width / math.tan(0.5 * camera_angle_x)

@@ -84,11 +84,8 @@ def _list_images(folder: str) -> list:
             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS]
 
 
-def load_llff(basedir: str, factor: int = 8, llffhold: int = 8, bd_factor: Optional[float] = 0.75,
-              recenter: bool = True, spherify: bool = False, path_zflat: bool = False, use_ndc: bool = True,
-              near: Optional[float] = None, far: Optional[float] = None) -> Scene:
-    """Load an LLFF scene from `poses_bounds.npy` and `images_<factor>/` (the image size is read from
-    those images, not from the full-size folder)."""
+def _read_poses_bounds(basedir: str) -> tuple[np.ndarray, str]:
+    """poses_bounds.npy of the scene: ([N, 17], its path); DatasetError naming the file when unusable."""
     if not os.path.isdir(basedir):
         raise DatasetError(f"{basedir}: dataset folder not found (dataset.basedir)")
     pose_path = os.path.join(basedir, "poses_bounds.npy")
@@ -100,19 +97,74 @@ def load_llff(basedir: str, factor: int = 8, llffhold: int = 8, bd_factor: Optio
         raise DatasetError(f"{pose_path}: cannot read ({err})") from None
     if poses_bounds.ndim != 2 or poses_bounds.shape[1] != 17:
         raise DatasetError(f"{pose_path}: expected an array of shape (N, 17), got {poses_bounds.shape}")
+    if poses_bounds.shape[0] == 0:
+        raise DatasetError(f"{pose_path}: holds no views (0 rows)")
+    bad = np.nonzero(~np.isfinite(poses_bounds).all(axis=1))[0]
+    if len(bad):
+        raise DatasetError(f"{pose_path}: row {bad[0]} holds NaN or infinite values; every pose and bound must be finite")
+    focals = poses_bounds[:, 14]  # hwf[2] of each row
+    if (focals <= 0).any():
+        raise DatasetError(f"{pose_path}: row {int(np.argmax(focals <= 0))} has focal length {focals[focals <= 0][0]:g}; "
+                           "it must be > 0")
+    near, far = poses_bounds[:, 15], poses_bounds[:, 16]
+    wrong = (near <= 0) | (far <= near)
+    if wrong.any():
+        row = int(np.argmax(wrong))
+        raise DatasetError(f"{pose_path}: row {row} has bounds near {near[row]:g}, far {far[row]:g}; "
+                           "expected 0 < near < far")
+    return poses_bounds, pose_path
+
+
+def _read_images(basedir: str, factor: int, count: int, pose_path: str) -> list:
+    """The `count` RGB images of images_<factor>/ (images/ for factor 1), all of one size: [H, W, 3] each."""
     folder = os.path.join(basedir, "images" if factor == 1 else f"images_{factor}")
     if not os.path.isdir(folder):
         raise DatasetError(f"{folder}: image folder not found for dataset.downsample_factor={factor} "
                            "(create it by downscaling images/, e.g. with ImageMagick mogrify)")
     image_paths = _list_images(folder)
-    if len(image_paths) != poses_bounds.shape[0]:
-        raise DatasetError(f"{pose_path}: has {poses_bounds.shape[0]} rows but {folder} holds "
+    if len(image_paths) != count:
+        raise DatasetError(f"{pose_path}: has {count} rows but {folder} holds "
                            f"{len(image_paths)} images; they must match one to one")
     images = [read_image(path)[..., :3] for path in image_paths]
     for path, image in zip(image_paths, images):
         if image.shape != images[0].shape:
             raise DatasetError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, expected "
                                f"{images[0].shape[1]}x{images[0].shape[0]} like the first image")
+    return images
+
+
+def _spiral_render_path(poses: np.ndarray, bounds: np.ndarray, path_zflat: bool) -> np.ndarray:
+    """The official render path of a forward-facing scene: a spiral around the average pose, focused at
+    the harmonic mix of near and far depths (120 views, 2 rotations; path_zflat: 60 views, 1, flat)."""
+    average = poses_average(poses)
+    up = normalize(poses[:, :3, 1].sum(0))
+    close, infinity = bounds.min() * 0.9, bounds.max() * 5.0
+    focus = 1.0 / (0.25 / close + 0.75 / infinity)
+    radii = np.percentile(np.abs(poses[:, :3, 3]), 90, 0)
+    rotations, num_views = 2, 120
+    if path_zflat:
+        average = average.copy()
+        average[:3, 3] = average[:3, 3] + (-0.1 * close) * average[:3, 2]
+        radii[2] = 0.0
+        rotations, num_views = 1, 60
+    return spiral_path(average, up, radii, focus, 0.5, rotations, num_views)
+
+
+def _held_out_views(poses: np.ndarray, llffhold: int) -> list:
+    """Every llffhold-th view, or (llffhold 0) the view nearest the average pose."""
+    if llffhold > 0:
+        return list(range(0, poses.shape[0], llffhold))
+    distances = np.sum(np.square(poses_average(poses)[:3, 3] - poses[:, :3, 3]), -1)
+    return [int(np.argmin(distances))]
+
+
+def load_llff(basedir: str, factor: int = 8, llffhold: int = 8, bd_factor: Optional[float] = 0.75,
+              recenter: bool = True, spherify: bool = False, path_zflat: bool = False, use_ndc: bool = True,
+              near: Optional[float] = None, far: Optional[float] = None) -> Scene:
+    """Load an LLFF scene from `poses_bounds.npy` and `images_<factor>/` (the image size is read from
+    those images, not from the full-size folder)."""
+    poses_bounds, pose_path = _read_poses_bounds(basedir)
+    images = _read_images(basedir, factor, poses_bounds.shape[0], pose_path)
     height, width = images[0].shape[:2]
 
     poses = poses_bounds[:, :15].reshape(-1, 3, 5)  # [N, 3, 5] = [down, right, back | t | hwf]
@@ -130,26 +182,13 @@ def load_llff(basedir: str, factor: int = 8, llffhold: int = 8, bd_factor: Optio
     if spherify:
         poses, render_poses, bounds = spherify_poses(poses, bounds)
     else:
-        average = poses_average(poses)
-        up = normalize(poses[:, :3, 1].sum(0))
-        close, infinity = bounds.min() * 0.9, bounds.max() * 5.0
-        focus = 1.0 / (0.25 / close + 0.75 / infinity)
-        radii = np.percentile(np.abs(poses[:, :3, 3]), 90, 0)
-        rotations, num_views = 2, 120
-        if path_zflat:
-            average = average.copy()
-            average[:3, 3] = average[:3, 3] + (-0.1 * close) * average[:3, 2]
-            radii[2] = 0.0
-            rotations, num_views = 1, 60
-        render_poses = spiral_path(average, up, radii, focus, 0.5, rotations, num_views)
+        render_poses = _spiral_render_path(poses, bounds, path_zflat)
 
-    num_images = poses.shape[0]
-    if llffhold > 0:
-        i_test = list(range(0, num_images, llffhold))
-    else:
-        distances = np.sum(np.square(poses_average(poses)[:3, 3] - poses[:, :3, 3]), -1)
-        i_test = [int(np.argmin(distances))]
-    i_train = [i for i in range(num_images) if i not in i_test]
+    i_test = _held_out_views(poses, llffhold)
+    i_train = [i for i in range(poses.shape[0]) if i not in i_test]
+    if not i_train:
+        raise DatasetError(f"{pose_path}: with dataset.llffhold={llffhold} all {poses.shape[0]} views are held out; "
+                           "no training view is left")
     if near is None:
         near, far = (0.0, 1.0) if use_ndc else (float(bounds.min()) * 0.9, float(bounds.max()))
     return Scene(

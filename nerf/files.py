@@ -1,0 +1,84 @@
+"""Atomic file writes: a temporary file in the target's folder, renamed over the target when complete.
+
+A crash, a kill or a full disk during a write never damages the file already at the target. Killed
+writes leave their temporary file behind; `remove_stale_temporaries` deletes those (this project's
+naming patterns only).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tempfile
+from typing import Callable
+
+# The temporary files of this project's atomic writes: checkpoints and saved configs.
+TEMPORARY_PATTERNS = (".ckpt-*.tmp", ".config-*.tmp")
+
+
+def default_file_mode() -> int:
+    """0666 less the process umask: the mode open() would have given a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Delete the temporary files that interrupted atomic writes of this project left in `folder` (its own
+    naming patterns only, not below it); returns their names. A killed checkpoint save leaves one as large
+    as a checkpoint."""
+    if not os.path.isdir(folder):
+        return []
+    stale = sorted(name for name in os.listdir(folder)
+                   if any(fnmatch.fnmatchcase(name, pattern) for pattern in TEMPORARY_PATTERNS))
+    for name in stale:
+        try:
+            os.remove(os.path.join(folder, name))
+        except FileNotFoundError:
+            pass
+    return stale
+
+
+class _WriteErrors:
+    """A file wrapper that remembers the OSError of a failed write: torch.save's zip writer reports a write
+    that failed (a full disk) as a RuntimeError of its own, without the cause."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+def atomic_write(path: str, write: Callable, binary: bool, prefix: str) -> None:
+    """write(file) into `prefix`-XXXX.tmp beside `path`, flushed to disk, then renamed to `path`.
+
+    On any failure the temporary file is removed and `path` is unchanged; an OSError (a full disk), also
+    one that the writer reported as another error, is raised again with a message that names `path`.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
+    wrapped = None
+    try:
+        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600; give the usual permissions
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            wrapped = _WriteErrors(f)
+            write(wrapped)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        cause = wrapped.error if wrapped is not None and wrapped.error is not None else err
+        if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError):
+            raise OSError(cause.errno, f"{path}: could not be written ({cause.strerror or cause})") from None
+        raise

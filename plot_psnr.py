@@ -1,0 +1,100 @@
+"""Plot validation PSNR against training time for training runs, from their TensorBoard logs.
+
+    python plot_psnr.py RUN_DIR[=LABEL] [RUN_DIR[=LABEL] ...] --output FILE.png [--title TEXT]
+                        [--time-scale F] [--time-unit minutes|seconds]
+
+Each RUN_DIR is a run folder of train_nerf.py (<experiment.logdir>/<experiment.id>). train_nerf.py logs
+`validation/psnr_vs_train_seconds` at every validation: the PSNR over the validation views, with the
+training seconds (validation excluded, continued across resumes) as the step. --time-scale multiplies the
+times, e.g. by the speed factor of ../shared/tools/machine_speed.py to plot reference seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+
+TAG = "validation/psnr_vs_train_seconds"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Plot validation PSNR against training time from run folders.")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR[=LABEL]", help="run folders, each with an optional label")
+    parser.add_argument("--output", required=True, help="the PNG to write")
+    parser.add_argument("--title", default=None)
+    parser.add_argument("--time-scale", type=float, default=1.0,
+                        help="multiply the training seconds by this (e.g. a machine speed factor)")
+    parser.add_argument("--time-unit", choices=("minutes", "seconds"), default="minutes")
+    args = parser.parse_args(argv)
+    if args.time_scale <= 0:
+        parser.error("--time-scale must be > 0")
+    return args
+
+
+def read_curve(run_dir: str) -> list[tuple[float, float]]:
+    """[(training seconds, validation PSNR)] of a run folder, sorted by time; ValueError naming the folder
+    when it has no TensorBoard events or no such scalar."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
+        raise ValueError(f"{run_dir}: no TensorBoard event files (is it a train_nerf.py run folder?)")
+    events = EventAccumulator(run_dir, size_guidance={"scalars": 0})  # 0: keep every point
+    events.Reload()
+    if TAG not in events.Tags()["scalars"]:
+        raise ValueError(f"{run_dir}: no '{TAG}' scalar (the run never validated: experiment.validate_every)")
+    latest = {}
+    for event in events.Scalars(TAG):  # a resumed run may log a time again: keep the latest write
+        latest[event.step] = (event.wall_time, event.value)
+    return sorted((float(step), value) for step, (_, value) in latest.items())
+
+
+def split_label(text: str) -> tuple[str, str]:
+    """RUN_DIR=LABEL -> (RUN_DIR, LABEL); without a label, the folder's name."""
+    run_dir, _, label = text.partition("=")
+    return run_dir, label or os.path.basename(os.path.normpath(run_dir))
+
+
+def plot(curves: list[tuple[str, list]], output: str, title, time_scale: float, unit: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    divisor = 60.0 if unit == "minutes" else 1.0
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    for label, points in curves:
+        times = [t * time_scale / divisor for t, _ in points]
+        ax.plot(times, [p for _, p in points], marker="o", markersize=3, label=label)
+    reference = " (reference)" if time_scale != 1.0 else ""
+    ax.set_xlabel(f"training {unit}{reference}, validation excluded")
+    ax.set_ylabel("validation PSNR (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    fig.savefig(output)
+    plt.close(fig)
+
+
+def main(argv=None) -> list:
+    args = parse_args(argv)
+    curves = []
+    try:
+        for text in args.runs:
+            run_dir, label = split_label(text)
+            curves.append((label, read_curve(run_dir)))
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    plot(curves, args.output, args.title, args.time_scale, args.time_unit)
+    for label, points in curves:
+        print(f"{label}: {len(points)} validations, last {points[-1][1]:.2f} dB at {points[-1][0]:.0f} s")
+    print(f"Wrote {args.output}")
+    return curves
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+import dataclasses
+import errno
+import os
+
+import pytest
+
+from nerf.config import Config, ExperimentConfig, save_config
+from nerf.files import atomic_write, default_file_mode, remove_stale_temporaries
+
+
+def test_atomic_write_replaces_the_file_with_the_usual_mode(tmp_path):
+    path = tmp_path / "a.txt"
+    atomic_write(str(path), lambda f: f.write("one"), binary=False, prefix=".config-")
+    atomic_write(str(path), lambda f: f.write(b"two"), binary=True, prefix=".ckpt-")
+    assert path.read_text() == "two"
+    assert os.stat(path).st_mode & 0o777 == default_file_mode()  # not mkstemp's 0600
+    assert os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_a_full_disk_names_the_file_and_leaves_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "config.yml"
+    save_config(Config(), str(path))
+    before = path.read_text()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    cfg = dataclasses.replace(Config(), experiment=ExperimentConfig(train_iters=7))
+    with pytest.raises(OSError) as err:
+        save_config(cfg, str(path))
+    assert str(err.value) == f"[Errno 28] {path}: could not be written (No space left on device)"
+    assert path.read_text() == before
+    assert os.listdir(tmp_path) == ["config.yml"]
+
+
+def test_an_interrupted_write_leaves_no_temporary_file(tmp_path):
+    def interrupted(f):
+        f.write("partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(str(tmp_path / "x.yml"), interrupted, binary=False, prefix=".config-")
+    assert os.listdir(tmp_path) == []
+
+
+def test_stale_temporaries_are_removed_and_only_ours(tmp_path):
+    for name in (".ckpt-abc.tmp", ".config-x1.tmp", "notes.tmp", ".ckpt-abc.tmp.keep", "checkpoint000001.ckpt"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / ".ckpt-deep.tmp").write_bytes(b"x")
+    assert remove_stale_temporaries(str(tmp_path)) == [".ckpt-abc.tmp", ".config-x1.tmp"]
+    assert sorted(os.listdir(tmp_path)) == [".ckpt-abc.tmp.keep", "checkpoint000001.ckpt", "notes.tmp", "sub"]
+    assert os.listdir(tmp_path / "sub") == [".ckpt-deep.tmp"]  # only the folder itself
+    assert remove_stale_temporaries(str(tmp_path / "missing")) == []
+
+
+def test_a_full_disk_that_the_writer_reports_as_another_error_still_names_the_file(tmp_path, monkeypatch):
+    """torch.save's zip writer turns a failed write into a RuntimeError ("unexpected pos ..."): the OSError
+    underneath is what gets reported."""
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, *args, **kwargs):
+            self.file = real_fdopen(*args, **kwargs)
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    def zip_writer(f):
+        try:
+            f.write(b"PK")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 58944 vs 58896")
+
+    monkeypatch.setattr(os, "fdopen", FullDisk)
+    with pytest.raises(OSError, match=r"x.ckpt: could not be written \(No space left on device\)"):
+        atomic_write(str(tmp_path / "x.ckpt"), zip_writer, binary=True, prefix=".ckpt-")
+    with pytest.raises(RuntimeError, match="unrelated"):  # other errors stay what they are
+        atomic_write(str(tmp_path / "y.ckpt"), lambda f: (_ for _ in ()).throw(RuntimeError("unrelated")),
+                     binary=True, prefix=".ckpt-")
+    assert os.listdir(tmp_path) == []

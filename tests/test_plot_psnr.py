@@ -1,0 +1,38 @@
+import pytest
+from PIL import Image
+from torch.utils.tensorboard import SummaryWriter
+
+import plot_psnr
+
+
+def _run(folder, points):
+    writer = SummaryWriter(str(folder))
+    for seconds, value in points:
+        writer.add_scalar(plot_psnr.TAG, value, seconds)
+        writer.add_scalar("validation/psnr", value + 100.0, seconds)  # another tag: ignored
+    writer.close()
+
+
+def test_curves_are_read_back_in_time_order_and_plotted(tmp_path):
+    _run(tmp_path / "fast", [(60, 20.0), (300, 25.5), (120, 22.25)])
+    _run(tmp_path / "paper", [(90, 12.0)])
+    output = tmp_path / "out" / "plot.png"
+    curves = plot_psnr.main([str(tmp_path / "fast") + "=fast preset", str(tmp_path / "paper"), "--output",
+                             str(output), "--title", "t", "--time-scale", "1.4"])
+    assert curves == [("fast preset", [(60.0, 20.0), (120.0, 22.25), (300.0, 25.5)]), ("paper", [(90.0, 12.0)])]
+    with Image.open(output) as image:
+        assert image.size == (640, 400)
+
+
+def test_a_folder_without_the_curve_is_a_one_line_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as err:
+        plot_psnr.main([str(tmp_path / "empty"), "--output", str(tmp_path / "x.png")])
+    assert "no TensorBoard event files" in str(err.value) and "empty" in str(err.value)
+    writer = SummaryWriter(str(tmp_path / "novalidation"))
+    writer.add_scalar("train/loss", 1.0, 1)
+    writer.close()
+    with pytest.raises(SystemExit) as err:
+        plot_psnr.main([str(tmp_path / "novalidation"), "--output", str(tmp_path / "x.png")])
+    assert "experiment.validate_every" in str(err.value)
+    assert not (tmp_path / "x.png").exists()
