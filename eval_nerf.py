@@ -29,7 +29,7 @@ from tqdm import tqdm
 from nerf.checkpoint import CheckpointError
 from nerf.config import ConfigError, add_set_argument, load_config, overrides_from
 from nerf.datasets import DatasetError, load_scene
-from nerf.device import select_device
+from nerf.device import DeviceError, select_device
 from nerf.importers import load_models
 from nerf.methods import build_method
 from nerf.metrics import LpipsMetric, psnr, ssim
@@ -122,7 +122,7 @@ def set_up(args) -> tuple:
             opts = dataclasses.replace(opts, chunksize=args.chunksize)
         loaded = load_models(args.checkpoint, cfg, device)
         scene = load_scene(cfg.dataset, white_background=opts.white_background)
-    except (ConfigError, RuntimeError, CheckpointError, DatasetError) as err:
+    except (ConfigError, DeviceError, CheckpointError, DatasetError) as err:
         sys.exit(f"error: {err}")
     print(loaded.description)
     try:  # the method of the checkpoint's models, with the config's sampler and runtime settings
@@ -131,7 +131,7 @@ def set_up(args) -> tuple:
         described = method.prepare_rendering(loaded.occupancy_grid)
     except ValueError as err:
         sys.exit(f"error: {args.checkpoint}: {err}")
-    for line in (described, method.check(scene)):
+    for line in (described, method.scene_warning(scene)):
         if line:
             print(line)
     return cfg, opts, scene, method, loaded
@@ -212,7 +212,8 @@ def main(argv=None) -> dict:
     summary = {"checkpoint": args.checkpoint, "source": loaded.source, "split": args.split,
                "resolution": [width, height], "metrics_on": "8-bit renders read back / 255", "downsample": factor,
                "num_views": len(positions), "seconds_per_frame": float(np.mean(seconds)),
-               "precision": cfg.runtime.precision, "sampler": "occupancy" if method.sampler is not None else "hierarchical"}
+               "precision": cfg.runtime.precision,
+               "sampler": "occupancy" if method.sampler is not None else "hierarchical"}
     if records:
         write_metrics(summary, records, lpips_metric, out_dir)
         means = ", ".join(f"{k.upper()} {v:.4f}" for k, v in summary["mean"].items())

@@ -26,7 +26,7 @@ from nerf.checkpoint import (import_optimizer_state, load_checkpoint, nonfinite_
 from nerf.config import (Config, add_set_argument, config_to_dict, load_config, overrides_from, save_config,
                          validate as validate_config)
 from nerf.datasets import Scene, load_scene
-from nerf.device import select_device
+from nerf.device import DeviceError, select_device
 from nerf.files import remove_stale_temporaries
 from nerf.importers import NATIVE, LoadedModels, detect_format, models_from_checkpoint, stored_models_if_pruned
 from nerf.methods import Method, build_method
@@ -100,7 +100,8 @@ def load_data(cfg: Config, config_path: str, device: torch.device) -> tuple:
     return scene, RayBatcher(scene, train_opts, seed, device), len(scene.i_train)
 
 
-def read_start(path: Optional[str], cfg: Config, config_path: str) -> tuple[Optional[dict], Optional[LoadedModels], Config]:
+def read_start(path: Optional[str], cfg: Config,
+               config_path: str) -> tuple[Optional[dict], Optional[LoadedModels], Config]:
     """The checkpoint to start from (or None), the models of another implementation's checkpoint (or None),
     and the config with the models they hold (an imported or pruned architecture)."""
     if not path:
@@ -173,12 +174,13 @@ def newest_checkpoint(run_dir: str) -> str:
 
 def check_finite(watch: NonFiniteWatch, method: Method, cfg: Config, run_dir: str, step: int, saving: bool) -> None:
     """NonFiniteLoss (one line: the step, the settings to change, the newest checkpoint, which stays the
-    newest) when a loss was NaN or infinite, or, before a save, when a weight is."""
-    bad = watch.first_bad_step()
+    newest) when a loss was NaN or infinite, or, before a save, when a weight is. With fp16 loss scaling a
+    non-finite loss is left to the GradScaler, which skips such steps; only non-finite weights stop."""
+    bad = None if cfg.runtime.precision == "fp16" else watch.first_bad_step()
     where = f"the training loss became {bad[1]} in step {bad[0] + 1} (after {bad[0]} completed steps)" if bad else None
     if where is None and saving:
         tensors = nonfinite_tensors({"coarse": method.coarse, "fine": method.fine})
-        where = (f"{len(tensors)} weight tensor(s) became NaN or infinite in step {step} ({tensors[0]})"
+        where = (f"{len(tensors)} weight tensor(s) were NaN or infinite after step {step} ({tensors[0]})"
                  if tensors else None)
     if where:
         newest = newest_checkpoint(run_dir)
@@ -186,7 +188,7 @@ def check_finite(watch: NonFiniteWatch, method: Method, cfg: Config, run_dir: st
                        "no checkpoint was saved before it")
         precision = (f" or use runtime.precision fp32 (now {cfg.runtime.precision})" if cfg.runtime.precision != "fp32"
                      else "")
-        raise NonFiniteLoss(f"{where}; training stopped without saving it and {resume_hint}. Lower optimizer.lr "
+        raise NonFiniteLoss(f"{where}; training stopped without saving and {resume_hint}. Lower optimizer.lr "
                             f"(now {cfg.optimizer.lr:g}){precision}" + (" and resume from that checkpoint"
                                                                        if newest != "none" else ""))
 
@@ -252,7 +254,7 @@ def start_training(args, cfg: Config, scene: Scene, device: torch.device, ckpt, 
     method = build_method(cfg, scene.use_ndc, device, (foreign.coarse, foreign.fine) if foreign else None)
     if ckpt is not None and foreign is None:
         method.prepare_to_load(ckpt)
-    warning = method.check(scene)
+    warning = method.scene_warning(scene)
     if warning:
         print(warning)
     scaler, optimizer = grad_scaler(cfg.runtime, device), new_optimizer(method)
@@ -274,8 +276,9 @@ def main(argv=None) -> dict:
         scene, batcher, num_train = load_data(cfg, args.config, device)
         ckpt, foreign, cfg = read_start(args.load_checkpoint, cfg, args.config)
         method, optimizer, scaler, start_step, pruning, pruned = start_training(args, cfg, scene, device, ckpt, foreign)
+        batcher.check_crop(start_step)
         run_dir = run_folder(cfg, start_step, ckpt is not None, args.overwrite)
-    except (ValueError, RuntimeError, OSError) as err:  # ConfigError, DatasetError, CheckpointError: ValueErrors
+    except (ValueError, DeviceError, OSError) as err:  # ConfigError, DatasetError, CheckpointError: ValueErrors
         sys.exit(f"error: {err}")
     from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
@@ -341,7 +344,10 @@ def main(argv=None) -> dict:
 def stop(progress, writer, message: str) -> None:
     """End a run that cannot go on: close the bar and the event file, exit with a one-line error."""
     progress.close()
-    writer.close()
+    try:
+        writer.close()
+    except OSError:  # a full disk may refuse the event file's last flush too; the message matters more
+        pass
     sys.exit(message)
 
 

@@ -44,12 +44,19 @@ class RayBatcher:
         if not opts.use_batching and opts.num_random_rays > self.pixels_per_image:
             raise ConfigError(f"nerf.train.num_random_rays ({opts.num_random_rays}) exceeds the pixels of one "
                              f"image ({self.pixels_per_image}); lower it or set use_batching")
-        if not opts.use_batching and opts.precrop_iters > 0:  # checked here, before any training output
-            _, _, crop_h, crop_w = self.crop(0)
-            if opts.num_random_rays > crop_h * crop_w:
-                raise ConfigError(f"nerf.train.num_random_rays ({opts.num_random_rays}) exceeds the {crop_h}x{crop_w} "
-                                  f"precrop region of the {scene.height}x{scene.width} images; lower it or raise "
-                                  "nerf.train.precrop_frac")
+
+
+    def check_crop(self, start_step: int) -> None:
+        """ConfigError when a batch does not fit the precrop region that steps from start_step still use
+        (called before training, so that the error comes before any output)."""
+        opts = self.opts
+        if opts.use_batching or start_step >= opts.precrop_iters:
+            return
+        _, _, crop_h, crop_w = self.crop(start_step)
+        if opts.num_random_rays > crop_h * crop_w:
+            raise ConfigError(f"nerf.train.num_random_rays ({opts.num_random_rays}) exceeds the {crop_h}x{crop_w} "
+                              f"precrop region of the {self.scene.height}x{self.scene.width} images; lower it or "
+                              "raise nerf.train.precrop_frac")
 
     def crop(self, step: int) -> tuple[int, int, int, int]:
         """(first row, first column, rows, columns) of the region rays are drawn from at `step`: the central
@@ -83,6 +90,8 @@ class RayBatcher:
 
         image = torch.randint(self.num_train, (1,), device=device)  # [1], a position in i_train
         row0, col0, crop_h, crop_w = self.crop(step)
+        if opts.num_random_rays > crop_h * crop_w:
+            self.check_crop(step)
         chosen = torch.randperm(crop_h * crop_w, device=device)[:opts.num_random_rays]  # without replacement
         rows, cols = row0 + chosen // crop_w, col0 + chosen % crop_w
         return self.rays_at(image.expand(opts.num_random_rays), rows, cols)

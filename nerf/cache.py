@@ -263,6 +263,9 @@ class CachedRayBatcher:
         rows = rows.to(self.device)
         return rows[:, 0:3], rows[:, 3:6], rows[:, 6:9]
 
+    def check_crop(self, start_step: int) -> None:
+        """Nothing left to check: the constructor checked the precrop region against the cached rays."""
+
     def batch(self, step: int):
         opts = self.opts
         if opts.use_batching:

@@ -55,12 +55,14 @@ def composite(rgb: torch.Tensor, sigma: torch.Tensor, deltas: torch.Tensor, t: t
 
 
 # composite() as run by the renderers; set_compiled_compositing() swaps in a torch.compile'd version
-_COMPOSITE = {"fn": composite}
+_COMPOSITE = {"fn": composite, "compiled": False}
 
 
 def set_compiled_compositing(enabled: bool) -> None:
-    """Run the compositing through torch.compile (runtime.compile) or eagerly."""
-    _COMPOSITE["fn"] = try_compile(composite, "composite") if enabled else composite
+    """Run the compositing through torch.compile (runtime.compile) or eagerly; a repeated call with the same
+    setting keeps the compiled function (no recompilation)."""
+    if enabled != _COMPOSITE["compiled"]:
+        _COMPOSITE.update(fn=try_compile(composite, "composite") if enabled else composite, compiled=enabled)
 
 
 def volume_render(raw: torch.Tensor, z_vals: torch.Tensor, rays_d: torch.Tensor, noise_std: float = 0.0,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import tempfile
 from typing import Callable
 
@@ -23,14 +24,30 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def _writer_alive(name: str) -> bool:
+    """Whether the process that named a temporary file (".ckpt-<pid>-....tmp") is still running on this
+    machine: its file may be a write in progress."""
+    match = re.match(r"\.(?:ckpt|config)-(\d+)-", name)
+    if match is None:
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def remove_stale_temporaries(folder: str) -> list[str]:
     """Delete the temporary files that interrupted atomic writes of this project left in `folder` (its own
-    naming patterns only, not below it); returns their names. A killed checkpoint save leaves one as large
-    as a checkpoint."""
+    naming patterns only, not below it, and not those of a process still running); returns their names.
+    A killed checkpoint save leaves one as large as a checkpoint."""
     if not os.path.isdir(folder):
         return []
     stale = sorted(name for name in os.listdir(folder)
-                   if any(fnmatch.fnmatchcase(name, pattern) for pattern in TEMPORARY_PATTERNS))
+                   if any(fnmatch.fnmatchcase(name, pattern) for pattern in TEMPORARY_PATTERNS)
+                   and not _writer_alive(name))
     for name in stale:
         try:
             os.remove(os.path.join(folder, name))
@@ -65,7 +82,7 @@ def atomic_write(path: str, write: Callable, binary: bool, prefix: str) -> None:
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{prefix}{os.getpid()}-", suffix=".tmp")
     wrapped = None
     try:
         os.chmod(tmp, default_file_mode())  # mkstemp creates 0600; give the usual permissions

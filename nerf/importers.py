@@ -122,7 +122,7 @@ def yenchenlin_state(state: dict) -> dict:
 
 def models_from_checkpoint(ckpt: dict, path: str, configured: ModelsConfig) -> LoadedModels:
     """Build and load coarse (and fine) models from any supported checkpoint (on the CPU)."""
-    source = detect_format(ckpt, path)
+    source, differs = detect_format(ckpt, path), None
     if source == NATIVE:
         stored = (ckpt.get("config") or {}).get("models")
         try:
@@ -132,10 +132,10 @@ def models_from_checkpoint(ckpt: dict, path: str, configured: ModelsConfig) -> L
         coarse_state, fine_state = ckpt.get("model_coarse_state_dict"), ckpt.get("model_fine_state_dict")
         step, note = int(ckpt.get("step", 0)), "this project's checkpoint"
         if models != configured:  # a one-line note: the config's models section is not what renders
-            ours, theirs = describe_models(models), describe_models(configured)
-            note += (f"; its model ({ours}) differs from the config's ({theirs}): using the checkpoint's"
-                     if ours != theirs else "; its model settings (e.g. the encoding) differ from the config's: "
-                     "using the checkpoint's")
+            stored_text, configured_text = describe_models(models), describe_models(configured)
+            differs = (f"its model ({stored_text}) differs from the config's ({configured_text}): using the "
+                       "checkpoint's" if stored_text != configured_text else
+                       "its model settings (e.g. the encoding) differ from the config's: using the checkpoint's")
     elif source == KRRISH94:
         coarse_state = fold_pruning_masks(ckpt["model_coarse_state_dict"])
         fine_state = fold_pruning_masks(ckpt["model_fine_state_dict"]) if ckpt.get("model_fine_state_dict") else None
@@ -170,8 +170,7 @@ def models_from_checkpoint(ckpt: dict, path: str, configured: ModelsConfig) -> L
         load_model_state(fine, fine_state, path, "fine model")
     elif fine_state is None:
         models = dataclasses.replace(models, fine=None)
-    head, _, rest = note.partition("; ")
-    description = f"{path}: {head}, {step} steps trained" + (f"; {rest}" if rest else "")
+    description = f"{path}: {note}, {step} steps trained" + (f"; {differs}" if differs else "")
     return LoadedModels(coarse, fine, models, source, step, description)
 
 

@@ -69,6 +69,7 @@ class NonFiniteWatch:
         self.check_every_step = device.type == "cpu"
 
     def record(self, loss: torch.Tensor, step: int) -> None:
+        """Remember `step` and the loss value if the loss is not finite and no earlier step was (on the device)."""
         new = ~torch.isfinite(loss.detach()) & (self.first < 0)
         self.first = torch.where(new, torch.full_like(self.first, step), self.first)
         self.value = torch.where(new, loss.detach().float(), self.value)

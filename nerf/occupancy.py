@@ -299,9 +299,10 @@ def march(sampler: OccupancySampler, rays: Rays, perturb: bool,
 def early_termination(density_fn: Callable, rays: Rays, t: torch.Tensor, valid: torch.Tensor, dt: torch.Tensor,
                       early_stop_eps: float, alpha_threshold: float, netchunk: int) -> torch.Tensor:
     """The samples worth evaluating (no gradients): valid, with transmittance T_k >= early_stop_eps and
-    alpha_k >= alpha_threshold, from a density-only pass (T_k as in compositing.transmittance). Dropping the samples after T < eps changes each
-    colour channel by at most eps (their weights sum to at most T), for the noise-free density this pass
-    sees: with radiance_field_noise_std > 0 (training on LLFF) the bound holds only on average."""
+    alpha_k >= alpha_threshold, from a density-only pass (T_k as in compositing.transmittance). Dropping
+    the samples after T < eps changes each colour channel by at most eps (their weights sum to at most T),
+    for the noise-free density this pass sees: with radiance_field_noise_std > 0 (training on LLFF) the
+    bound holds only on average."""
     with torch.no_grad():
         points = (rays.origins[:, None, :] + rays.directions[:, None, :] * t[..., None])[valid]  # [P, 3]
         sigma = scatter_valid(evaluate_density(density_fn, points, netchunk), valid)  # [P] -> [R, M]

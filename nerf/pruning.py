@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -218,7 +219,8 @@ def models_to_prune(which: str, coarse, fine, checkpoint, excluded) -> dict:
     return {name: models[name] for name in chosen}
 
 
-def start_pruning(which, stored: dict, start_step: int, cfg: Config, checkpoint, coarse, fine) -> tuple:
+def start_pruning(which: Optional[str], stored: Optional[dict], start_step: int, cfg: Config, checkpoint, coarse,
+                  fine) -> tuple:
     """The pruning run of a training run: a new one (`--prune which`), the unfinished one stored in the
     checkpoint (resumed with or without the flag), or none. Returns (run or None, the models it prunes
     {"coarse": model, ...}, lines to print); ValueError when it cannot go ahead."""

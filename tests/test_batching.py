@@ -60,3 +60,14 @@ def test_single_image_batches_without_replacement_and_precrop():
 def test_batch_larger_than_an_image_is_refused():
     with pytest.raises(ConfigError, match="num_random_rays"):
         RayBatcher(_scene(), TrainConfig(num_random_rays=100), seed=0)
+
+
+def test_a_batch_larger_than_the_precrop_is_refused_only_while_the_precrop_lasts():
+    scene = _scene(height=8, width=8)  # the central crop (frac 0.5) has 4x4 = 16 pixels
+    batcher = RayBatcher(scene, TrainConfig(num_random_rays=20, precrop_iters=5, precrop_frac=0.5), seed=0)
+    with pytest.raises(ConfigError, match=r"num_random_rays \(20\) exceeds the 4x4 precrop region of the 8x8 images"):
+        batcher.check_crop(0)
+    with pytest.raises(ConfigError, match="4x4 precrop region"):
+        batcher.batch(4)
+    batcher.check_crop(5)  # a run resumed after the precrop: whole images, 64 pixels
+    assert batcher.batch(5)[0].shape == (20, 3)

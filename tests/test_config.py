@@ -4,8 +4,8 @@ import textwrap
 
 import pytest
 
-from nerf.config import (Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, load_config, overrides_from,
-                         save_config)
+from nerf.config import (Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, load_config,
+                         overrides_from, save_config)
 from tests.conftest import ROOT
 
 KRRISH94_LEGO = textwrap.dedent("""

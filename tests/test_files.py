@@ -89,3 +89,19 @@ def test_a_full_disk_that_the_writer_reports_as_another_error_still_names_the_fi
         atomic_write(str(tmp_path / "y.ckpt"), lambda f: (_ for _ in ()).throw(RuntimeError("unrelated")),
                      binary=True, prefix=".ckpt-")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_live_writer_keeps_its_temporary_file(tmp_path):
+    """A temporary file named by a running process (this one) may be a save in progress: it stays; one of a
+    process that no longer exists is removed."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(done.stdout)
+    live = f".ckpt-{os.getpid()}-abc.tmp"
+    dead = f".ckpt-{dead_pid}-abc.tmp"
+    for name in (live, dead):
+        (tmp_path / name).write_bytes(b"x")
+    assert remove_stale_temporaries(str(tmp_path)) == [dead]
+    assert os.listdir(tmp_path) == [live]

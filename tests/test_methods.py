@@ -109,3 +109,9 @@ def test_voxel_state_round_trips_through_a_checkpoint():
     assert torch.equal(resumed.sampler.grid.estimates, method.sampler.grid.estimates)
     resumed.start(5, state, "mem.ckpt")  # past the first growth there is no box left to find
     assert resumed.seen is None
+
+
+def test_a_grid_sampled_run_refuses_a_fine_network_for_every_field():
+    cfg = voxel_config()
+    with pytest.raises(ValueError, match="trains one network"):
+        build_method(dataclasses.replace(cfg, models=ModelsConfig(coarse=cfg.models.coarse, fine=SMALL)), False, CPU)

@@ -257,6 +257,7 @@ def _validate_pruning(cfg: Config, source: str) -> None:
     _require(0 < p.lr_scale <= 1, source, "pruning.lr_scale", "a value in (0, 1]", p.lr_scale)
     _require(p.norm in (1, 2), source, "pruning.norm", "1 or 2", p.norm)
 
+
 SECTION_CHECKS = (_validate_experiment, _validate_dataset, _validate_models, _validate_nerf, _validate_optimizer,
                   _validate_runtime, _validate_occupancy, _validate_voxel_grid, _validate_pruning)
 

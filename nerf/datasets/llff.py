@@ -101,11 +101,12 @@ def _read_poses_bounds(basedir: str) -> tuple[np.ndarray, str]:
         raise DatasetError(f"{pose_path}: holds no views (0 rows)")
     bad = np.nonzero(~np.isfinite(poses_bounds).all(axis=1))[0]
     if len(bad):
-        raise DatasetError(f"{pose_path}: row {bad[0]} holds NaN or infinite values; every pose and bound must be finite")
+        raise DatasetError(f"{pose_path}: row {bad[0]} holds NaN or infinite values; every pose and bound must be "
+                           "finite")
     focals = poses_bounds[:, 14]  # hwf[2] of each row
     if (focals <= 0).any():
-        raise DatasetError(f"{pose_path}: row {int(np.argmax(focals <= 0))} has focal length {focals[focals <= 0][0]:g}; "
-                           "it must be > 0")
+        row = int(np.argmax(focals <= 0))
+        raise DatasetError(f"{pose_path}: row {row} has focal length {focals[row]:g}; it must be > 0")
     near, far = poses_bounds[:, 15], poses_bounds[:, 16]
     wrong = (near <= 0) | (far <= near)
     if wrong.any():

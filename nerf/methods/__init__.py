@@ -43,13 +43,13 @@ def build_method(cfg: Config, use_ndc: bool, device: torch.device,
     `cfg.models` must describe the networks. ValueError for a combination that cannot run."""
     coarse, fine = networks if networks is not None else build_networks(cfg, use_ndc)
     coarse, fine = coarse.to(device), fine.to(device) if fine is not None else None
+    if cfg.occupancy.enabled and training and fine is not None:
+        raise ValueError(ONE_NETWORK_ERROR)  # the grid sampler trains one field; a fine one would sit idle
     if cfg.models.coarse.type == "VoxelGridModel":
         if not cfg.occupancy.enabled:
             raise ValueError(VOXEL_NEEDS_GRID_ERROR)
         return VoxelGridMethod(cfg, coarse, fine, device, use_ndc)
     if cfg.occupancy.enabled:
-        if training and fine is not None:
-            raise ValueError(ONE_NETWORK_ERROR)
         return GridSampledMethod(cfg, coarse, fine, device, use_ndc)
     return CoarseFineMethod(cfg, coarse, fine, device)
 

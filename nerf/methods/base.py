@@ -3,7 +3,8 @@
 A method owns its networks (`coarse`, and `fine` where it has one: the names of the checkpoint format),
 how they run (FieldRunners: precision, compile), its sampler, and everything the loop must not know about
 it: its parameter groups, its per-step hooks, its loss terms, and the state it adds to a checkpoint.
-train_nerf.py, eval_nerf.py and the benchmark talk to a method only through this interface.
+train_nerf.py and eval_nerf.py talk to a method only through this interface (the benchmark, which times
+the phases of a step, also reads `runners` and `sampler`).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Method:
         without one); returns a line that describes what was done, or None."""
         return None
 
-    def check(self, scene) -> Optional[str]:
+    def scene_warning(self, scene) -> Optional[str]:
         """A warning about the scene for this method, or None."""
         return None
 

@@ -52,7 +52,7 @@ class GridSampledMethod(Method):
         return (f"Occupancy grid {self.cfg.occupancy.resolution}^3 ({how}): "
                 f"{100 * self.sampler.grid.occupied_fraction():.1f} % of the cells occupied")
 
-    def check(self, scene) -> Optional[str]:
+    def scene_warning(self, scene) -> Optional[str]:
         return box_warning(self.sampler, scene)
 
     def before_step(self, step: int) -> bool:
