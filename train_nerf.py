@@ -152,8 +152,7 @@ def run_folder(cfg: Config, start_step: int, resumed: bool, overwrite: bool) -> 
     """The run folder, made, with the resolved config saved; refused (ValueError) when the run would overwrite
     checkpoints of another run: any, for a fresh run; those after the start step, for a resumed one."""
     run_dir = os.path.join(cfg.experiment.logdir, cfg.experiment.id)
-    earlier = sorted(name for name in os.listdir(run_dir) if name.endswith(".ckpt")) if os.path.isdir(run_dir) else []
-    at_risk = [name for name in earlier if not resumed or checkpoint_step(name) > start_step]
+    at_risk = [name for name in list_checkpoints(run_dir) if not resumed or checkpoint_step(name) > start_step]
     if at_risk and not overwrite:
         raise ValueError(f"{run_dir} already holds checkpoints of another run ({at_risk[-1]}) that this run would "
                          "overwrite; pick another experiment.id (--set experiment.id=NAME), resume from its last "
@@ -166,10 +165,16 @@ def run_folder(cfg: Config, start_step: int, resumed: bool, overwrite: bool) -> 
     return run_dir
 
 
-def newest_checkpoint(run_dir: str) -> str:
-    """The run folder's checkpoint of the highest step, or "none"."""
+def list_checkpoints(run_dir: str) -> list[str]:
+    """The checkpoint file names in a run folder (none if it does not exist), by step."""
     names = [name for name in os.listdir(run_dir) if name.endswith(".ckpt")] if os.path.isdir(run_dir) else []
-    return os.path.join(run_dir, max(names, key=checkpoint_step)) if names else "none"
+    return sorted(names, key=checkpoint_step)
+
+
+def newest_checkpoint(run_dir: str) -> Optional[str]:
+    """The path of the run folder's checkpoint of the highest step, or None."""
+    names = list_checkpoints(run_dir)
+    return os.path.join(run_dir, names[-1]) if names else None
 
 
 def check_finite(watch: NonFiniteWatch, method: Method, cfg: Config, run_dir: str, step: int, saving: bool) -> None:
@@ -184,13 +189,13 @@ def check_finite(watch: NonFiniteWatch, method: Method, cfg: Config, run_dir: st
                  if tensors else None)
     if where:
         newest = newest_checkpoint(run_dir)
-        resume_hint = (f"the newest checkpoint, {newest}, stays the newest" if newest != "none" else
+        resume_hint = (f"the newest checkpoint, {newest}, stays the newest" if newest else
                        "no checkpoint was saved before it")
         precision = (f" or use runtime.precision fp32 (now {cfg.runtime.precision})" if cfg.runtime.precision != "fp32"
                      else "")
         raise NonFiniteLoss(f"{where}; training stopped without saving and {resume_hint}. Lower optimizer.lr "
                             f"(now {cfg.optimizer.lr:g}){precision}" + (" and resume from that checkpoint"
-                                                                       if newest != "none" else ""))
+                                                                       if newest else ""))
 
 
 class Clock:
@@ -308,7 +313,7 @@ def main(argv=None) -> dict:
             completed = step + 1
             is_last, logging = completed == exp.train_iters, exp.print_every and completed % exp.print_every == 0
             saving = (exp.save_every and completed % exp.save_every == 0) or is_last
-            if watch.check_every_step or logging or saving:
+            if watch.check_every_step or logging:  # a saving step checks below, before it saves
                 check_finite(watch, method, cfg, run_dir, completed, saving=False)
             zero_gradients(optimizer, method.keeps_gradient_buffers)
             scaler.scale(loss).backward()  # the scaler is a pass-through except for fp16
@@ -335,7 +340,7 @@ def main(argv=None) -> dict:
         what = f"{err.filename}: {err.strerror}" if err.filename else (err.strerror or str(err))
         newest = newest_checkpoint(run_dir)
         stop(progress, writer, f"error: {what}; the files written before are intact ("
-                               + (f"newest checkpoint: {newest})" if newest != "none" else "no checkpoint yet)"))
+                               + (f"newest checkpoint: {newest})" if newest else "no checkpoint yet)"))
     progress.close()
     writer.close()
     return finish(metrics, clock, start_step, exp.train_iters, run_dir)

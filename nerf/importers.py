@@ -174,16 +174,16 @@ def models_from_checkpoint(ckpt: dict, path: str, configured: ModelsConfig) -> L
     return LoadedModels(coarse, fine, models, source, step, description)
 
 
+def _sizes(m: ModelConfig) -> str:
+    """An MLP's trunk: "4x64", or a pruned one's widths "64-48-64-64"."""
+    return "-".join(map(str, m.layer_widths)) if m.layer_widths else f"{m.num_layers}x{m.hidden_size}"
+
+
 def describe_models(models: ModelsConfig) -> str:
     """A short description of the coarse (and fine) network: "FlexibleNeRFModel 4x64 + fine 4x64"."""
-    def one(m: ModelConfig) -> str:
-        if m.type == "VoxelGridModel":
-            return m.type
-        widths = "-".join(map(str, m.layer_widths)) if m.layer_widths else f"{m.num_layers}x{m.hidden_size}"
-        return f"{m.type} {widths}"
-
-    fine = f" + fine {one(models.fine).split(' ', 1)[-1]}" if models.fine is not None else ""
-    return one(models.coarse) + fine
+    coarse = models.coarse
+    text = coarse.type if coarse.type == "VoxelGridModel" else f"{coarse.type} {_sizes(coarse)}"
+    return text + (f" + fine {_sizes(models.fine)}" if models.fine is not None else "")
 
 
 def _base_architecture(m: Optional[ModelConfig]):

@@ -229,20 +229,6 @@ def box_warning(sampler: OccupancySampler, scene, stride: int = 8) -> Optional[s
             "of a view's NDC rays leave the box and lose their samples there; widen occupancy.aabb")
 
 
-def sampler_for_rendering(cfg: OccupancyConfig, field: nn.Module, use_ndc: bool, device: torch.device,
-                          stored: Optional[dict] = None, fixed_step: Optional[float] = None) -> OccupancySampler:
-    """The grid a trained model renders with: the one its run stored, or (for a model trained without one)
-    a grid filled from the field's density at occupancy.fill_samples^3 points per cell. fixed_step: the
-    marching step of a field that sets its own (VoxelGridModel.marching_step)."""
-    sampler = build_sampler(cfg, use_ndc, device)
-    sampler.fixed_step = fixed_step
-    if stored is not None:
-        sampler.grid.load_state_dict(stored)
-    else:
-        sampler.grid.fill(field.density, sampler.step_size, cfg.fill_samples)
-    return sampler
-
-
 def ray_box_interval(origins: torch.Tensor, directions: torch.Tensor, aabb: torch.Tensor) -> tuple:
     """Slab test. origins, directions: [R, 3] -> (t_enter, t_exit): [R]; t_exit <= t_enter means a miss."""
     safe = torch.where(directions.abs() < 1e-12, torch.full_like(directions, 1e-12), directions)

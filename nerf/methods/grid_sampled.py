@@ -10,7 +10,7 @@ from torch import nn
 
 from ..checkpoint import CheckpointError
 from ..config import Config
-from ..occupancy import box_warning, build_sampler, sampler_for_rendering
+from ..occupancy import box_warning, build_sampler
 from .base import Method
 
 
@@ -42,11 +42,15 @@ class GridSampledMethod(Method):
                 raise CheckpointError(f"{path}: {err}") from None
 
     def prepare_rendering(self, stored: Optional[dict]) -> Optional[str]:
-        """The grid stored by the run, or one filled from the field's density. ValueError if the stored
-        grid does not match the config."""
+        """The grid stored by the run, or (for a model trained without one) one filled from the field's
+        density at occupancy.fill_samples^3 points per cell. ValueError if the stored grid does not match the
+        config."""
         start = time.time()
-        self.sampler = sampler_for_rendering(self.cfg.occupancy, self.field, self.use_ndc, self.device, stored,
-                                             self.marching_step())
+        self.sampler.fixed_step = self.marching_step()
+        if stored is not None:
+            self.sampler.grid.load_state_dict(stored)
+        else:
+            self.sampler.grid.fill(self.field.density, self.sampler.step_size, self.cfg.occupancy.fill_samples)
         how = "stored in the checkpoint" if stored is not None else \
             f"filled from the model's density in {time.time() - start:.1f} s"
         return (f"Occupancy grid {self.cfg.occupancy.resolution}^3 ({how}): "
