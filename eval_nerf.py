@@ -11,11 +11,15 @@ validation settings (no jitter, no noise) and is chunked, so memory stays bounde
 Outputs in DIR[/TRIAL]: frames 000.png, 001.png, ...; disparity/ and depth/ (PNG, and depth .npy in
 scene units) when asked; for test/val also compare/ (ground truth | render | error), error/ and
 metrics.json with per-view and mean PSNR and SSIM (LPIPS when available offline).
+
+Under `torchrun --nproc_per_node=N eval_nerf.py ...` rank r renders views r, r + N, ... and rank 0 writes
+metrics.json: the same files as one process.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -29,7 +33,9 @@ from tqdm import tqdm
 from nerf.checkpoint import CheckpointError
 from nerf.config import ConfigError, add_set_argument, load_config, overrides_from
 from nerf.datasets import DatasetError, load_scene
-from nerf.device import DeviceError, select_device
+from nerf import distributed
+from nerf.device import DeviceError
+from nerf.distributed import SINGLE, World, launched_by_torchrun, process_device
 from nerf.importers import load_models
 from nerf.methods import build_method
 from nerf.metrics import LpipsMetric, psnr, ssim
@@ -116,7 +122,7 @@ def set_up(args) -> tuple:
     """(cfg, rendering settings, scene, method, loaded checkpoint); a one-line error for any problem."""
     try:
         cfg = load_config(args.config, args.set)
-        device = select_device(cfg.experiment.device)
+        device = process_device(cfg.experiment.device)
         opts = cfg.nerf.validation
         if args.chunksize is not None:
             opts = dataclasses.replace(opts, chunksize=args.chunksize)
@@ -169,7 +175,20 @@ def write_metrics(summary: dict, records: list, lpips_metric, out_dir: str) -> N
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    cfg, opts, scene, method, loaded = set_up(args)
+    rank = int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
+    # ranks other than 0 print nothing (their errors still reach stderr)
+    with open(os.devnull, "w") if rank else contextlib.nullcontext() as quiet, \
+            contextlib.redirect_stdout(quiet) if rank else contextlib.nullcontext():
+        cfg, opts, scene, method, loaded = set_up(args)
+        world = distributed.start(method.device)
+        try:
+            return evaluate(args, cfg, opts, scene, method, loaded, world)
+        finally:
+            distributed.finish(world)
+
+
+def evaluate(args, cfg, opts, scene, method, loaded, world: World = SINGLE) -> dict:
+    """Render this rank's share of the selected views, score them, write the frames and (rank 0) metrics.json."""
     out_dir = os.path.join(args.savedir, args.trial) if args.trial else args.savedir
     os.makedirs(out_dir, exist_ok=True)
     if args.split == "render":
@@ -185,7 +204,9 @@ def main(argv=None) -> dict:
     factor, device = args.downsample, method.device
     lpips_metric = LpipsMetric.create(device) if targets is not None else None
     records, disparities, depths, seconds = [], [], [], []
-    for position in tqdm(positions, desc=f"rendering {args.split}", dynamic_ncols=True):
+    height = width = None
+    mine = positions[world.rank::world.size]
+    for position in tqdm(mine, desc=f"rendering {args.split}", dynamic_ncols=True, disable=not world.is_main):
         index, name, start = ids[position], f"{position:03d}", time.time()
         out = method.render_image(poses[index].to(device), scene, opts, stride=factor)
         height, width = out["rgb"].shape[:2]
@@ -203,12 +224,19 @@ def main(argv=None) -> dict:
             records.append({"view": position, "image_index": index,
                             **score(out["rgb"], target, lpips_metric, out_dir, name)})
 
-    # one brightness scale for the whole sequence, so that frames are comparable
+    # one brightness scale for the whole sequence (every rank's frames), so that frames are comparable
     for folder, frames in (("disparity", disparities), ("depth", depths)):
-        scale = max((float(frame.max()) for _, frame in frames), default=0.0) or 1.0
+        scale = max((float(frame.max()) for _, frame in frames), default=0.0)
+        scale = max(world.gather(scale)) or 1.0
         for name, frame in frames:
             save_png(to_uint8(frame / scale), os.path.join(out_dir, folder, name + ".png"))
 
+    gathered = world.gather((records, seconds, (width, height)))
+    records = sorted((r for part in gathered for r in part[0]), key=lambda r: positions.index(r["view"]))
+    seconds = [s for part in gathered for s in part[1]]
+    width, height = next(size for *_, size in gathered if size[0] is not None)
+    if not world.is_main:
+        return {}
     summary = {"checkpoint": args.checkpoint, "source": loaded.source, "split": args.split,
                "resolution": [width, height], "metrics_on": "8-bit renders read back / 255", "downsample": factor,
                "num_views": len(positions), "seconds_per_frame": float(np.mean(seconds)),

@@ -1,15 +1,18 @@
 """Train a NeRF from a YAML config.
 
-    python train_nerf.py --config config/lego.yml [--load-checkpoint PATH] [--prune coarse|fine|both]
+    python train_nerf.py --config config/lego.yml [--load-checkpoint PATH|auto] [--prune coarse|fine|both]
                          [--set section.key=value ...]
+    torchrun --nproc_per_node=N train_nerf.py --config ...      (data-parallel: docs/distributed.md)
 
 Outputs go to <experiment.logdir>/<experiment.id>/: config.yml (the resolved config), TensorBoard
-events, and checkpoint<step>.ckpt every experiment.save_every steps and at the end.
+events, and checkpoint<step>.ckpt every experiment.save_every steps and at the end. SIGTERM or SIGUSR1
+saves a checkpoint at the next step boundary and exits 0; `--load-checkpoint auto` continues from it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -22,17 +25,21 @@ from tqdm import tqdm
 from nerf.batching import RayBatcher
 from nerf.cache import CachedRayBatcher, RayCache
 from nerf.checkpoint import (import_optimizer_state, load_checkpoint, nonfinite_tensors, restore_training_state,
-                             save_checkpoint)
+                             save_checkpoint, set_process_device_rng_state)
 from nerf.config import (Config, add_set_argument, config_to_dict, load_config, overrides_from, save_config,
                          validate as validate_config)
 from nerf.datasets import Scene, load_scene
-from nerf.device import DeviceError, select_device
+from nerf.device import DeviceError
+from nerf.distributed import (SINGLE, World, average_gradients, broadcast_parameters, check_batch, launched_by_torchrun,
+                              process_device, world_size_from)
+from nerf import distributed
 from nerf.files import remove_stale_temporaries
 from nerf.importers import NATIVE, LoadedModels, detect_format, models_from_checkpoint, stored_models_if_pruned
 from nerf.methods import Method, build_method
 from nerf.losses import NonFiniteLoss, NonFiniteWatch
 from nerf.metrics import mse_to_psnr
 from nerf.optimizer import build_optimizer, keep_configured_groups, set_learning_rate, zero_gradients
+from nerf.preemption import PreemptionRequest
 from nerf.pruning import PruningRun, apply_pruning_event, start_pruning, transfer_optimizer
 from nerf.rays import prepare_rays
 from nerf.runtime import grad_scaler
@@ -42,7 +49,9 @@ from nerf.schedule import learning_rate
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--config", required=True, help="YAML config file")
-    parser.add_argument("--load-checkpoint", default=None, help="resume from this checkpoint")
+    parser.add_argument("--load-checkpoint", default=None,
+                        help="resume from this checkpoint; 'auto': from the run folder's newest checkpoint, or "
+                             "start fresh when it has none (a command line a preempted job can re-queue)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start a fresh run even if the run folder holds checkpoints of an earlier run")
     parser.add_argument("--prune", choices=("coarse", "fine", "both"), default=None,
@@ -68,36 +77,53 @@ def validation_views(scene: Scene, count: int) -> list:
 
 
 @torch.no_grad()
-def validate(cfg: Config, scene: Scene, method: Method) -> dict:
+def validate(cfg: Config, scene: Scene, method: Method, world: World = SINGLE) -> dict:
     """Render the validation views with the validation settings; mean PSNR of the fine output.
 
     With nerf.validation.downsample = k every k-th pixel is rendered and compared with the same pixels.
+    Under torchrun rank r renders views r, r + N, ... and the errors are summed over the ranks; the
+    training RNG is left as it was (ranks render different views but must keep drawing alike).
     """
     opts, stride = cfg.nerf.validation, cfg.nerf.validation.downsample
+    views = validation_views(scene, opts.num_views)
     method.train(False)
-    psnrs, mses, first = [], [], None
-    for view in validation_views(scene, opts.num_views):
-        target = scene.images[view][::stride, ::stride].to(method.device)  # [H', W', 3]
-        out = method.render_image(scene.poses[view].to(method.device), scene, opts, stride)
-        mse = torch.mean((out["rgb"] - target) ** 2).item()
-        mses.append(mse)
-        psnrs.append(mse_to_psnr(mse))
-        if first is None:
-            first = (out, target)
+    mses, first = torch.zeros(len(views), dtype=torch.float64), None
+    devices = [method.device] if method.device.type == "cuda" else []
+    with torch.random.fork_rng(devices, enabled=world.size > 1):
+        for k in range(world.rank, len(views), world.size):
+            target = scene.images[views[k]][::stride, ::stride].to(method.device)  # [H', W', 3]
+            out = method.render_image(scene.poses[views[k]].to(method.device), scene, opts, stride)
+            mses[k] = torch.mean((out["rgb"] - target) ** 2).item()
+            if first is None:
+                first = (out, target)
     method.train(True)
-    return {"psnr": sum(psnrs) / len(psnrs), "mse": sum(mses) / len(mses), "render": first[0], "target": first[1]}
+    mses = world.sum(mses).tolist()
+    psnr = sum(mse_to_psnr(mse) for mse in mses) / len(mses)
+    return {"psnr": psnr, "mse": sum(mses) / len(mses), "render": first[0] if first else None,
+            "target": first[1] if first else None}
 
 
-def load_data(cfg: Config, config_path: str, device: torch.device) -> tuple:
-    """(scene for validation and camera settings, training batcher, number of training views)."""
+def load_data(cfg: Config, config_path: str, device: torch.device, world: World = SINGLE) -> tuple:
+    """(scene for validation and camera settings, training batcher of this rank's rays, number of training
+    views)."""
     train_opts, seed = cfg.nerf.train, cfg.experiment.randomseed
     if cfg.dataset.cachedir:
         cache = RayCache(cfg.dataset.cachedir)
         cache.check(cfg, config_path)
         scene = cache.validation_scene()  # validation views only; training rays come from the cache
-        return scene, CachedRayBatcher(cache, train_opts, seed, device), cache.manifest["num_train"]
+        return scene, CachedRayBatcher(cache, train_opts, seed, device, world), cache.manifest["num_train"]
     scene = load_scene(cfg.dataset, white_background=train_opts.white_background)
-    return scene, RayBatcher(scene, train_opts, seed, device), len(scene.i_train)
+    return scene, RayBatcher(scene, train_opts, seed, device, world=world), len(scene.i_train)
+
+
+def checkpoint_to_load(path: Optional[str], cfg: Config) -> Optional[str]:
+    """--load-checkpoint: the path given, or for 'auto' the run folder's newest checkpoint (None: none yet)."""
+    if path != "auto":
+        return path
+    run_dir = os.path.join(cfg.experiment.logdir, cfg.experiment.id)
+    newest = newest_checkpoint(run_dir)
+    print(f"--load-checkpoint auto: {f'continuing from {newest}' if newest else f'no checkpoint in {run_dir}; starting fresh'}")
+    return newest
 
 
 def read_start(path: Optional[str], cfg: Config,
@@ -136,6 +162,8 @@ def resume(method: Method, optimizer, scaler, ckpt: Optional[dict], foreign: Opt
         method.start(0, None)
         return 0
     start_step = restore_training_state(ckpt, path, method.coarse, method.fine, optimizer)
+    if method.world.size > 1 and "rng_state" in ckpt:
+        set_process_device_rng_state(ckpt["rng_state"], method.device)
     print(f"Resumed from {path} at step {start_step}")
     method.start(start_step, ckpt, path)
     if scaler.is_enabled() and ckpt.get("grad_scaler"):
@@ -187,7 +215,8 @@ def check_finite(watch: NonFiniteWatch, method: Method, cfg: Config, run_dir: st
         tensors = nonfinite_tensors({"coarse": method.coarse, "fine": method.fine})
         where = (f"{len(tensors)} weight tensor(s) were NaN or infinite after step {step} ({tensors[0]})"
                  if tensors else None)
-    if where:
+    if method.world.agree(where is not None):  # every rank stops at the same step
+        where = where or f"another training process's loss became NaN or infinite by step {step}"
         newest = newest_checkpoint(run_dir)
         resume_hint = (f"the newest checkpoint, {newest}, stays the newest" if newest else
                        "no checkpoint was saved before it")
@@ -219,9 +248,12 @@ def log_training(writer, method: Method, out: dict, loss, mse, target, lr: float
 
 
 def log_validation(writer, cfg: Config, scene: Scene, method: Method, clock: Clock, step: int, first: bool) -> dict:
-    """Validate, write the scalars and images, and print one line."""
+    """Validate, write the scalars and images (rank 0's writer), and print one line."""
     val_start = time.time()
-    val = validate(cfg, scene, method)
+    val = validate(cfg, scene, method, method.world)
+    if val["render"] is None:  # a rank with no validation view (more ranks than views)
+        clock.validation += time.time() - val_start
+        return {"val_psnr": val["psnr"], "val_step": step}
     clock.validation += time.time() - val_start
     writer.add_scalar("validation/psnr", val["psnr"], step)
     writer.add_scalar("validation/loss", val["mse"], step)
@@ -248,15 +280,17 @@ def prune_event(run: PruningRun, pruned: dict, method: Method, optimizer, cfg: C
     cfg = dataclasses.replace(cfg, models=models)
     method.cfg = cfg
     method.set_runtime(cfg.runtime)  # recompiled for the new layer sizes
-    save_config(cfg, os.path.join(run_dir, "config.yml"))
+    if method.world.is_main:
+        save_config(cfg, os.path.join(run_dir, "config.yml"))
     writer.add_scalar("pruning/parameters", sum(p.numel() for p in method.parameters()), step)
     return optimizer, cfg
 
 
-def start_training(args, cfg: Config, scene: Scene, device: torch.device, ckpt, foreign) -> tuple:
+def start_training(args, cfg: Config, scene: Scene, device: torch.device, ckpt, foreign, world: World) -> tuple:
     """(method, optimizer, grad scaler, start step, pruning run or None, the models it prunes) of a fresh,
     resumed or imported run."""
-    method = build_method(cfg, scene.use_ndc, device, (foreign.coarse, foreign.fine) if foreign else None)
+    method = build_method(cfg, scene.use_ndc, device, (foreign.coarse, foreign.fine) if foreign else None,
+                          world=world)
     if ckpt is not None and foreign is None:
         method.prepare_to_load(ckpt)
     warning = method.scene_warning(scene)
@@ -272,29 +306,105 @@ def start_training(args, cfg: Config, scene: Scene, device: torch.device, ckpt, 
     return method, optimizer, scaler, start_step, pruning, pruned
 
 
+class NullWriter:
+    """The TensorBoard writer of ranks other than 0: writes nothing."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    add_image = add_scalar
+
+    def close(self) -> None:
+        pass
+
+
+def join_world(cfg: Config) -> tuple[World, torch.device]:
+    """The training processes and this one's device; under torchrun the global batch is checked against the
+    world size before the rendezvous (a one-line error, no work done)."""
+    check_batch(cfg.nerf.train.num_random_rays, world_size_from())
+    device = process_device(cfg.experiment.device)
+    return distributed.start(device), device
+
+
+def set_up(args, world: World, cfg: Config, device: torch.device) -> tuple:
+    """Data, start checkpoint, method and run folder (rank 0 makes it); ValueError, DeviceError or OSError."""
+    torch.manual_seed(cfg.experiment.randomseed)
+    scene, batcher, num_train = load_data(cfg, args.config, device, world)
+    args.load_checkpoint = checkpoint_to_load(args.load_checkpoint, cfg)
+    ckpt, foreign, cfg = read_start(args.load_checkpoint, cfg, args.config)
+    method, optimizer, scaler, start_step, pruning, pruned = start_training(args, cfg, scene, device, ckpt, foreign,
+                                                                            world)
+    batcher.check_crop(start_step)
+    run_dir = (run_folder(cfg, start_step, ckpt is not None, args.overwrite) if world.is_main else
+               os.path.join(cfg.experiment.logdir, cfg.experiment.id))
+    return cfg, scene, batcher, num_train, ckpt, foreign, method, optimizer, scaler, start_step, pruning, pruned, run_dir
+
+
+def set_up_failure(error: Optional[str], start_step: Optional[int], world: World) -> Optional[str]:
+    """The one-line error to exit with when set-up failed on any rank (rank 0 names the first failed rank;
+    the others exit quietly), or None when every rank is ready to start at the same step."""
+    reports = world.gather((error, start_step))
+    errors, steps = [e for e, _ in reports], [s for _, s in reports]
+    if not any(errors) and len(set(steps)) > 1:
+        errors = [f"error: the ranks would start at different steps ({steps}): every rank must see the same run "
+                  "folder and checkpoint (a file system shared by all machines)"] + [None] * (len(steps) - 1)
+    if not any(errors):
+        return None
+    if error and world.size == 1:
+        return error
+    rank, first = next((r, e) for r, e in enumerate(errors) if e)
+    return (first if rank == 0 else f"{first} (rank {rank})") if world.is_main else ""
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    try:  # set-up: every problem is a one-line error before any training output
+    rank = int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
+    # ranks other than 0 print nothing (their errors still reach stderr)
+    with open(os.devnull, "w") if rank else contextlib.nullcontext() as quiet, \
+            contextlib.redirect_stdout(quiet) if rank else contextlib.nullcontext():
+        return train(args)
+
+
+def train(args) -> dict:
+    try:  # before the rendezvous: an error here is the same on every rank
         cfg = load_config(args.config, args.set)
-        device = select_device(cfg.experiment.device)
-        torch.manual_seed(cfg.experiment.randomseed)
-        scene, batcher, num_train = load_data(cfg, args.config, device)
-        ckpt, foreign, cfg = read_start(args.load_checkpoint, cfg, args.config)
-        method, optimizer, scaler, start_step, pruning, pruned = start_training(args, cfg, scene, device, ckpt, foreign)
-        batcher.check_crop(start_step)
-        run_dir = run_folder(cfg, start_step, ckpt is not None, args.overwrite)
+        world, device = join_world(cfg)
     except (ValueError, DeviceError, OSError) as err:  # ConfigError, DatasetError, CheckpointError: ValueErrors
         sys.exit(f"error: {err}")
+    try:
+        error = None
+        try:  # set-up: every problem is a one-line error before any training output
+            (cfg, scene, batcher, num_train, ckpt, foreign, method, optimizer, scaler, start_step, pruning, pruned,
+             run_dir) = set_up(args, world, cfg, device)
+        except (ValueError, DeviceError, OSError) as err:
+            error, start_step = f"error: {err}", None
+        failure = set_up_failure(error, start_step, world)
+        if failure is not None:
+            sys.exit(failure or 1)
+        broadcast_parameters(method.parameters(), world)  # every rank starts from rank 0's weights
+        with PreemptionRequest() as preemption:
+            return run(cfg, world, scene, batcher, num_train, ckpt, foreign, method, optimizer, scaler, start_step,
+                       pruning, pruned, run_dir, preemption)
+    finally:
+        distributed.finish(world)
+
+
+def run(cfg: Config, world: World, scene: Scene, batcher, num_train: int, ckpt, foreign, method: Method, optimizer,
+        scaler, start_step: int, pruning, pruned, run_dir: str, preemption: PreemptionRequest) -> dict:
+    """The training loop, from start_step to experiment.train_iters or a preemption signal."""
     from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
-    exp, train_opts, writer = cfg.experiment, cfg.nerf.train, SummaryWriter(run_dir)
+    device, exp, train_opts = method.device, cfg.experiment, cfg.nerf.train
+    writer = SummaryWriter(run_dir) if world.is_main else NullWriter()
     print(f"{scene.basedir}: {num_train} train / {len(scene.i_val)} val / {len(scene.i_test)} test views at "
           f"{scene.width}x{scene.height}, focal {scene.focal:.3f}, near {scene.near:g}, far {scene.far:g}"
-          f"{', NDC' if scene.use_ndc else ''}; device {device}; run dir {run_dir}")
+          f"{', NDC' if scene.use_ndc else ''}; device {device}"
+          f"{f' x {world.size} processes' if world.size > 1 else ''}; run dir {run_dir}")
     ndc = (scene.height, scene.width, scene.focal) if scene.use_ndc else None
     clock = Clock(float(ckpt.get("train_seconds") or 0.0) if ckpt is not None and foreign is None else 0.0)
-    metrics, watch = {}, NonFiniteWatch(device)
-    progress = tqdm(range(start_step, exp.train_iters), initial=start_step, total=exp.train_iters, dynamic_ncols=True)
+    metrics, watch, end_step = {}, NonFiniteWatch(device), exp.train_iters
+    progress = tqdm(range(start_step, exp.train_iters), initial=start_step, total=exp.train_iters, dynamic_ncols=True,
+                    disable=not world.is_main)
     try:
         for step in progress:
             lr = learning_rate(step, cfg.optimizer.lr, cfg.scheduler.lr_decay, cfg.scheduler.lr_decay_factor)
@@ -304,9 +414,9 @@ def main(argv=None) -> dict:
                 optimizer = new_optimizer(method)
                 set_learning_rate(optimizer, lr)
 
-            rays_o, rays_d, target = batcher.batch(step)  # [R, 3] each
+            rays_o, rays_d, target = batcher.batch(step)  # [R / N, 3] each: this rank's share of the batch
             rays = prepare_rays(rays_o, rays_d, scene.near, scene.far, ndc)
-            out = method.render_rays(rays, train_opts)
+            out = method.render_rays(rays, train_opts, world.render_generator(exp.randomseed, step, device))
             method.after_render(step, rays, out)
             loss, mse = method.loss(out, target, rays, step)
             watch.record(loss, step)
@@ -317,14 +427,17 @@ def main(argv=None) -> dict:
                 check_finite(watch, method, cfg, run_dir, completed, saving=False)
             zero_gradients(optimizer, method.keeps_gradient_buffers)
             scaler.scale(loss).backward()  # the scaler is a pass-through except for fp16
+            average_gradients(method.parameters(), world)  # the whole batch's gradient on every rank
             scaler.step(optimizer)
             scaler.update()
+            preempted = world.agree(preemption.requested is not None)  # every rank stops at the same step
+            saving = saving or preempted
 
             if pruned and pruning.due(completed):
                 optimizer, cfg = prune_event(pruning, pruned, method, optimizer, cfg, run_dir, writer, completed)
             if logging or is_last:
                 metrics.update(log_training(writer, method, out, loss, mse, target, lr, completed, progress))
-            if exp.validate_every and (completed % exp.validate_every == 0 or is_last):
+            if exp.validate_every and (completed % exp.validate_every == 0 or is_last) and not preempted:
                 first = completed == exp.validate_every or step == start_step
                 metrics.update(log_validation(writer, cfg, scene, method, clock, completed, first))
             if saving:
@@ -332,8 +445,22 @@ def main(argv=None) -> dict:
                 extra = {"pruning": pruning.to_dict() if pruning is not None and completed <= pruning.end_step
                          else None, "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
                          "train_seconds": clock.train_seconds(), **method.checkpoint_state()}
-                save_checkpoint(os.path.join(run_dir, f"checkpoint{completed:06d}.ckpt"), completed, method.coarse,
-                                method.fine, optimizer, config_to_dict(cfg), metrics, extra)
+                path = os.path.join(run_dir, f"checkpoint{completed:06d}.ckpt")
+                save_error = None
+                try:
+                    if world.is_main:
+                        save_checkpoint(path, completed, method.coarse, method.fine, optimizer, config_to_dict(cfg),
+                                        metrics, extra)
+                except OSError as err:
+                    save_error = err
+                if world.agree(save_error is not None):  # the others wait for rank 0's save, and stop with it
+                    raise save_error or OSError(f"rank 0 could not write {path}")
+            if preempted:
+                tqdm.write(f"[step {completed}] {preemption.requested or 'another rank was signalled'}: saved {path}; "
+                           "the same command with --load-checkpoint auto continues from it")
+                metrics["preempted"] = preemption.requested or "another rank"
+                end_step = completed
+                break
     except NonFiniteLoss as err:
         stop(progress, writer, f"error: {err}")
     except OSError as err:  # a full disk: the atomic writes leave every earlier file intact
@@ -343,7 +470,7 @@ def main(argv=None) -> dict:
                                + (f"newest checkpoint: {newest})" if newest else "no checkpoint yet)"))
     progress.close()
     writer.close()
-    return finish(metrics, clock, start_step, exp.train_iters, run_dir)
+    return finish(metrics, clock, start_step, end_step, run_dir)
 
 
 def stop(progress, writer, message: str) -> None:
@@ -356,19 +483,19 @@ def stop(progress, writer, message: str) -> None:
     sys.exit(message)
 
 
-def finish(metrics: dict, clock: Clock, start_step: int, train_iters: int, run_dir: str) -> dict:
+def finish(metrics: dict, clock: Clock, start_step: int, end_step: int, run_dir: str) -> dict:
     """Print the summary line; the metrics main() returns."""
     metrics["seconds"] = time.time() - clock.start
     metrics["validation_seconds"] = clock.validation
-    steps_run = max(train_iters - start_step, 0)
+    steps_run = max(end_step - start_step, 0)
     if steps_run:
-        summary = f"Trained steps {start_step}..{train_iters} in {metrics['seconds']:.1f} s " \
+        summary = f"Trained steps {start_step}..{end_step} in {metrics['seconds']:.1f} s " \
                   f"({metrics['seconds'] / steps_run:.3f} s/step, validation included)"
         if "val_psnr" in metrics:
             summary += f"; validation PSNR {metrics['val_psnr']:.2f} dB at step {metrics['val_step']}"
         print(summary)
     metrics["run_dir"] = run_dir
-    metrics["step"] = max(start_step, train_iters)
+    metrics["step"] = max(start_step, end_step)
     return metrics
 
 

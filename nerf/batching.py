@@ -14,6 +14,7 @@ import torch
 
 from .config import ConfigError, TrainConfig
 from .datasets.scene import Scene
+from .distributed import SINGLE, World
 from .rays import pixel_directions, rays_from_directions
 
 
@@ -23,10 +24,13 @@ class RayBatcher:
     With use_batching, the epoch permutation is drawn from a generator seeded by (seed, epoch), so a
     batch is a pure function of the step and resuming needs no extra state; otherwise the global torch
     RNG is used (its state is saved in checkpoints).
+
+    Under torchrun every rank draws the same global batch and returns its share of it (world.share), so
+    the ranks' rays never overlap and together are the rays one process trains on.
     """
 
     def __init__(self, scene: Scene, opts: TrainConfig, seed: int, device: Optional[torch.device] = None,
-                 views: Optional[list] = None):
+                 views: Optional[list] = None, world: World = SINGLE):
         self.scene = scene
         self.opts = opts
         self.seed = seed
@@ -41,9 +45,12 @@ class RayBatcher:
         self.batches_per_epoch = math.ceil(self.total_pixels / opts.num_random_rays)
         self._epoch = -1
         self._permutation = None
+        self.world = world
         if not opts.use_batching and opts.num_random_rays > self.pixels_per_image:
             raise ConfigError(f"nerf.train.num_random_rays ({opts.num_random_rays}) exceeds the pixels of one "
                              f"image ({self.pixels_per_image}); lower it or set use_batching")
+        if opts.use_batching:
+            check_epoch_remainder(self.total_pixels, opts.num_random_rays, world.size)
 
 
     def check_crop(self, start_step: int) -> None:
@@ -85,6 +92,7 @@ class RayBatcher:
                 self._permutation = torch.randperm(self.total_pixels, generator=generator).to(device)
                 self._epoch = epoch
             flat = self._permutation[k * opts.num_random_rays:(k + 1) * opts.num_random_rays]  # [R]
+            flat = flat[self.world.share(len(flat))]  # [R / N], this rank's share
             pixel = flat % self.pixels_per_image
             return self.rays_at(flat // self.pixels_per_image, pixel // s.width, pixel % s.width)
 
@@ -93,5 +101,16 @@ class RayBatcher:
         if opts.num_random_rays > crop_h * crop_w:
             self.check_crop(step)
         chosen = torch.randperm(crop_h * crop_w, device=device)[:opts.num_random_rays]  # without replacement
+        chosen = chosen[self.world.share(opts.num_random_rays)]  # [R / N], this rank's share
         rows, cols = row0 + chosen // crop_w, col0 + chosen % crop_w
-        return self.rays_at(image.expand(opts.num_random_rays), rows, cols)
+        return self.rays_at(image.expand(len(chosen)), rows, cols)
+
+
+def check_epoch_remainder(total: int, num_random_rays: int, world_size: int) -> None:
+    """ConfigError when the short last batch of a use_batching epoch (total % num_random_rays rays) has
+    fewer rays than there are ranks: some rank would get none."""
+    remainder = total % num_random_rays
+    if 0 < remainder < world_size:
+        raise ConfigError(f"nerf.train.num_random_rays ({num_random_rays}): the last batch of each epoch of "
+                          f"{total} training rays has {remainder}, fewer than the world size ({world_size}); "
+                          "change num_random_rays by a few rays")

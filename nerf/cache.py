@@ -21,9 +21,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .batching import RayBatcher
+from .batching import RayBatcher, check_epoch_remainder
 from .config import Config, ConfigError, DatasetConfig, TrainConfig
 from .datasets.scene import Scene
+from .distributed import SINGLE, World
 
 SCHEMA = 1
 
@@ -234,8 +235,8 @@ class CachedRayBatcher:
     epoch by a (seed, epoch) generator.
     """
 
-    def __init__(self, cache: RayCache, opts: TrainConfig, seed: int, device: torch.device):
-        self.cache, self.opts, self.seed, self.device = cache, opts, seed, device
+    def __init__(self, cache: RayCache, opts: TrainConfig, seed: int, device: torch.device, world: World = SINGLE):
+        self.cache, self.opts, self.seed, self.device, self.world = cache, opts, seed, device, world
         m = cache.manifest
         self.height, self.width = m["height"], m["width"]
         self.num_images, self.rays_per_image = m["num_train"], m["rays_per_image"]
@@ -243,6 +244,8 @@ class CachedRayBatcher:
         self.total = self.per_variation * m["num_variations"]
         self.batches_per_epoch = -(-self.total // opts.num_random_rays)
         self._epoch, self._permutation = -1, None
+        if opts.use_batching:
+            check_epoch_remainder(self.total, opts.num_random_rays, world.size)
         if opts.precrop_iters > 0 and not opts.use_batching:  # fail now, not at step 0
             fewest = min(int(self._in_crop(torch.from_numpy(np.array(p))).sum(-1).min()) for p in cache.pixels)
             if fewest < opts.num_random_rays:
@@ -275,6 +278,7 @@ class CachedRayBatcher:
                 self._permutation = torch.randperm(self.total, generator=generator).numpy()
                 self._epoch = epoch
             flat = np.sort(self._permutation[k * opts.num_random_rays:(k + 1) * opts.num_random_rays])
+            flat = flat[self.world.share(len(flat))]  # this rank's share
             variation, rest = np.divmod(flat, self.per_variation)
             image, ray = np.divmod(rest, self.rays_per_image)
             parts = [self._gather(v, image[variation == v], ray[variation == v]) for v in np.unique(variation)]
@@ -286,4 +290,5 @@ class CachedRayBatcher:
             pixels = torch.from_numpy(np.array(self.cache.pixels[variation][image]))  # [n, 2], copied from the map
             candidates = candidates[self._in_crop(pixels)]  # at least num_random_rays: checked in __init__
         chosen = candidates[torch.randperm(len(candidates))[:opts.num_random_rays]]
-        return self._gather(variation, np.full(len(chosen), image), np.sort(chosen.numpy()))
+        chosen = np.sort(chosen.numpy())[self.world.share(len(chosen))]  # this rank's share
+        return self._gather(variation, np.full(len(chosen), image), chosen)

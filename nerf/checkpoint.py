@@ -32,6 +32,7 @@ def rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda_current"] = torch.cuda.get_rng_state()  # the device torch.cuda.set_device chose (torchrun)
     if _mps_available():
         state["mps"] = torch.mps.get_rng_state()
     return state
@@ -46,6 +47,17 @@ def set_rng_state(state: dict) -> None:
             torch.mps.set_rng_state(state["mps"])
     except (RuntimeError, IndexError) as err:  # e.g. resumed on a machine with another GPU count
         print(f"warning: device RNG state not restored ({err}); the resumed run is not bit-exact")
+
+
+def set_process_device_rng_state(state: dict, device: torch.device) -> None:
+    """Under torchrun: give this rank's GPU (cuda:LOCAL_RANK) the generator state of the GPU that trained the
+    saved run (every rank's generator is the same: same seed, same draws), not that of the GPU of the same
+    index in the saving process, which rank 0 never drew from."""
+    if device.type != "cuda":
+        return
+    saved = state.get("cuda_current", (state.get("cuda") or [None])[0])  # older checkpoints: the first GPU's
+    if saved is not None:
+        torch.cuda.set_rng_state(saved, device)
 
 
 def atomic_torch_save(obj: object, path: str) -> None:

@@ -183,3 +183,24 @@ def test_too_few_cached_rays_in_the_precrop_region_is_refused_up_front(tmp_path,
     opts = TrainConfig(num_random_rays=32, precrop_iters=10, precrop_frac=0.5)
     with pytest.raises(ConfigError, match="inside the precrop region"):
         CachedRayBatcher(RayCache(str(out)), opts, 0, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("batching", [False, True])
+def test_each_rank_takes_its_share_of_the_cached_global_batch(tmp_path, blender_dir, batching):
+    """Under torchrun every rank draws the same global batch and keeps its share: disjoint shares that together
+    are the single process's batch."""
+    from nerf.distributed import World
+
+    out = tmp_path / "cache"
+    cache_dataset.main(["--datapath", blender_dir, "--savedir", str(out), "--num-random-rays", "40",
+                        "--num-variations", "2"])
+    opts = TrainConfig(num_random_rays=12, use_batching=batching)
+    torch.manual_seed(2)
+    whole = CachedRayBatcher(RayCache(str(out)), opts, 0, torch.device("cpu")).batch(5)
+    parts = []
+    for rank in range(3):
+        torch.manual_seed(2)  # every rank seeds alike
+        parts.append(CachedRayBatcher(RayCache(str(out)), opts, 0, torch.device("cpu"), World(rank=rank, size=3)).batch(5))
+    assert all(len(part[0]) == 4 for part in parts)
+    for k in range(3):
+        assert torch.equal(torch.cat([part[k] for part in parts]), whole[k])

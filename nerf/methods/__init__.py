@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..config import Config
+from ..distributed import SINGLE, World
 from ..models import build_model
 from ..occupancy import default_aabb
 from .base import Method
@@ -38,9 +39,18 @@ def build_networks(cfg: Config, use_ndc: bool) -> tuple[nn.Module, Optional[nn.M
 
 
 def build_method(cfg: Config, use_ndc: bool, device: torch.device,
-                 networks: Optional[tuple[nn.Module, Optional[nn.Module]]] = None, training: bool = True) -> Method:
-    """The method of the config (see the table above) around `networks` (coarse, fine), or fresh ones.
-    `cfg.models` must describe the networks. ValueError for a combination that cannot run."""
+                 networks: Optional[tuple[nn.Module, Optional[nn.Module]]] = None, training: bool = True,
+                 world: World = SINGLE) -> Method:
+    """The method of the config (see the table above) around `networks` (coarse, fine), or fresh ones,
+    for the training processes `world`. `cfg.models` must describe the networks. ValueError for a
+    combination that cannot run."""
+    method = _method_for(cfg, use_ndc, device, networks, training)
+    method.world = world
+    return method
+
+
+def _method_for(cfg: Config, use_ndc: bool, device: torch.device,
+                networks: Optional[tuple[nn.Module, Optional[nn.Module]]], training: bool) -> Method:
     coarse, fine = networks if networks is not None else build_networks(cfg, use_ndc)
     coarse, fine = coarse.to(device), fine.to(device) if fine is not None else None
     if cfg.occupancy.enabled and training and fine is not None:

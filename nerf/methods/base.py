@@ -16,6 +16,7 @@ from torch import nn
 
 from ..compositing import set_compiled_compositing
 from ..config import Config, RenderConfig, RuntimeConfig
+from ..distributed import SINGLE, World
 from ..losses import photometric_loss
 from ..rays import Rays
 from ..rendering import render_image, render_rays
@@ -33,6 +34,9 @@ class Method:
 
     def __init__(self, cfg: Config, coarse: nn.Module, fine: Optional[nn.Module], device: torch.device):
         self.cfg, self.coarse, self.fine, self.device = cfg, coarse, fine, device
+        # the training processes: state a method learns from its rank's rays alone is reduced over them
+        # where it is read (before_step and checkpoint_state are called on every rank at the same steps)
+        self.world: World = SINGLE
         self.sampler = None  # an occupancy sampler, for the methods that march through a grid
         self.set_runtime(cfg.runtime)
 
@@ -91,7 +95,7 @@ class Method:
         return {}
 
     def checkpoint_state(self) -> dict:
-        """What the method adds to a checkpoint (beside the networks' state dicts)."""
+        """What the method adds to a checkpoint (beside the networks' state dicts); called on every rank."""
         return {}
 
     # ------------------------------------------------------------------------------------ rendering

@@ -57,7 +57,8 @@ class VoxelGridMethod(GridSampledMethod):
         if grown:
             # coarse to fine; the first growth also moves the grids onto the seen cells (plus one cell)
             cell = (grid.aabb[3:] - grid.aabb[:3]) / grid.resolution
-            box = grown_box(self.coarse.aabb, grid.box_of(self.seen), cell) if self.seen is not None else None
+            seen = self.world.union(self.seen) if self.seen is not None else None  # every rank's rays
+            box = grown_box(self.coarse.aabb, grid.box_of(seen), cell) if seen is not None else None
             self.seen = None
             grow(self.coarse, v.grow_steps, v.num_voxels_start, v.num_voxels, step, box, v.aspect)
             self.sampler.fixed_step = self.marching_step()
@@ -86,4 +87,6 @@ class VoxelGridMethod(GridSampledMethod):
         return loss, mse
 
     def checkpoint_state(self) -> dict:
+        if self.seen is not None:
+            self.seen = self.world.union(self.seen)  # what every rank's rays saw: one state for any world size
         return {**super().checkpoint_state(), "voxel_grid_seen": self.seen}
