@@ -23,8 +23,9 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.machine import speed_factor  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MACHINE_SPEED = os.path.join(ROOT, "..", "shared", "tools", "machine_speed.py")
 STEP_LINE = re.compile(r"Trained steps (\d+)\.\.(\d+) in ([\d.]+) s \(([\d.]+) s/step")
 
 
@@ -76,16 +77,6 @@ def time_run(config: str, nproc: int, steps: int, overrides: list, logdir: str) 
     if result.returncode != 0 or not found:
         raise SystemExit(f"error: the {nproc}-process run failed:\n{(result.stdout + result.stderr)[-2000:]}")
     return {"nproc": nproc, "seconds_per_step": float(found.group(4)), "seconds": float(found.group(3))}
-
-
-def speed_factor() -> dict:
-    if not os.path.isfile(MACHINE_SPEED):
-        return {}
-    result = subprocess.run([sys.executable, MACHINE_SPEED, "--json"], capture_output=True, text=True)
-    try:
-        return json.loads(result.stdout)
-    except json.JSONDecodeError:
-        return {}
 
 
 def main(argv=None) -> dict:

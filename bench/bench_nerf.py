@@ -2,13 +2,18 @@
 
     python bench/bench_nerf.py --config config/lego.yml --set dataset.basedir=... [--iters 5] [--warmup 2]
                                [--render-stride 4] [--checkpoint CKPT] [--json out.json]
+                               [--reference-yenchenlin PATH] [--no-speed-factor]
 
 Prints a table and (with --json) writes JSON: seconds per training iteration (median after warm-up), rays/s
 and network samples/s, the time split (data, sampling, network forward with the positional encoding,
 rendering, backward, optimizer; with the occupancy grid also its updates, amortised), the networks' achieved
 GFLOP/s against this machine's matrix-multiply peak measured here for the same dtype (runtime.precision),
 seconds per rendered frame (of a trained model with --checkpoint, with its PSNR), and peak memory (RSS on
-CPU, max allocated on CUDA).
+CPU, max allocated on CUDA). On the CPU also the network chunk each model runs in (runtime.cpu_network_chunk,
+or the measured best and the seconds of each candidate). The machine's speed factor
+(../shared/tools/machine_speed.py) is measured beside the step, so that seconds compare across machines; with
+--reference-yenchenlin the training step of yenchenlin/nerf-pytorch (bench/yenchenlin_step.py) is timed
+in the same run and the JSON gives our step's speedup over it.
 
 The step is the same computation as train_nerf.py (same functions, same order), timed phase by phase with
 device synchronisation, so it runs a little slower than the real loop. With occupancy.enabled the timed
@@ -32,6 +37,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from bench.machine import speed_factor  # noqa: E402
+from bench.yenchenlin_step import time_yenchenlin_step  # noqa: E402
 from nerf.batching import RayBatcher  # noqa: E402
 from nerf.compositing import composite_samples, volume_render  # noqa: E402
 from nerf.config import add_set_argument, load_config, overrides_from  # noqa: E402
@@ -180,6 +187,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-render", action="store_true", help="skip the frame rendering")
     parser.add_argument("--checkpoint", default=None, help="time a trained model (and its occupancy grid)")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--reference-yenchenlin", default=None, metavar="PATH",
+                        help="also time yenchenlin/nerf-pytorch's training step (a clone of it at PATH)")
+    parser.add_argument("--no-speed-factor", action="store_true", help="skip machine_speed.py")
     args = parser.parse_args(argv)
     args.set = overrides_from(args.set)
 
@@ -213,6 +223,9 @@ def main(argv=None) -> dict:
         sync(device)
         result["grid_build_seconds"] = None if stored_grid is not None else time.perf_counter() - start
         result["grid_occupied_fraction"] = method.sampler.grid.occupied_fraction()
+    if device.type == "cpu":  # the chunk each network runs in (measured now, or read from the cache)
+        result["cpu_network_chunk"] = [runner.cpu_chunk() and runner.chunk_report
+                                       for runner in method.runners if runner is not None]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -267,6 +280,12 @@ def main(argv=None) -> dict:
         result["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
     else:
         result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    if args.reference_yenchenlin:
+        reference = time_yenchenlin_step(args.reference_yenchenlin, cfg, opts, scene, args.iters, args.warmup)
+        reference["speedup"] = reference["seconds_per_step"] / median_step  # how many times faster ours is
+        result["reference"] = reference
+    if not args.no_speed_factor:
+        result["machine_speed"] = speed_factor()
 
     print(f"{args.config} on {device} ({result['threads']} threads, {result['precision']}, "
           f"{result['sampler']} sampler): {rays} rays, {points:.0f} network points per step"
@@ -283,6 +302,15 @@ def main(argv=None) -> dict:
         print(f"  frame {result['frame_resolution'][0]}x{result['frame_resolution'][1]}  "
               f"{result['seconds_per_frame']:9.2f} s{psnr_text}")
     print(f"  peak memory     {result['peak_memory_mb']:9.0f} MiB")
+    for k, chunk in enumerate(result.get("cpu_network_chunk", [])):
+        print(f"  network chunk   {chunk['chunk']:9d} points ({('coarse', 'fine')[k]}: {chunk['source']}"
+              + (f", seconds per candidate {chunk['seconds']})" if "seconds" in chunk else ")"))
+    if "reference" in result:
+        print(f"  yenchenlin step {result['reference']['seconds_per_step']:9.3f} s   (ours "
+              f"{result['reference']['speedup']:.2f}x faster, same run)")
+    factor = result.get("machine_speed", {}).get("speed_factor")
+    if factor:
+        print(f"  machine speed factor {factor:.2f} (reference seconds = seconds here x factor)")
     if args.json:
         write_json(result, args.json)
     return result

@@ -83,7 +83,7 @@ class NeRFModel(EncodedField):
         x = positional_encoding(points, **self.encoding_xyz)  # [P, Ex]
         h = x
         for i, layer in enumerate(self.pts_linears):
-            h = torch.relu(layer(h))
+            h = torch.relu_(layer(h))  # in place: the fresh layer output is not kept for backward
             if i in self.skips:
                 h = torch.cat((x, h), dim=-1)  # points first, as in the official code
         return h
@@ -101,7 +101,7 @@ class NeRFModel(EncodedField):
         sigma_raw = self.alpha_linear(h)  # [P, 1]
         feature = self.feature_linear(h)
         d = positional_encoding(viewdirs, **self.encoding_dir)  # [P, Ed]
-        h = torch.relu(self.views_linears[0](torch.cat((feature, d), dim=-1)))
+        h = torch.relu_(self.views_linears[0](torch.cat((feature, d), dim=-1)))
         return torch.cat((self.rgb_linear(h), sigma_raw), dim=-1)  # [P, 4]
 
 
@@ -132,7 +132,7 @@ class TinyNeRFModel(EncodedField):
             x = torch.cat((x, positional_encoding(viewdirs, **self.encoding_dir)), dim=-1)  # [P, Ex + Ed]
         h = x
         for i, layer in enumerate(self.pts_linears):
-            h = torch.relu(layer(h))
+            h = torch.relu_(layer(h))  # in place: the fresh layer output is not kept for backward
             if i in self.skips:
                 h = torch.cat((x, h), dim=-1)
         return self.output_linear(h)
@@ -168,7 +168,7 @@ class Krrish94NeRFModel(EncodedField):
     def trunk(self, points: torch.Tensor) -> torch.Tensor:
         h = self.layer1(positional_encoding(points, **self.encoding_xyz))  # no ReLU here (a quirk)
         for layer in self.layers_xyz:
-            h = torch.relu(layer(h))
+            h = torch.relu_(layer(h))  # in place: the fresh layer output is not kept for backward
         return h
 
     def density(self, points: torch.Tensor) -> torch.Tensor:
@@ -184,7 +184,7 @@ class Krrish94NeRFModel(EncodedField):
         feature = torch.relu(self.fc_feat(h))  # a ReLU on the bottleneck (a quirk)
         sigma_raw = self.fc_alpha(h)
         h = torch.cat((feature, positional_encoding(viewdirs, **self.encoding_dir)), dim=-1)
-        h = torch.relu(self.layers_dir[0](h))
+        h = torch.relu_(self.layers_dir[0](h))
         return torch.cat((self.fc_rgb(h), sigma_raw), dim=-1)
 
 

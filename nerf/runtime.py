@@ -9,6 +9,10 @@ model is the one the optimizer and the checkpoints see). fp16 needs a `torch.amp
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import time
 import warnings
 from typing import Callable, Optional
 
@@ -16,22 +20,30 @@ import torch
 from torch import nn
 
 from .config import RuntimeConfig
+from .files import atomic_write
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-# Points per network call on the CPU. The activations of a 4096-point chunk (4096 x 256 x 4 B = 4 MiB per
-# layer) stay in the cache; 65536-point calls run the paper MLP ~30 % slower (bench/bench_nerf.py).
+# Points per network call on the CPU when nothing was measured (a model that is not a FieldRunner). Calls
+# whose activations stay in the cache run the MLPs fastest; which size that is depends on the machine
+# (1024 to 8192 points for the paper MLP on 2-core machines of one kind), hence tuned_cpu_chunk.
 CPU_NETWORK_CHUNK = 4096
+CPU_CHUNK_CANDIDATES = (1024, 2048, 4096, 8192)
+TUNING_POINTS = 16384  # points each candidate evaluates (forward and backward) when the chunk is measured
 
 
-def network_chunk(netchunk: int, device: torch.device) -> int:
-    """Points per network call: `netchunk` (the memory bound), capped at CPU_NETWORK_CHUNK on the CPU."""
-    return min(netchunk, CPU_NETWORK_CHUNK) if device.type == "cpu" else netchunk
+def network_chunk(netchunk: int, device: torch.device, model: Optional[nn.Module] = None) -> int:
+    """Points per network call: `netchunk` (the memory bound), capped on the CPU at the model's cache-sized
+    chunk (FieldRunner.cpu_chunk: configured or measured) or CPU_NETWORK_CHUNK."""
+    if device.type != "cpu":
+        return netchunk
+    chunk = model.cpu_chunk() if isinstance(model, FieldRunner) else CPU_NETWORK_CHUNK
+    return min(netchunk, chunk)
 
 
 def evaluate_points(model: nn.Module, points: torch.Tensor, viewdirs: torch.Tensor, netchunk: int) -> torch.Tensor:
     """model(points [P, 3], viewdirs [P, 3]) -> raw [P, 4], in calls of at most network_chunk(netchunk) points."""
-    chunk = network_chunk(netchunk, points.device)
+    chunk = network_chunk(netchunk, points.device, model)
     if points.shape[0] <= chunk:
         return model(points, viewdirs)
     return torch.cat([model(points[k:k + chunk], viewdirs[k:k + chunk])
@@ -51,7 +63,7 @@ def run_network(model: nn.Module, points: torch.Tensor, viewdirs: torch.Tensor, 
 @torch.no_grad()
 def evaluate_density(density_fn: Callable, points: torch.Tensor, netchunk: int) -> torch.Tensor:
     """sigma = ReLU(density_fn(points)): [P], without gradients, in calls of at most network_chunk(netchunk)."""
-    chunk = network_chunk(netchunk, points.device)
+    chunk = network_chunk(netchunk, points.device, getattr(density_fn, "__self__", None))
     if points.shape[0] <= chunk:
         return torch.relu(density_fn(points))
     return torch.cat([torch.relu(density_fn(points[k:k + chunk])) for k in range(0, points.shape[0], chunk)])
@@ -93,14 +105,31 @@ class FieldRunner(nn.Module):
     occupancy grid uses (the trunk without the view branch, where the model has one).
     """
 
-    def __init__(self, model: nn.Module, dtype: Optional[torch.dtype] = None, compile: bool = False):
+    def __init__(self, model: nn.Module, dtype: Optional[torch.dtype] = None, compile: bool = False,
+                 cpu_chunk: int = 0):
         super().__init__()
         self.model = model
         self.dtype = dtype
+        self._cpu_chunk = cpu_chunk  # 0: measure (or read the measurement from the cache) at the first call
+        self.chunk_report = {"chunk": cpu_chunk, "source": "runtime.cpu_network_chunk"} if cpu_chunk else None
         self._forward = try_compile(model.forward, type(model).__name__) if compile else model.forward
         density = getattr(model, "density", None)
         self._density = (try_compile(density, type(model).__name__ + ".density") if compile and density
                          else density)
+
+    def cpu_chunk(self) -> int:
+        """Points per network call on the CPU: runtime.cpu_network_chunk, or this machine's best for the MLP
+        and precision (tuned_cpu_chunk), measured once and cached. A voxel grid's MLP calls are not chunked
+        this way (its gather adds gradients straight into .grad, which a measurement must not touch):
+        CPU_NETWORK_CHUNK."""
+        if not self._cpu_chunk:
+            if hasattr(self.model, "grid_parameters"):
+                self.chunk_report = {"chunk": CPU_NETWORK_CHUNK, "source": "fixed for a voxel grid"}
+            else:
+                tuned = tuned_cpu_chunk(self)
+                self.chunk_report = {**tuned, "source": "cache" if tuned["cached"] else "measured"}
+            self._cpu_chunk = self.chunk_report["chunk"]
+        return self._cpu_chunk
 
     @property
     def has_color(self) -> bool:
@@ -136,10 +165,129 @@ def field_runners(coarse: nn.Module, fine: Optional[nn.Module], runtime: Runtime
                   device: torch.device) -> tuple[FieldRunner, Optional[FieldRunner]]:
     """FieldRunners for the coarse and fine models under `runtime` (ValueError if its precision is unsupported)."""
     dtype = autocast_dtype(runtime.precision, device)
-    return (FieldRunner(coarse, dtype, runtime.compile),
-            FieldRunner(fine, dtype, runtime.compile) if fine is not None else None)
+    if dtype == torch.bfloat16 and device.type == "cpu":
+        speedup = cpu_bf16_speedup()
+        if speedup < 1.0:
+            warnings.warn(f"runtime.precision bf16: this CPU multiplies bf16 matrices at {speedup:.2f}x its fp32 "
+                          "speed (it has no fast bf16 path), so fp32 trains faster here")
+    return (FieldRunner(coarse, dtype, runtime.compile, runtime.cpu_network_chunk),
+            FieldRunner(fine, dtype, runtime.compile, runtime.cpu_network_chunk) if fine is not None else None)
 
 
 def grad_scaler(runtime: RuntimeConfig, device: torch.device) -> torch.amp.GradScaler:
     """Loss scaling for fp16 (disabled, i.e. a pass-through, for fp32 and bf16)."""
     return torch.amp.GradScaler(device.type, enabled=runtime.precision == "fp16")
+
+
+# ------------------------------------------------------------------------------------- the CPU chunk
+def cache_folder() -> str:
+    """Where measurements of this machine are kept: $NERF_CACHE_DIR, else $XDG_CACHE_HOME/nerf-pytorch (~/.cache)."""
+    if os.environ.get("NERF_CACHE_DIR"):
+        return os.environ["NERF_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "nerf-pytorch")
+
+
+def machine_description() -> str:
+    """The CPU model, its core count, the torch version and its thread count: what a measurement depends on."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}; {os.cpu_count()} cores; torch {torch.__version__}; {torch.get_num_threads()} threads"
+
+
+def model_signature(runner: "FieldRunner") -> str:
+    """The shapes of the model's Linear layers and the precision: the widths a chunk size is tuned for."""
+    shapes = [f"{m.in_features}x{m.out_features}" for m in runner.model.modules() if isinstance(m, nn.Linear)]
+    return f"{type(runner.model).__name__}({','.join(shapes)}) {str(runner.dtype or torch.float32)[6:]}"
+
+
+def measure_cpu_chunks(runner: "FieldRunner", candidates=CPU_CHUNK_CANDIDATES, points: int = TUNING_POINTS,
+                       rounds: int = 2) -> dict:
+    """Seconds of a forward and backward pass of `points` random points through the runner, in calls of each
+    candidate size ({size: seconds}: the best of `rounds` passes, taken in turn so that a slow moment of a
+    shared machine does not fall on one size alone). Uses its own generator and torch.autograd.grad, so
+    the global RNG and the parameters' .grad are untouched."""
+    generator = torch.Generator().manual_seed(0)
+    xyz = torch.rand(points, 3, generator=generator) * 2 - 1  # [P, 3]
+    dirs = torch.nn.functional.normalize(torch.randn(points, 3, generator=generator), dim=-1)  # [P, 3]
+    params = [p for p in runner.model.parameters() if p.requires_grad]
+
+    def one_pass(chunk: int) -> float:
+        start = time.perf_counter()
+        with runner._autocast(xyz.device):  # the eager model: a compiled one would recompile for every size
+            raw = torch.cat([runner.model(xyz[k:k + chunk], dirs[k:k + chunk]).float()
+                             for k in range(0, points, chunk)])  # [P, 4]
+        torch.autograd.grad(raw.square().mean(), params, allow_unused=True)
+        return time.perf_counter() - start
+
+    one_pass(candidates[len(candidates) // 2])  # warm-up: allocator, weight casts, threads
+    seconds = {chunk: float("inf") for chunk in candidates}
+    for _ in range(rounds):
+        for chunk in candidates:
+            seconds[chunk] = min(seconds[chunk], one_pass(chunk))
+    return seconds
+
+
+def _read_cache() -> tuple[str, dict]:
+    path = os.path.join(cache_folder(), "cpu_network_chunk.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            table = json.load(f)
+    except (OSError, ValueError):
+        table = {}
+    return path, table if isinstance(table, dict) else {}
+
+
+def _write_cache(path: str, table: dict) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write(path, lambda f: json.dump(table, f, indent=1), binary=False, prefix=".chunk-")
+    except OSError as err:  # a read-only home: measure again next time
+        warnings.warn(f"{path}: the measurement could not be cached ({err.strerror or err})")
+
+
+def cpu_bf16_speedup(size: int = 4096, width: int = 256) -> float:
+    """fp32 seconds / bf16 seconds of a [size, width] x [width, width] matrix product on this CPU (the MLP's
+    shape): above 1 where the CPU has a fast bf16 path (AVX-512 BF16 or AMX), below where it has none.
+    Measured once per machine (a fraction of a second) and cached beside the network chunks."""
+    key = f"{machine_description()} | bf16 / fp32 matmul speed"
+    path, table = _read_cache()
+    if isinstance(table.get(key), (int, float)):
+        return float(table[key])
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(size, width, generator=generator), torch.randn(width, width, generator=generator)
+
+    def best(x, y) -> float:
+        torch.mm(x, y)
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            torch.mm(x, y)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    table[key] = round(best(a, b) / best(a.bfloat16(), b.bfloat16()), 3)
+    _write_cache(path, table)
+    return table[key]
+
+
+def tuned_cpu_chunk(runner: "FieldRunner") -> dict:
+    """{"chunk", "seconds", "machine", "model", "cached"}: the fastest CPU chunk for this machine and model,
+    read from <cache_folder()>/cpu_network_chunk.json or measured (measure_cpu_chunks) and written there.
+    The forward pass gives the same values for every chunk size; only speed (and the summation order of
+    the weight gradients) depends on it."""
+    key = f"{machine_description()} | {model_signature(runner)}"
+    path, table = _read_cache()
+    entry = table.get(key)
+    if isinstance(entry, dict) and isinstance(entry.get("chunk"), int) and entry["chunk"] > 0:
+        return {**entry, "machine": key.split(" | ")[0], "model": key.split(" | ")[1], "cached": True}
+    with torch.enable_grad():
+        seconds = measure_cpu_chunks(runner)
+    entry = {"chunk": min(seconds, key=seconds.get), "seconds": {str(k): round(v, 4) for k, v in seconds.items()}}
+    table[key] = entry
+    _write_cache(path, table)
+    return {**entry, "machine": key.split(" | ")[0], "model": key.split(" | ")[1], "cached": False}

@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -9,6 +10,10 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
+
+# Measurements of the machine (the tuned CPU network chunk) go to a folder of this test session, not the
+# user's cache.
+os.environ["NERF_CACHE_DIR"] = tempfile.mkdtemp(prefix="nerf-test-cache-")
 
 # The tests use tiny networks, for which thread start-up costs more than it saves (and a busy machine
 # makes extra threads much slower).

@@ -29,16 +29,21 @@ def test_bench_json_is_consistent(tmp_path):
     path = tmp_path / "cfg.yml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "bench.json"
-    result = main(["--config", str(path), "--iters", "2", "--warmup", "1", "--render-stride", "4", "--json", str(out)])
+    result = main(["--config", str(path), "--iters", "2", "--warmup", "1", "--render-stride", "4", "--json", str(out),
+                   "--no-speed-factor", "--set", "runtime.cpu_network_chunk=96"])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["cpu_network_chunk"] == [{"chunk": 96, "source": "runtime.cpu_network_chunk"}] * 2
     assert result["network_points_per_step"] == 32 * (8 + 8 + 4)  # coarse, then fine on coarse + fine samples
     assert abs(sum(result["split_fraction"].values()) - 1.0) < 0.05  # the phases cover the step
     assert result["frame_resolution"] == [4, 4] and result["matmul_peak_dtype"] == "float32"
     grid = main(["--config", str(path), "--iters", "2", "--warmup", "1", "--no-render", "--set", "models.fine=null",
                  "--set", "nerf.train.num_fine=0", "--set", "nerf.validation.num_fine=0",
                  "--set", "occupancy.enabled=true", "--set", "occupancy.resolution=8",
-                 "--set", "runtime.precision=bf16"])
+                 "--set", "runtime.precision=bf16", "--no-speed-factor"])
     assert grid["sampler"] == "occupancy" and grid["matmul_peak_dtype"] == "bfloat16"
+    (chunk,) = grid["cpu_network_chunk"]  # measured for this model in bf16 (the test session's cache folder)
+    assert chunk["source"] in ("measured", "cache") and chunk["chunk"] == int(min(chunk["seconds"],
+                                                                                  key=chunk["seconds"].get))
     assert 0 < grid["network_points_per_step"] <= 32 * 1024
 
 
@@ -63,9 +68,69 @@ def test_bench_counts_mlp_flops_only_where_the_voxel_grid_computed_colour(tmp_pa
     rows = []
     color = VoxelGridModel.color
     monkeypatch.setattr(VoxelGridModel, "color", lambda self, p, d: rows.append(len(p)) or color(self, p, d))
-    result = main(["--config", str(path), "--iters", "2", "--warmup", "0", "--no-render"])
+    result = main(["--config", str(path), "--iters", "2", "--warmup", "0", "--no-render", "--no-speed-factor"])
+    assert result["cpu_network_chunk"] == [{"chunk": 4096, "source": "fixed for a voxel grid"}]
     assert result["mlp_points_per_step"] == sum(rows) / 2  # the median of two steps is their mean
     # fog of alpha 0.05 per step: the weights fall below 0.02 along each ray, so fewer points got a colour
     assert 0 < result["mlp_points_per_step"] < result["network_points_per_step"]
     flops_per_point = network_flops_per_point(VoxelGridModel([-1.0] * 3 + [1.0] * 3, (2, 2, 2), 4, 8, 1))
     assert abs(result["network_gflop_per_step"] * 1e9 - result["mlp_points_per_step"] * flops_per_point) < 1.0
+
+
+def test_the_speed_factor_comes_from_machine_speed_or_says_why_not(tmp_path, monkeypatch):
+    from bench import machine
+
+    monkeypatch.setattr(machine, "MACHINE_SPEED", str(tmp_path / "missing.py"))
+    assert "not found" in machine.speed_factor()["unavailable"]
+    tool = tmp_path / "machine_speed.py"
+    tool.write_text("import json, sys\nassert sys.argv[1:] == ['--json']\nprint(json.dumps({'speed_factor': 1.25}))\n")
+    monkeypatch.setattr(machine, "MACHINE_SPEED", str(tool))
+    assert machine.speed_factor() == {"speed_factor": 1.25}
+
+
+FAKE_RUN_NERF = """
+import torch
+from load_LINEMOD import load_LINEMOD_data  # the real one needs OpenCV; the bench puts a stand-in there
+CALLS = []
+img2mse = lambda x, y: torch.mean((x - y) ** 2)
+def get_rays(H, W, K, c2w):
+    return c2w[:3, -1].expand(H, W, 3), torch.ones(H, W, 3)
+def create_nerf(args):
+    CALLS.append(args)
+    weight = torch.nn.Parameter(torch.zeros(3))
+    return {"weight": weight}, {}, 0, [weight], torch.optim.Adam([weight], lr=args.lrate)
+def render(H, W, K, chunk, rays, retraw, **kwargs):
+    CALLS.append(rays.shape)
+    rgb = torch.sigmoid(kwargs["weight"]).expand(rays.shape[1], 3)
+    return rgb, None, None, {"rgb0": rgb}
+"""
+
+
+def test_the_yenchenlin_step_driver_runs_its_train_step(tmp_path, monkeypatch):
+    import sys
+
+    import pytest
+
+    from bench.yenchenlin_step import import_yenchenlin, time_yenchenlin_step
+    from nerf.config import load_config
+    from nerf.datasets import load_scene
+    from nerf.datasets.demo import generate_demo_scene
+
+    with pytest.raises(SystemExit, match="no run_nerf.py there"):
+        import_yenchenlin(str(tmp_path))
+    checkout = tmp_path / "yenchenlin"
+    checkout.mkdir()
+    (checkout / "run_nerf.py").write_text(FAKE_RUN_NERF)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("run_nerf", "load_llff", "load_deepvoxels", "load_blender", "load_LINEMOD"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    generate_demo_scene(str(tmp_path / "scene"), size=16, num_train=4, num_val=1, num_test=1)
+    config = tmp_path / "cfg.yml"
+    config.write_text(f"dataset:\n  basedir: {tmp_path / 'scene'}\nnerf:\n  train:\n    num_random_rays: 32\n")
+    cfg = load_config(str(config))
+    scene = load_scene(cfg.dataset, white_background=True)
+    result = time_yenchenlin_step(str(checkout), cfg, cfg.nerf.train, scene, iters=2, warmup=1)
+    calls = sys.modules["run_nerf"].CALLS
+    assert calls[0].N_samples == 64 and calls[0].N_importance == 128 and calls[0].netwidth == 256
+    assert calls[1:] == [(2, 32, 3)] * 3  # one batch of N_rand rays per step, warm-up included
+    assert result["seconds_per_step"] > 0 and result["implementation"] == "yenchenlin/nerf-pytorch"

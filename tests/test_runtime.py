@@ -1,9 +1,11 @@
+import json
 import warnings
 
 import pytest
 import torch
 
-from nerf.config import ModelConfig, RuntimeConfig
+from nerf import runtime
+from nerf.config import ConfigError, ModelConfig, RuntimeConfig, load_config
 from nerf.models import NeRFModel, build_model
 from nerf.runtime import (CPU_NETWORK_CHUNK, FieldRunner, autocast_dtype, evaluate_points, field_runners, network_chunk,
                           run_network, try_compile)
@@ -114,3 +116,92 @@ def test_run_network_chunking_does_not_change_results():
     points, dirs = torch.randn(10, 7, 3), torch.randn(10, 3)
     assert torch.allclose(run_network(coarse, points, dirs, 5), run_network(coarse, points, dirs, 10_000),
                           atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# The CPU chunk: measured once per machine and model, cached, overridable
+
+
+def test_the_cpu_chunk_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NERF_CACHE_DIR", str(tmp_path))
+    runner = FieldRunner(NeRFModel(**SMALL))
+    for p in runner.model.parameters():
+        p.grad = torch.full_like(p, 7.0)
+    rng = torch.get_rng_state()
+    measured = runtime.tuned_cpu_chunk(runner)
+    assert not measured["cached"]
+    assert measured["chunk"] in runtime.CPU_CHUNK_CANDIDATES
+    assert measured["seconds"][str(measured["chunk"])] == min(measured["seconds"].values())  # the fastest
+    assert set(measured["seconds"]) == {str(c) for c in runtime.CPU_CHUNK_CANDIDATES}
+    assert torch.equal(torch.get_rng_state(), rng)  # training draws the same numbers as without the measurement
+    assert all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in runner.model.parameters())
+    table = json.loads((tmp_path / "cpu_network_chunk.json").read_text())
+    (key, entry), = table.items()
+    assert runtime.machine_description() in key and "NeRFModel(" in key and "float32" in key
+    assert entry["chunk"] == measured["chunk"]
+
+    monkeypatch.setattr(runtime, "measure_cpu_chunks", lambda *a, **k: pytest.fail("measured again"))
+    again = FieldRunner(NeRFModel(**SMALL))
+    assert again.cpu_chunk() == measured["chunk"]
+    assert network_chunk(65536, torch.device("cpu"), again) == measured["chunk"]
+    assert network_chunk(100, torch.device("cpu"), again) == 100  # netchunk stays the memory bound
+    # another width or precision is another entry, measured by itself
+    with pytest.raises(pytest.fail.Exception):
+        FieldRunner(NeRFModel(num_layers=2, hidden_size=16, skip_connect_every=0, hidden_size_dir=8)).cpu_chunk()
+    with pytest.raises(pytest.fail.Exception):
+        FieldRunner(NeRFModel(**SMALL), dtype=torch.bfloat16).cpu_chunk()
+
+
+def test_a_configured_cpu_chunk_is_used_without_measuring(monkeypatch):
+    monkeypatch.setattr(runtime, "measure_cpu_chunks", lambda *a, **k: pytest.fail("measured"))
+    coarse, fine = field_runners(NeRFModel(**SMALL), NeRFModel(**SMALL), RuntimeConfig(cpu_network_chunk=1234),
+                                 torch.device("cpu"))
+    assert coarse.cpu_chunk() == fine.cpu_chunk() == 1234
+    assert coarse.chunk_report == {"chunk": 1234, "source": "runtime.cpu_network_chunk"}
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_every_candidate_chunk_gives_the_paper_model_the_same_forward_bit_for_bit(dtype):
+    """Whatever size a machine picks, the forward pass (hence rendering and the loss) is the same; only the
+    summation order of the weight gradients depends on it."""
+    model = NeRFModel()
+    points, dirs = _inputs(9000)
+    whole = FieldRunner(model, dtype)(points, dirs)
+    for chunk in runtime.CPU_CHUNK_CANDIDATES:
+        assert torch.equal(evaluate_points(FieldRunner(model, dtype, cpu_chunk=chunk), points, dirs, 65536), whole), chunk
+
+
+def test_a_voxel_grid_keeps_the_fixed_chunk_and_is_never_measured(monkeypatch):
+    monkeypatch.setattr(runtime, "measure_cpu_chunks", lambda *a, **k: pytest.fail("measured"))
+    grid = build_model(ModelConfig(type="VoxelGridModel"))
+    assert FieldRunner(grid).cpu_chunk() == CPU_NETWORK_CHUNK
+
+
+def test_an_unwritable_cache_warns_and_still_gives_a_chunk(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("NERF_CACHE_DIR", str(blocker / "cache"))
+    with pytest.warns(UserWarning, match="could not be cached"):
+        chunk = FieldRunner(NeRFModel(**SMALL)).cpu_chunk()
+    assert chunk in runtime.CPU_CHUNK_CANDIDATES
+
+
+def test_a_negative_cpu_chunk_is_a_config_error(tmp_path):
+    path = tmp_path / "c.yml"
+    path.write_text(f"dataset:\n  basedir: {tmp_path}\nruntime:\n  cpu_network_chunk: -1\n")
+    with pytest.raises(ConfigError, match="runtime.cpu_network_chunk"):
+        load_config(str(path))
+
+
+def test_bf16_on_a_cpu_without_a_fast_bf16_path_warns(tmp_path, monkeypatch):
+    monkeypatch.setenv("NERF_CACHE_DIR", str(tmp_path))
+    measured = runtime.cpu_bf16_speedup()
+    assert measured > 0
+    assert runtime.cpu_bf16_speedup() == measured  # read back from the cache
+    monkeypatch.setattr(runtime, "cpu_bf16_speedup", lambda: 0.6)
+    with pytest.warns(UserWarning, match="bf16 matrices at 0.60x its fp32 speed"):
+        field_runners(NeRFModel(**SMALL), None, RuntimeConfig(precision="bf16"), torch.device("cpu"))
+    monkeypatch.setattr(runtime, "cpu_bf16_speedup", lambda: 1.8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        field_runners(NeRFModel(**SMALL), None, RuntimeConfig(precision="bf16"), torch.device("cpu"))

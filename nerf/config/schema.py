@@ -144,6 +144,9 @@ class RuntimeConfig:
 
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only): autocast of the networks; encoding, rendering fp32
     compile: bool = False  # torch.compile the networks and the compositing; falls back to eager if unavailable
+    # Points per network call on the CPU (the cache-sized chunk). 0: measured once per machine, model and
+    # precision (a second or two), then read from the user's cache folder (nerf/runtime.py: tuned_cpu_chunk).
+    cpu_network_chunk: int = 0
 
 
 @dataclass

@@ -219,6 +219,8 @@ def _validate_runtime(cfg: Config, source: str) -> None:
              rt.precision)
     _require(not (rt.precision == "fp16" and e.device in ("cpu", "mps")), source, "runtime.precision",
              f"fp32 or bf16 on experiment.device {e.device} (fp16 autocast needs CUDA)", rt.precision)
+    _require(rt.cpu_network_chunk >= 0, source, "runtime.cpu_network_chunk",
+             "a number of points >= 1, or 0 to measure it on this machine", rt.cpu_network_chunk)
 
 
 def _validate_occupancy(cfg: Config, source: str) -> None:
