@@ -298,6 +298,9 @@ def start_training(args, cfg: Config, scene: Scene, device: torch.device, ckpt, 
         print(warning)
     scaler, optimizer = grad_scaler(cfg.runtime, device), new_optimizer(method)
     start_step = resume(method, optimizer, scaler, ckpt, foreign, args.load_checkpoint)
+    if device.type == "cpu":  # measured now (once per machine and model) rather than inside the first step
+        chunks = [runner.cpu_chunk() and runner.chunk_report for runner in method.runners if runner is not None]
+        print("CPU network chunk: " + ", ".join(f"{c['chunk']} points ({c['source']})" for c in chunks))
     stored = ckpt.get("pruning") if ckpt is not None and foreign is None else None
     pruning, pruned, lines = start_pruning(args.prune, stored, start_step, cfg, args.load_checkpoint,
                                            method.coarse, method.fine)
