@@ -39,6 +39,16 @@ def _hit_sphere(o: np.ndarray, d: np.ndarray, center: np.ndarray, radius: float)
     return t, normal
 
 
+def _hit_backdrop(o: np.ndarray, d: np.ndarray, radius: float):
+    """The inside of a sphere of `radius` about the origin (cameras inside it): far hit distance [R] and the
+    inward unit normal [R, 3]."""
+    b = 2.0 * np.sum(o * d, -1)
+    a = np.sum(d * d, -1)
+    c = np.sum(o * o, -1) - radius ** 2
+    t = (-b + np.sqrt(np.maximum(b * b - 4 * a * c, 0.0))) / (2 * a)
+    return np.where(t > 1e-6, t, np.inf), -(o + t[:, None] * d) / radius
+
+
 def _hit_box(o: np.ndarray, d: np.ndarray, center: np.ndarray, half: np.ndarray):
     """Slab test for an axis-aligned box: nearest hit distance [R] and unit normal [R, 3]."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -70,8 +80,24 @@ def _textures(points: np.ndarray, kind: int) -> np.ndarray:
     return np.where(band[:, None] == 0, [0.15, 0.7, 0.25], [0.05, 0.35, 0.1])
 
 
-def render_demo_view(c2w: np.ndarray, size: int) -> np.ndarray:
-    """RGBA float [size, size, 4] of the demo scene seen from camera-to-world c2w [4, 4]."""
+def _noise_texture(points: np.ndarray, kind: int) -> np.ndarray:
+    """Albedo [R, 3] without repetition: random colours of 3-D cells at two scales (hashed cell indices),
+    so that feature matching (structure from motion) finds unambiguous correspondences."""
+    colour = np.zeros((len(points), 3))
+    for scale, weight in ((6.0, 0.6), (17.0, 0.4)):
+        cells = np.floor(points * scale).astype(np.int64) + 1000
+        key = (cells[:, 0] * 73856093) ^ (cells[:, 1] * 19349663) ^ (cells[:, 2] * 83492791) ^ (kind * 2654435761)
+        rng = (key[:, None] * np.array([1103515245, 12345, 2147483647]) + np.array([12345, 6789, 4242])) % 1000
+        colour += weight * (0.1 + 0.85 * rng / 999.0)
+    return colour
+
+
+def render_demo_view(c2w: np.ndarray, size: int, texture: str = "pattern",
+                     backdrop_radius: float = 0.0) -> np.ndarray:
+    """RGBA float [size, size, 4] of the demo scene seen from camera-to-world c2w [4, 4]. texture: "pattern"
+    (stripes and checkers, the training scene) or "noise" (unrepeated colour cells, for structure from
+    motion). backdrop_radius > 0 surrounds the scene with the noise-textured, unshaded inside of a sphere
+    of that radius: a background that goes on far beyond the objects (an unbounded, 360-degree capture)."""
     focal = 0.5 * size / math.tan(0.5 * CAMERA_ANGLE_X)
     rays_o, rays_d = get_rays(size, size, focal, torch.from_numpy(c2w.astype(np.float64)))
     o, d = rays_o.reshape(-1, 3).numpy(), rays_d.reshape(-1, 3).numpy()
@@ -80,7 +106,9 @@ def render_demo_view(c2w: np.ndarray, size: int) -> np.ndarray:
         _hit_box(o, d, np.array([-0.5, 0.12, -0.3]), np.array([0.42, 0.42, 0.42])),
         _hit_sphere(o, d, np.array([0.0, -0.7, -0.5]), 0.38),
     ]
-    t_all = np.stack([t for t, _ in hits], -1)  # [R, 3 solids]
+    if backdrop_radius > 0:
+        hits.append(_hit_backdrop(o, d, backdrop_radius))
+    t_all = np.stack([t for t, _ in hits], -1)  # [R, solids]
     nearest = np.argmin(t_all, -1)
     t = t_all[np.arange(len(o)), nearest]
     hit = np.isfinite(t)
@@ -88,8 +116,12 @@ def render_demo_view(c2w: np.ndarray, size: int) -> np.ndarray:
     points = o + np.where(hit, t, 0.0)[:, None] * d
     for kind, (_, normal) in enumerate(hits):
         mask = hit & (nearest == kind)
-        shade = 0.35 + 0.65 * np.clip(normal[mask] @ LIGHT, 0.0, None)
-        rgba[mask, :3] = _textures(points[mask], kind) * shade[:, None]
+        shade = 0.35 + 0.65 * np.clip(normal[mask] @ LIGHT, 0.0, None) if kind < 3 else np.ones(int(mask.sum()))
+        if kind == 3:  # the backdrop: cells of the same angular size at any radius
+            albedo = _noise_texture(points[mask] * (4.0 / backdrop_radius), kind)
+        else:
+            albedo = _textures(points[mask], kind) if texture == "pattern" else _noise_texture(points[mask], kind)
+        rgba[mask, :3] = albedo * shade[:, None]
         rgba[mask, 3] = 1.0
     return rgba.reshape(size, size, 4)
 

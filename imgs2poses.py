@@ -1,0 +1,89 @@
+"""Camera poses for your own photos or video: structure from motion (pycolmap) into an LLFF scene.
+
+    python imgs2poses.py PHOTO_FOLDER_OR_VIDEO --out data/my_scene [--fps 2] [--max-frames 100]
+                         [--matcher auto|exhaustive|sequential] [--device auto|cpu|cuda]
+
+Writes data/my_scene/{poses_bounds.npy, images/, images_2/, images_4/, images_8/}, which
+`dataset.type: llff` trains on, and prints what was registered, the reprojection error, the kind of
+capture (forward-facing or 360) and the config to train with. See README "Your own photos".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+from nerf.sfm import (VIDEO_EXTENSIONS, PosesError, default_config, extract_video_frames, import_photos, reconstruct,
+                      write_llff)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("input", help="a folder of photos, or a video file")
+    parser.add_argument("--out", required=True, help="the scene folder to write (replaced when it exists)")
+    parser.add_argument("--fps", type=float, default=2.0, help="video: frames taken per second of video")
+    parser.add_argument("--max-frames", type=int, default=100, help="video: at most this many frames")
+    parser.add_argument("--blur-threshold", type=float, default=0.6,
+                        help="video: skip frames sharper than less than this fraction of the median frame")
+    parser.add_argument("--matcher", choices=("auto", "exhaustive", "sequential"), default="auto",
+                        help="auto: sequential for video frames, exhaustive for photos")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where SIFT and matching run (cuda needs a CUDA build of pycolmap)")
+    args = parser.parse_args(argv)
+    if args.fps <= 0 or args.max_frames < 3 or not 0 <= args.blur_threshold < 1:
+        parser.error("--fps must be > 0, --max-frames >= 3 and --blur-threshold in [0, 1)")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    is_video = os.path.isfile(args.input) and args.input.lower().endswith(VIDEO_EXTENSIONS)
+    started = time.time()
+    try:
+        with tempfile.TemporaryDirectory(prefix="imgs2poses-") as work:
+            frames_dir = os.path.join(work, "input")
+            start = time.time()
+            if is_video:
+                found = extract_video_frames(args.input, frames_dir, args.fps, args.max_frames, args.blur_threshold)
+                print(f"{args.input}: {found['read']} frames at {args.fps:g} fps, {found['blurred']} blurred skipped, "
+                      f"{found['kept']} kept")
+                if found["kept"] < 3:
+                    raise PosesError(f"{args.input}: {found['kept']} usable frame(s); at least 3 are needed (raise --fps)")
+            else:
+                found = import_photos(args.input, frames_dir)
+                print(f"{args.input}: {found['photos']} photos of {found['size'][0]}x{found['size'][1]}"
+                      + (f", {found['rotated']} turned upright (EXIF)" if found["rotated"] else "")
+                      + (f"; skipped {len(found['skipped'])} other file(s): {', '.join(found['skipped'][:5])}"
+                         if found["skipped"] else ""))
+            stages = {"input": time.time() - start}
+            sequential = args.matcher == "sequential" or (args.matcher == "auto" and is_video)
+            result, undistorted = reconstruct(frames_dir, work, sequential, args.device, args.input)
+            stages.update(result.seconds)
+            start = time.time()
+            write_llff(result, undistorted, args.out)
+            stages["output"] = time.time() - start
+    except PosesError as err:
+        sys.exit(f"error: {err}")
+    return summarize(args, result, stages, time.time() - started)
+
+
+def summarize(args, result, stages: dict, seconds: float) -> dict:
+    """Print what was registered and what to do next; the summary as a dict."""
+    total = len(result.names) + len(result.failed)
+    print(f"Registered {len(result.names)} of {total} images"
+          + (f"; not registered: {', '.join(result.failed)}" if result.failed else ""))
+    print(f"Mean reprojection error {result.mean_reprojection_error:.3f} px; {len(result.points)} sparse points; "
+          f"depth range {result.bounds[:, 0].min():.3g} .. {result.bounds[:, 1].max():.3g}")
+    print("Stages: " + ", ".join(f"{name} {value:.1f} s" for name, value in stages.items()) + f" (total {seconds:.1f} s)")
+    config = default_config(result.capture)
+    print(f"Capture: {result.capture}. Wrote {args.out}. Train with:\n"
+          f"  python train_nerf.py --config {config} --set dataset.basedir={args.out}")
+    return {"registered": result.names, "failed": result.failed, "capture": result.capture, "config": config,
+            "mean_reprojection_error": result.mean_reprojection_error, "stages": stages, "seconds": seconds}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+"""Camera poses from photos or a video: structure from motion with pycolmap, written as an LLFF scene.
+
+The pipeline of LLFF's imgs2poses.py on COLMAP's own Python bindings (pycolmap): SIFT features with one
+shared camera (SIMPLE_RADIAL), exhaustive matching for photo sets and sequential matching for video
+frames, incremental mapping, the largest model undistorted to a pinhole camera. The output is what
+`dataset.type: llff` reads: `poses_bounds.npy` (per view [down, right, back | centre | h, w, f] and the
+0.1 / 99.9 percentiles of the depths of the points it sees, as LLFF computes them), `images/` and
+`images_2`, `images_4`, `images_8`.
+
+Shapes: N views, M sparse points.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+DOWNSAMPLE_FACTORS = (2, 4, 8)
+
+
+class PosesError(ValueError):
+    """Input the pipeline cannot use, or a reconstruction that failed; the message is one line."""
+
+
+@dataclass
+class Reconstructed:
+    """The outcome of structure from motion, in LLFF's terms."""
+
+    names: list  # [N] file names of the registered views, sorted
+    failed: list  # names of the images that were not registered
+    poses: np.ndarray  # [N, 3, 5]: camera-to-world [down, right, back | centre] and [h, w, f]
+    bounds: np.ndarray  # [N, 2]: near and far depths of the points each view sees
+    points: np.ndarray  # [M, 3] sparse points
+    mean_reprojection_error: float
+    capture: str  # "forward-facing" or "360"
+    seconds: dict = field(default_factory=dict)  # stage -> seconds
+
+
+# ------------------------------------------------------------------------------------------ input
+def sharpness(gray: np.ndarray) -> float:
+    """Variance of the 4-neighbour Laplacian of a grey image [H, W] (higher: sharper)."""
+    g = gray.astype(np.float64)
+    lap = -4.0 * g[1:-1, 1:-1] + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:]  # [H-2, W-2]
+    return float(lap.var())
+
+
+def extract_video_frames(video: str, out_dir: str, fps: float, max_frames: int, blur_fraction: float) -> dict:
+    """Frames of `video` at `fps` into out_dir (frame_00000.png, ...): frames whose sharpness is below
+    blur_fraction x the median are skipped as blurred, then at most max_frames evenly spaced are kept.
+    Returns {"read", "blurred", "kept"}; PosesError when the video cannot be read."""
+    import imageio_ffmpeg
+    from PIL import Image
+
+    try:
+        reader = imageio_ffmpeg.read_frames(video, output_params=["-vf", f"fps={fps}"])
+        meta = next(reader)
+        width, height = meta["size"]
+        frames = [np.frombuffer(raw, np.uint8).reshape(height, width, 3).copy() for raw in reader]
+    except (OSError, RuntimeError, StopIteration, KeyError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PosesError(f"{video}: not a readable video ({first[:200]})") from None
+    if not frames:
+        raise PosesError(f"{video}: no frames could be decoded")
+    scores = np.array([sharpness(f.mean(-1)) for f in frames])
+    sharp = [k for k, score in enumerate(scores) if score >= blur_fraction * np.median(scores)]
+    if len(sharp) > max_frames:
+        sharp = [sharp[round(i * (len(sharp) - 1) / (max_frames - 1))] for i in range(max_frames)]
+    os.makedirs(out_dir, exist_ok=True)
+    for index in sharp:
+        Image.fromarray(frames[index]).save(os.path.join(out_dir, f"frame_{index:05d}.png"))
+    return {"read": len(frames), "blurred": int(len(frames) - np.sum(scores >= blur_fraction * np.median(scores))),
+            "kept": len(sharp)}
+
+
+def import_photos(folder: str, out_dir: str) -> dict:
+    """Copy the photos of `folder` into out_dir upright (EXIF orientation applied); files without an image
+    extension are skipped. PosesError for an empty folder, fewer than 3 photos, an unreadable image or
+    photos of different sizes. Returns {"photos", "skipped", "rotated", "size"}."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not os.path.isdir(folder):
+        raise PosesError(f"{folder}: no such folder (or video file)")
+    entries = sorted(name for name in os.listdir(folder) if not name.startswith("."))
+    photos = [name for name in entries if name.lower().endswith(IMAGE_EXTENSIONS)]
+    skipped = [name for name in entries if name not in photos]
+    if not photos:
+        raise PosesError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)})"
+                         + (f"; it holds {len(skipped)} other file(s), e.g. {skipped[0]}" if skipped else ", it is empty"))
+    if len(photos) < 3:
+        raise PosesError(f"{folder}: {len(photos)} image(s); structure from motion needs at least 3 overlapping photos")
+    os.makedirs(out_dir, exist_ok=True)
+    sizes, rotated = {}, 0
+    for name in photos:
+        path = os.path.join(folder, name)
+        try:
+            with Image.open(path) as image:
+                rotated += image.getexif().get(0x0112, 1) not in (0, 1)  # the EXIF orientation tag
+                upright = ImageOps.exif_transpose(image).convert("RGB")
+        except (UnidentifiedImageError, OSError) as err:
+            raise PosesError(f"{path}: not a readable image ({type(err).__name__})") from None
+        sizes[name] = upright.size
+        stem = os.path.splitext(name)[0]
+        upright.save(os.path.join(out_dir, stem + ".png"))
+    distinct = sorted(set(sizes.values()))
+    if len(distinct) > 1:
+        examples = ", ".join(f"{next(n for n in photos if sizes[n] == s)} {s[0]}x{s[1]}" for s in distinct[:3])
+        raise PosesError(f"{folder}: photos of {len(distinct)} different sizes ({examples}); one camera and one size "
+                         "are expected: resize them to one size or pass only the photos of one camera")
+    return {"photos": len(photos), "skipped": skipped, "rotated": rotated, "size": distinct[0]}
+
+
+# ------------------------------------------------------------------------------- reconstruction
+def run_colmap(image_dir: str, work_dir: str, sequential: bool, device: str = "auto", source: str = ""):
+    """SIFT, matching, incremental mapping and undistortion; (undistorted pinhole reconstruction, folder
+    of undistorted images, names of all input images, {stage: seconds}). PosesError (naming `source`, the
+    user's input) when fewer than 3 images register."""
+    source = source or image_dir
+    import pycolmap
+
+    pycolmap.logging.minloglevel = 2  # COLMAP's progress lines would drown the summary; errors still show
+    seconds, database = {}, os.path.join(work_dir, "database.db")
+    names = sorted(os.listdir(image_dir))
+    start = time.time()
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = "SIMPLE_RADIAL"
+    pycolmap.extract_features(database, image_dir, camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
+                              device=pycolmap.Device(device) if device != "auto" else pycolmap.Device.auto)
+    seconds["features"] = time.time() - start
+    start = time.time()
+    mapping = pycolmap.IncrementalPipelineOptions()
+    if sequential:  # video frames: neighbours overlap most, and consecutive frames are close together
+        pairing = pycolmap.SequentialPairingOptions()
+        pairing.overlap = 20  # each frame is matched with the next 20 (and, quadratically, farther ones)
+        pycolmap.match_sequential(database, pairing_options=pairing)
+        # COLMAP's first pair needs a 16-degree triangulation angle, which frames a few degrees apart rarely
+        # reach within the matched window: 8 degrees (a slow 100-frame pan failed at 16 and passed at 8)
+        mapping.mapper.init_min_tri_angle = 8.0
+    else:
+        pycolmap.match_exhaustive(database)
+    seconds["matching"] = time.time() - start
+    start = time.time()
+    sparse = os.path.join(work_dir, "sparse")
+    os.makedirs(sparse, exist_ok=True)
+    models = pycolmap.incremental_mapping(database, image_dir, sparse, options=mapping)
+    seconds["mapping"] = time.time() - start
+    best = max(models, key=lambda k: (models[k].num_reg_images(), models[k].num_points3D()), default=None)
+    if best is None or models[best].num_points3D() < 10:
+        raise PosesError(f"{source}: no reconstruction: none of the {len(names)} images could be placed with enough "
+                         "points (the photos do not overlap enough, or show too little texture)")
+    if models[best].num_reg_images() < 3:
+        raise PosesError(f"{source}: only {models[best].num_reg_images()} of {len(names)} images could be placed; "
+                         "the photos do not overlap enough")
+    start = time.time()
+    undistorted = os.path.join(work_dir, "undistorted")
+    pycolmap.undistort_images(undistorted, os.path.join(sparse, str(best)), image_dir)
+    seconds["undistortion"] = time.time() - start
+    return pycolmap.Reconstruction(os.path.join(undistorted, "sparse")), os.path.join(undistorted, "images"), names, \
+        seconds
+
+
+def llff_poses(reconstruction) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
+    """(names [N] sorted, poses [N, 3, 5], bounds [N, 2], points [M, 3]) of a pinhole reconstruction, as LLFF's
+    pose_utils.save_poses writes them: c2w columns reordered from COLMAP's [right, down, forward] to
+    [down, right, back], hwf of the (undistorted) camera, near/far = 0.1 / 99.9 percentile of the depths
+    of the points each view observes."""
+    images = sorted(reconstruction.images.values(), key=lambda im: im.name)
+    images = [im for im in images if im.has_pose]
+    camera = reconstruction.cameras[images[0].camera_id]
+    hwf = np.array([camera.height, camera.width, camera.params[0]], dtype=np.float64)
+    ids = sorted(reconstruction.points3D)
+    points = np.array([reconstruction.points3D[i].xyz for i in ids]).reshape(-1, 3)  # [M, 3]
+    row_of = {point_id: row for row, point_id in enumerate(ids)}
+    poses, bounds = [], []
+    for image in images:
+        w2c = np.eye(4)
+        w2c[:3, :4] = image.cam_from_world().matrix()
+        c2w = np.linalg.inv(w2c)[:3, :4]  # [3, 4]: right, down, forward, centre
+        pose = np.concatenate([c2w[:, 1:2], c2w[:, 0:1], -c2w[:, 2:3], c2w[:, 3:4], hwf[:, None]], 1)  # [3, 5]
+        seen = [row_of[p.point3D_id] for p in image.points2D if p.has_point3D() and p.point3D_id in row_of]
+        depths = (points[seen] - c2w[:, 3]) @ c2w[:, 2]  # along the viewing direction
+        poses.append(pose)
+        bounds.append([np.percentile(depths, 0.1), np.percentile(depths, 99.9)] if len(depths) else [np.nan, np.nan])
+    return [im.name for im in images], np.stack(poses), np.array(bounds), points
+
+
+def capture_kind(poses: np.ndarray, points: np.ndarray) -> str:
+    """"360" when the cameras look at the scene from all round (view directions spread over more than a
+    half-space, or the cameras surround the points' centre), else "forward-facing"."""
+    forward = -poses[:, :, 2]  # [N, 3] viewing directions (back = -forward)
+    mean = forward.mean(0)
+    spread = math.degrees(max(math.acos(np.clip(f @ mean / max(np.linalg.norm(mean), 1e-9), -1, 1)) for f in forward))
+    centre = np.median(points, 0) if len(points) else poses[:, :, 3].mean(0)
+    around = poses[:, :, 3] - centre  # [N, 3] camera positions from the scene centre
+    surround = np.linalg.norm(around.mean(0)) < 0.5 * np.linalg.norm(around, axis=1).mean()
+    return "360" if spread > 90.0 or surround else "forward-facing"
+
+
+def reconstruct(image_dir: str, work_dir: str, sequential: bool, device: str = "auto",
+                source: str = "") -> tuple[Reconstructed, str]:
+    """Structure from motion on the images of image_dir (work files in work_dir); see run_colmap. Returns the
+    result and the folder of the undistorted views."""
+    source = source or image_dir
+    reconstruction, undistorted_dir, names, seconds = run_colmap(image_dir, work_dir, sequential, device, source)
+    registered, poses, bounds, points = llff_poses(reconstruction)
+    bad = [name for name, (near, far) in zip(registered, bounds) if not (np.isfinite(near) and 0 < near < far)]
+    if bad:
+        raise PosesError(f"{source}: no depth range for {len(bad)} registered view(s) (e.g. {bad[0]}): they see "
+                         "no sparse points in front of them")
+    result = Reconstructed(names=registered, failed=[n for n in names if n not in registered], poses=poses,
+                           bounds=bounds, points=points,
+                           mean_reprojection_error=float(reconstruction.compute_mean_reprojection_error()),
+                           capture=capture_kind(poses, points), seconds=seconds)
+    return result, undistorted_dir
+
+
+# ------------------------------------------------------------------------------------------ output
+def write_llff(result: Reconstructed, undistorted_dir: str, out_dir: str) -> None:
+    """poses_bounds.npy, images/ (the undistorted views, PNG) and images_2/4/8 (area-averaged) into out_dir,
+    built beside it and renamed into place, so that a failure never leaves a folder that looks complete."""
+    from PIL import Image
+
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".imgs2poses-")
+    try:
+        for folder in ["images"] + [f"images_{f}" for f in DOWNSAMPLE_FACTORS]:
+            os.makedirs(os.path.join(tmp, folder))
+        for k, name in enumerate(result.names):
+            with Image.open(os.path.join(undistorted_dir, name)) as image:
+                image = image.convert("RGB")
+                stem = f"{k:04d}_{os.path.splitext(name)[0]}.png"
+                image.save(os.path.join(tmp, "images", stem))
+                for factor in DOWNSAMPLE_FACTORS:
+                    size = (max(1, image.width // factor), max(1, image.height // factor))
+                    image.resize(size, Image.BOX).save(os.path.join(tmp, f"images_{factor}", stem))
+        rows = np.concatenate([result.poses.reshape(-1, 15), result.bounds], 1)  # [N, 17]
+        np.save(os.path.join(tmp, "poses_bounds.npy"), rows)
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def umeyama(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """The similarity (s, R [3, 3], t [3]) minimising sum |s R source_i + t - target_i|^2 (Umeyama 1991):
+    source, target [N, 3]."""
+    mu_s, mu_t = source.mean(0), target.mean(0)
+    xs, xt = source - mu_s, target - mu_t
+    cov = xt.T @ xs / len(source)  # [3, 3]
+    u, d, vt = np.linalg.svd(cov)
+    sign = np.eye(3)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[2, 2] = -1.0
+    rotation = u @ sign @ vt
+    scale = float(np.trace(np.diag(d) @ sign) / xs.var(0).sum())
+    return scale, rotation, mu_t - scale * rotation @ mu_s
+
+
+def default_config(capture: str) -> str:
+    """The config a capture trains with next."""
+    return "config/own_forward_fast.yml" if capture == "forward-facing" else "config/own_360.yml"
+
+
+__all__ = ["PosesError", "Reconstructed", "capture_kind", "default_config", "extract_video_frames", "import_photos",
+           "llff_poses", "reconstruct", "sharpness", "umeyama", "write_llff"]

@@ -1,0 +1,99 @@
+"""nerf/sfm.py: the similarity alignment, sharpness, the kind of capture, LLFF's pose layout, photo import."""
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nerf.datasets.blender import pose_spherical
+from nerf.sfm import PosesError, capture_kind, import_photos, sharpness, umeyama
+
+
+def _rotation(axis, degrees):
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    a = math.radians(degrees)
+    return np.eye(3) + math.sin(a) * k + (1 - math.cos(a)) * k @ k
+
+
+def test_umeyama_recovers_a_known_similarity():
+    rng = np.random.default_rng(0)
+    source = rng.normal(size=(20, 3))
+    rotation, scale, shift = _rotation([1, 2, 3], 40), 2.5, np.array([1.0, -2.0, 0.5])
+    target = scale * source @ rotation.T + shift
+    s, r, t = umeyama(source, target)
+    assert s == pytest.approx(scale) and np.allclose(r, rotation) and np.allclose(t, shift)
+    mirrored = source * np.array([1, 1, -1])  # a reflection is not a rotation: det(R) stays +1
+    assert np.linalg.det(umeyama(mirrored, target)[1]) == pytest.approx(1.0)
+
+
+def test_sharpness_ranks_a_blurred_image_below_the_original():
+    rng = np.random.default_rng(1)
+    image = rng.uniform(size=(64, 64))
+    blurred = sum(np.roll(np.roll(image, dy, 0), dx, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9
+    assert sharpness(blurred) < 0.2 * sharpness(image)
+    assert sharpness(np.full((8, 8), 0.5)) == 0.0
+
+
+def _llff(c2w_list):
+    """OpenGL camera-to-world [4, 4] -> LLFF [3, 5] ([down, right, back | centre | hwf])."""
+    return np.stack([np.concatenate([-c[:3, 1:2], c[:3, 0:1], c[:3, 2:3], c[:3, 3:4], [[100], [100], [90]]], 1)
+                     for c in c2w_list])
+
+
+def test_capture_kind_from_the_spread_of_the_views():
+    forward = _llff([pose_spherical(theta, phi, 4.0) for theta in (-30, 0, 30) for phi in (-15, -30)])
+    around = _llff([pose_spherical(theta, -20, 4.0) for theta in range(0, 360, 30)])
+    points = np.random.default_rng(2).uniform(-1, 1, size=(100, 3))
+    assert capture_kind(forward, points) == "forward-facing"
+    assert capture_kind(around, points) == "360"
+
+
+def _save(folder, name, size=(32, 24), color=(200, 30, 30), orientation=None):
+    image = Image.new("RGB", size, color)
+    if orientation:
+        exif = image.getexif()
+        exif[0x0112] = orientation
+        image.save(folder / name, exif=exif)
+    else:
+        image.save(folder / name)
+
+
+def test_import_turns_photos_upright_and_skips_other_files(tmp_path):
+    src = tmp_path / "photos"
+    src.mkdir()
+    for k in range(3):
+        _save(src, f"a{k}.jpg", size=(32, 24) if k else (24, 32), orientation=None if k else 6)  # 6: turn 90 degrees
+    (src / "notes.txt").write_text("not a photo")
+    found = import_photos(str(src), str(tmp_path / "out"))
+    assert found == {"photos": 3, "skipped": ["notes.txt"], "rotated": 1, "size": (32, 24)}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a0.png", "a1.png", "a2.png"]
+    assert Image.open(tmp_path / "out" / "a0.png").size == (32, 24)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "no images .*it is empty"),
+    ("other_files_only", "no images .*1 other file"),
+    ("two", "2 image\\(s\\); structure from motion needs at least 3"),
+    ("unreadable", "b.jpg: not a readable image"),
+    ("mixed_sizes", "photos of 2 different sizes \\(a.jpg 32x24, c.jpg 64x48\\)"),
+    ("missing", "no such folder"),
+])
+def test_bad_photo_folders_are_one_line_errors(tmp_path, case, message):
+    src = tmp_path / "photos"
+    if case != "missing":
+        src.mkdir()
+    if case == "other_files_only":
+        (src / "readme.md").write_text("x")
+    if case in ("two", "unreadable", "mixed_sizes"):
+        _save(src, "a.jpg")
+        _save(src, "b.jpg")
+    if case == "unreadable":
+        (src / "b.jpg").write_bytes(b"not a jpeg")
+        _save(src, "c.jpg")
+    if case == "mixed_sizes":
+        _save(src, "c.jpg", size=(64, 48))
+    with pytest.raises(PosesError, match=message) as err:
+        import_photos(str(src), str(tmp_path / "out"))
+    assert "\n" not in str(err.value)
