@@ -7,11 +7,13 @@ naming patterns only).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import re
+import shutil
 import tempfile
-from typing import Callable
+from typing import Callable, Iterator
 
 # The temporary files of this project's atomic writes: checkpoints and saved configs.
 TEMPORARY_PATTERNS = (".ckpt-*.tmp", ".config-*.tmp")
@@ -98,4 +100,22 @@ def atomic_write(path: str, write: Callable, binary: bool, prefix: str) -> None:
         cause = wrapped.error if wrapped is not None and wrapped.error is not None else err
         if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError):
             raise OSError(cause.errno, f"{path}: could not be written ({cause.strerror or cause})") from None
+        raise
+
+
+@contextlib.contextmanager
+def folder_replaced_on_success(path: str, prefix: str) -> Iterator[str]:
+    """Yield a new hidden folder beside `path` to build into; when the block ends without an error it
+    replaces `path` (removed first if it exists, then the folder renamed into place), else it is deleted.
+    So a failure never leaves a folder at `path` that looks complete."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=prefix)
+    try:
+        yield tmp
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise

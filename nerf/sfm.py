@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .files import folder_replaced_on_success
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
@@ -227,10 +227,7 @@ def write_llff(result: Reconstructed, undistorted_dir: str, out_dir: str) -> Non
     built beside it and renamed into place, so that a failure never leaves a folder that looks complete."""
     from PIL import Image
 
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".imgs2poses-")
-    try:
+    with folder_replaced_on_success(out_dir, ".imgs2poses-") as tmp:
         for folder in ["images"] + [f"images_{f}" for f in DOWNSAMPLE_FACTORS]:
             os.makedirs(os.path.join(tmp, folder))
         for k, name in enumerate(result.names):
@@ -243,12 +240,6 @@ def write_llff(result: Reconstructed, undistorted_dir: str, out_dir: str) -> Non
                     image.resize(size, Image.BOX).save(os.path.join(tmp, f"images_{factor}", stem))
         rows = np.concatenate([result.poses.reshape(-1, 15), result.bounds], 1)  # [N, 17]
         np.save(os.path.join(tmp, "poses_bounds.npy"), rows)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def umeyama(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:

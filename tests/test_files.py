@@ -105,3 +105,22 @@ def test_a_live_writer_keeps_its_temporary_file(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     assert remove_stale_temporaries(str(tmp_path)) == [dead]
     assert os.listdir(tmp_path) == [live]
+
+
+def test_a_folder_built_beside_replaces_the_old_one_only_on_success(tmp_path):
+    import pytest
+
+    from nerf.files import folder_replaced_on_success
+
+    target = tmp_path / "scene"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with folder_replaced_on_success(str(target), ".build-") as tmp:
+            (tmp_path / tmp / "half.txt").write_text("half")
+            raise RuntimeError("failed half-way")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene"] and (target / "old.txt").exists()
+    with folder_replaced_on_success(str(target), ".build-") as tmp:
+        (tmp_path / tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene"]

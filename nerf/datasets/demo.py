@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 
 import numpy as np
 import torch
 
+from ..files import folder_replaced_on_success
 from ..rays import get_rays
 from .blender import pose_spherical
 from .scene import DatasetError
@@ -133,10 +132,7 @@ def generate_demo_scene(basedir: str, size: int = 64, num_train: int = 60, num_v
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    parent = os.path.dirname(os.path.abspath(basedir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".demo-")
-    try:
+    with folder_replaced_on_success(basedir, ".demo-") as tmp:
         views = {
             "train": [(rng.uniform(-180, 180), rng.uniform(-75, -10)) for _ in range(num_train)],
             "val": [(rng.uniform(-180, 180), rng.uniform(-75, -10)) for _ in range(num_val)],
@@ -155,12 +151,6 @@ def generate_demo_scene(basedir: str, size: int = 64, num_train: int = 60, num_v
                                "transform_matrix": c2w.tolist()})
             with open(os.path.join(tmp, f"transforms_{split}.json"), "w", encoding="utf-8") as f:
                 json.dump({"camera_angle_x": CAMERA_ANGLE_X, "frames": frames}, f, indent=1)
-        if os.path.exists(basedir):
-            shutil.rmtree(basedir)
-        os.replace(tmp, basedir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def ensure_demo_scene(basedir: str) -> None:
