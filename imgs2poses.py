@@ -38,11 +38,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def check_output(source: str, out: str) -> None:
+    """PosesError unless `out` may be (re)written: not the input nor a folder holding it, and either new or
+    an earlier output of this script (it is replaced as a whole)."""
+    source_real, out_real = os.path.realpath(source), os.path.realpath(out)
+    if source_real == out_real or source_real.startswith(out_real + os.sep):
+        raise PosesError(f"--out {out}: holds the input {source}, which replacing it would delete; choose another "
+                         "folder")
+    if os.path.isfile(out):
+        raise PosesError(f"--out {out}: is a file; a folder is expected")
+    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, "poses_bounds.npy")):
+        raise PosesError(f"--out {out}: exists and is not an earlier output of imgs2poses.py (no poses_bounds.npy); "
+                         "choose a new folder")
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     is_video = os.path.isfile(args.input) and args.input.lower().endswith(VIDEO_EXTENSIONS)
     started = time.time()
     try:
+        check_output(args.input, args.out)
         with tempfile.TemporaryDirectory(prefix="imgs2poses-") as work:
             frames_dir = os.path.join(work, "input")
             start = time.time()
@@ -67,6 +82,9 @@ def main(argv=None) -> dict:
             stages["output"] = time.time() - start
     except PosesError as err:
         sys.exit(f"error: {err}")
+    except (OSError, RuntimeError) as err:  # a full disk, an unwritable folder, a COLMAP failure
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        sys.exit(f"error: {args.out}: {type(err).__name__}: {first[:300]}")
     return summarize(args, result, stages, time.time() - started)
 
 

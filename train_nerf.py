@@ -298,6 +298,10 @@ def start_training(args, cfg: Config, scene: Scene, device: torch.device, ckpt, 
         print(warning)
     scaler, optimizer = grad_scaler(cfg.runtime, device), new_optimizer(method)
     start_step = resume(method, optimizer, scaler, ckpt, foreign, args.load_checkpoint)
+    stored_chunks = ckpt.get("cpu_network_chunks") if ckpt is not None and foreign is None else None
+    if device.type == "cpu" and stored_chunks and not cfg.runtime.cpu_network_chunk:
+        for runner, chunk in zip([r for r in method.runners if r is not None], stored_chunks):
+            runner.keep_cpu_chunk(int(chunk), f"as in {args.load_checkpoint}, for an exact resume")
     if device.type == "cpu":  # measured now (once per machine and model) rather than inside the first step
         chunks = [runner.cpu_chunk() and runner.chunk_report for runner in method.runners if runner is not None]
         print("CPU network chunk: " + ", ".join(f"{c['chunk']} points ({c['source']})" for c in chunks))
@@ -447,6 +451,8 @@ def run(cfg: Config, world: World, scene: Scene, batcher, num_train: int, ckpt, 
                 check_finite(watch, method, cfg, run_dir, completed, saving=True)
                 extra = {"pruning": pruning.to_dict() if pruning is not None and completed <= pruning.end_step
                          else None, "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                         "cpu_network_chunks": [r.cpu_chunk() for r in method.runners if r is not None]
+                         if device.type == "cpu" else None,
                          "train_seconds": clock.train_seconds(), **method.checkpoint_state()}
                 path = os.path.join(run_dir, f"checkpoint{completed:06d}.ckpt")
                 save_error = None

@@ -195,6 +195,8 @@ def main(argv=None) -> dict:
 
     cfg = load_config(args.config, args.set)
     device = select_device(cfg.experiment.device)
+    if args.reference_yenchenlin and device.type != "cpu":
+        sys.exit("error: --reference-yenchenlin times the CPU step only (run with --set experiment.device=cpu)")
     torch.manual_seed(cfg.experiment.randomseed)
     opts = cfg.nerf.train
     scene = load_scene(cfg.dataset, white_background=opts.white_background)

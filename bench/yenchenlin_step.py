@@ -19,6 +19,7 @@ import argparse
 import importlib
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,6 +61,7 @@ def settings(cfg, opts, scene) -> argparse.Namespace:
 def time_yenchenlin_step(path: str, cfg, opts, scene, iters: int, warmup: int) -> dict:
     """Seconds per training step of yenchenlin's code (median of `iters` after `warmup`), on the CPU."""
     run_nerf = import_yenchenlin(path)
+    run_nerf.device = torch.device("cpu")  # its module picks CUDA when there is one; the rays here are on the CPU
     args = settings(cfg, opts, scene)
     os.makedirs(os.path.join(args.basedir, args.expname), exist_ok=True)
     torch.manual_seed(cfg.experiment.randomseed)
@@ -89,5 +91,11 @@ def time_yenchenlin_step(path: str, cfg, opts, scene, iters: int, warmup: int) -
         loss.backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
-    return {"implementation": "yenchenlin/nerf-pytorch", "path": os.path.abspath(path),
-            "seconds_per_step": statistics.median(times[warmup:]), "threads": torch.get_num_threads()}
+    return {"implementation": "yenchenlin/nerf-pytorch", "path": os.path.abspath(path), "commit": git_commit(path),
+            "device": "cpu", "seconds_per_step": statistics.median(times[warmup:]), "threads": torch.get_num_threads()}
+
+
+def git_commit(path: str) -> str:
+    """The commit of the checkout at `path`, or "not a git checkout"."""
+    result = subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "not a git checkout"

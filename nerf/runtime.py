@@ -117,6 +117,11 @@ class FieldRunner(nn.Module):
         self._density = (try_compile(density, type(model).__name__ + ".density") if compile and density
                          else density)
 
+    def keep_cpu_chunk(self, chunk: int, where: str) -> None:
+        """Use the chunk a resumed run trained with (the summation order of its weight gradients)."""
+        self._cpu_chunk = chunk
+        self.chunk_report = {"chunk": chunk, "source": where}
+
     def cpu_chunk(self) -> int:
         """Points per network call on the CPU: runtime.cpu_network_chunk, or this machine's best for the MLP
         and precision (tuned_cpu_chunk), measured once and cached. A voxel grid's MLP calls are not chunked
@@ -188,15 +193,24 @@ def cache_folder() -> str:
     return os.path.join(base, "nerf-pytorch")
 
 
+MATMUL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # what decides the kernels
+
+
 def machine_description() -> str:
-    """The CPU model, its core count, the torch version and its thread count: what a measurement depends on."""
-    name = platform.processor() or platform.machine()
+    """The CPU model and its matrix-multiply features (a generic model name is shared by CPUs with and
+    without AVX-512 BF16 or AMX), its core count, the torch version and its thread count: what a
+    measurement depends on."""
+    name, flags = platform.processor() or platform.machine(), []
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+            lines = f.read().splitlines()
+        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), name)
+        present = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+        flags = [flag for flag in MATMUL_FLAGS if flag in present]
     except OSError:
         pass
-    return f"{name}; {os.cpu_count()} cores; torch {torch.__version__}; {torch.get_num_threads()} threads"
+    return (f"{name} [{' '.join(flags)}]; {os.cpu_count()} cores; torch {torch.__version__}; "
+            f"{torch.get_num_threads()} threads")
 
 
 def model_signature(runner: "FieldRunner") -> str:

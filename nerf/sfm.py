@@ -56,28 +56,35 @@ def extract_video_frames(video: str, out_dir: str, fps: float, max_frames: int, 
     """Frames of `video` at `fps` into out_dir (frame_00000.png, ...): frames whose sharpness is below
     blur_fraction x the median are skipped as blurred, then at most max_frames evenly spaced are kept.
     Returns {"read", "blurred", "kept"}; PosesError when the video cannot be read."""
-    import imageio_ffmpeg
     from PIL import Image
 
-    try:
-        reader = imageio_ffmpeg.read_frames(video, output_params=["-vf", f"fps={fps}"])
-        meta = next(reader)
-        width, height = meta["size"]
-        frames = [np.frombuffer(raw, np.uint8).reshape(height, width, 3).copy() for raw in reader]
-    except (OSError, RuntimeError, StopIteration, KeyError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PosesError(f"{video}: not a readable video ({first[:200]})") from None
-    if not frames:
+    scores = np.array([sharpness(frame.mean(-1)) for frame in _video_frames(video, fps)])  # pass 1: scores only
+    if not len(scores):
         raise PosesError(f"{video}: no frames could be decoded")
-    scores = np.array([sharpness(f.mean(-1)) for f in frames])
     sharp = [k for k, score in enumerate(scores) if score >= blur_fraction * np.median(scores)]
+    blurred = len(scores) - len(sharp)
     if len(sharp) > max_frames:
         sharp = [sharp[round(i * (len(sharp) - 1) / (max_frames - 1))] for i in range(max_frames)]
     os.makedirs(out_dir, exist_ok=True)
-    for index in sharp:
-        Image.fromarray(frames[index]).save(os.path.join(out_dir, f"frame_{index:05d}.png"))
-    return {"read": len(frames), "blurred": int(len(frames) - np.sum(scores >= blur_fraction * np.median(scores))),
-            "kept": len(sharp)}
+    keep = set(sharp)
+    for index, frame in enumerate(_video_frames(video, fps)):  # pass 2: write the kept frames (memory: one frame)
+        if index in keep:
+            Image.fromarray(frame).save(os.path.join(out_dir, f"frame_{index:05d}.png"))
+    return {"read": len(scores), "blurred": blurred, "kept": len(sharp)}
+
+
+def _video_frames(video: str, fps: float):
+    """The frames [H, W, 3] uint8 of a video at `fps`, one at a time; PosesError when it cannot be read."""
+    import imageio_ffmpeg
+
+    try:
+        reader = imageio_ffmpeg.read_frames(video, output_params=["-vf", f"fps={fps}"])
+        width, height = next(reader)["size"]
+        for raw in reader:
+            yield np.frombuffer(raw, np.uint8).reshape(height, width, 3)
+    except (OSError, RuntimeError, StopIteration, KeyError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PosesError(f"{video}: not a readable video ({first[:200]})") from None
 
 
 def import_photos(folder: str, out_dir: str) -> dict:
@@ -96,6 +103,12 @@ def import_photos(folder: str, out_dir: str) -> dict:
                          + (f"; it holds {len(skipped)} other file(s), e.g. {skipped[0]}" if skipped else ", it is empty"))
     if len(photos) < 3:
         raise PosesError(f"{folder}: {len(photos)} image(s); structure from motion needs at least 3 overlapping photos")
+    stems = {}
+    for name in photos:
+        stems.setdefault(os.path.splitext(name)[0].lower(), []).append(name)
+    clash = next((names for names in stems.values() if len(names) > 1), None)
+    if clash:
+        raise PosesError(f"{folder}: {' and '.join(clash)} differ only in their extension; rename one of them")
     os.makedirs(out_dir, exist_ok=True)
     sizes, rotated = {}, 0
     for name in photos:
@@ -125,26 +138,30 @@ def run_colmap(image_dir: str, work_dir: str, sequential: bool, device: str = "a
     source = source or image_dir
     import pycolmap
 
+    if device == "cuda" and not getattr(pycolmap, "has_cuda", False):
+        raise PosesError("--device cuda: this pycolmap was built without CUDA (on Linux with an NVIDIA GPU: "
+                         "pip uninstall pycolmap && pip install pycolmap-cuda12)")
     pycolmap.logging.minloglevel = 2  # COLMAP's progress lines would drown the summary; errors still show
     seconds, database = {}, os.path.join(work_dir, "database.db")
     names = sorted(os.listdir(image_dir))
     start = time.time()
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = "SIMPLE_RADIAL"
+    where = pycolmap.Device(device)
     pycolmap.extract_features(database, image_dir, camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
-                              device=pycolmap.Device(device) if device != "auto" else pycolmap.Device.auto)
+                              device=where)
     seconds["features"] = time.time() - start
     start = time.time()
     mapping = pycolmap.IncrementalPipelineOptions()
     if sequential:  # video frames: neighbours overlap most, and consecutive frames are close together
         pairing = pycolmap.SequentialPairingOptions()
         pairing.overlap = 20  # each frame is matched with the next 20 (and, quadratically, farther ones)
-        pycolmap.match_sequential(database, pairing_options=pairing)
+        pycolmap.match_sequential(database, pairing_options=pairing, device=where)
         # COLMAP's first pair needs a 16-degree triangulation angle, which frames a few degrees apart rarely
         # reach within the matched window: 8 degrees (a slow 100-frame pan failed at 16 and passed at 8)
         mapping.mapper.init_min_tri_angle = 8.0
     else:
-        pycolmap.match_exhaustive(database)
+        pycolmap.match_exhaustive(database, device=where)
     seconds["matching"] = time.time() - start
     start = time.time()
     sparse = os.path.join(work_dir, "sparse")
@@ -153,8 +170,8 @@ def run_colmap(image_dir: str, work_dir: str, sequential: bool, device: str = "a
     seconds["mapping"] = time.time() - start
     best = max(models, key=lambda k: (models[k].num_reg_images(), models[k].num_points3D()), default=None)
     if best is None or models[best].num_points3D() < 10:
-        raise PosesError(f"{source}: no reconstruction: none of the {len(names)} images could be placed with enough "
-                         "points (the photos do not overlap enough, or show too little texture)")
+        raise PosesError(f"{source}: no usable reconstruction from the {len(names)} images (the photos do not "
+                         "overlap enough, or show too little texture)")
     if models[best].num_reg_images() < 3:
         raise PosesError(f"{source}: only {models[best].num_reg_images()} of {len(names)} images could be placed; "
                          "the photos do not overlap enough")
@@ -230,16 +247,26 @@ def write_llff(result: Reconstructed, undistorted_dir: str, out_dir: str) -> Non
     with folder_replaced_on_success(out_dir, ".imgs2poses-") as tmp:
         for folder in ["images"] + [f"images_{f}" for f in DOWNSAMPLE_FACTORS]:
             os.makedirs(os.path.join(tmp, folder))
+        height, width = _multiple_of(int(result.poses[0, 0, 4]), 8), _multiple_of(int(result.poses[0, 1, 4]), 8)
         for k, name in enumerate(result.names):
             with Image.open(os.path.join(undistorted_dir, name)) as image:
-                image = image.convert("RGB")
+                # centred crop to a multiple of 8 pixels, so that images_N are exactly 1/N (the loader divides
+                # the focal length by N); at most 7 pixels go, the principal point stays within half a pixel
+                left, top = (image.width - width) // 2, (image.height - height) // 2
+                image = image.convert("RGB").crop((left, top, left + width, top + height))
                 stem = f"{k:04d}_{os.path.splitext(name)[0]}.png"
                 image.save(os.path.join(tmp, "images", stem))
                 for factor in DOWNSAMPLE_FACTORS:
                     size = (max(1, image.width // factor), max(1, image.height // factor))
                     image.resize(size, Image.BOX).save(os.path.join(tmp, f"images_{factor}", stem))
-        rows = np.concatenate([result.poses.reshape(-1, 15), result.bounds], 1)  # [N, 17]
+        poses = result.poses.copy()
+        poses[:, 0, 4], poses[:, 1, 4] = height, width
+        rows = np.concatenate([poses.reshape(-1, 15), result.bounds], 1)  # [N, 17]
         np.save(os.path.join(tmp, "poses_bounds.npy"), rows)
+
+
+def _multiple_of(size: int, factor: int) -> int:
+    return max(factor, size - size % factor)
 
 
 def umeyama(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:

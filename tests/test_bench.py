@@ -134,3 +134,4 @@ def test_the_yenchenlin_step_driver_runs_its_train_step(tmp_path, monkeypatch):
     assert calls[0].N_samples == 64 and calls[0].N_importance == 128 and calls[0].netwidth == 256
     assert calls[1:] == [(2, 32, 3)] * 3  # one batch of N_rand rays per step, warm-up included
     assert result["seconds_per_step"] > 0 and result["implementation"] == "yenchenlin/nerf-pytorch"
+    assert result["commit"] == "not a git checkout" and result["device"] == "cpu"

@@ -128,7 +128,7 @@ def test_failures_are_one_line_and_leave_no_output_folder(tmp_path, case):
     message = str(err.value)
     assert message.startswith("error: ") and "\n" not in message
     assert str(src) in message
-    assert {"no_overlap": "could be placed", "bad_video": "not a readable video", "empty": "no images"}[case] in message
+    assert {"no_overlap": "do not overlap enough", "bad_video": "not a readable video", "empty": "no images"}[case] in message
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".imgs2poses")]
 
 
@@ -150,3 +150,38 @@ def test_fern_photos_give_the_published_poses(tmp_path):
         relative = (rotation @ a[:, :3]).T @ b[:, :3]
         assert math.degrees(math.acos(np.clip((np.trace(relative) - 1) / 2, -1, 1))) < 0.5
     assert abs(ours[0, 2, 4] / (published[0, 2, 4] / 8) - 1) < 0.03
+
+
+def test_cuda_without_a_cuda_build_of_pycolmap_is_a_one_line_error(tmp_path, monkeypatch):
+    import pycolmap
+
+    monkeypatch.setattr(pycolmap, "has_cuda", False, raising=False)
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(3):
+        Image.fromarray(np.full((16, 16, 3), 40 * k, dtype=np.uint8)).save(src / f"p{k}.png")
+    with pytest.raises(SystemExit) as err:
+        imgs2poses.main([str(src), "--out", str(tmp_path / "scene"), "--device", "cuda"])
+    assert "built without CUDA" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "scene").exists()
+
+
+@pytest.mark.parametrize("case", ["input_inside", "other_folder", "file"])
+def test_an_output_folder_that_would_destroy_data_is_refused_before_any_work(tmp_path, case):
+    scene = tmp_path / "my_scene"
+    photos = scene / "images" if case == "input_inside" else tmp_path / "photos"
+    photos.mkdir(parents=True)
+    for k in range(3):
+        Image.fromarray(np.full((16, 16, 3), 40 * k, dtype=np.uint8)).save(photos / f"p{k}.png")
+    if case == "other_folder":
+        scene.mkdir()
+        (scene / "notes.txt").write_text("someone's files")
+    if case == "file":
+        scene = tmp_path / "scene.txt"
+        scene.write_text("a file")
+    with pytest.raises(SystemExit) as err:
+        imgs2poses.main([str(photos), "--out", str(scene)])
+    expected = {"input_inside": "holds the input", "other_folder": "not an earlier output", "file": "is a file"}[case]
+    assert expected in str(err.value) and "\n" not in str(err.value)
+    assert sorted(p.name for p in photos.iterdir()) == ["p0.png", "p1.png", "p2.png"]
+    assert case != "other_folder" or (scene / "notes.txt").read_text() == "someone's files"

@@ -79,6 +79,7 @@ def test_import_turns_photos_upright_and_skips_other_files(tmp_path):
     ("unreadable", "b.jpg: not a readable image"),
     ("mixed_sizes", "photos of 2 different sizes \\(a.jpg 32x24, c.jpg 64x48\\)"),
     ("missing", "no such folder"),
+    ("same_stem", "a.jpg and a.png differ only in their extension"),
 ])
 def test_bad_photo_folders_are_one_line_errors(tmp_path, case, message):
     src = tmp_path / "photos"
@@ -94,6 +95,9 @@ def test_bad_photo_folders_are_one_line_errors(tmp_path, case, message):
         _save(src, "c.jpg")
     if case == "mixed_sizes":
         _save(src, "c.jpg", size=(64, 48))
+    if case == "same_stem":
+        for name in ("a.jpg", "a.png", "b.jpg"):
+            _save(src, name)
     with pytest.raises(PosesError, match=message) as err:
         import_photos(str(src), str(tmp_path / "out"))
     assert "\n" not in str(err.value)

@@ -324,3 +324,19 @@ def test_stale_temporary_files_are_removed_when_a_run_starts(tmp_path, scene_dir
     train_nerf.main(["--config", _config(tmp_path, scene_dir, train_iters=1)])
     assert "removed 1 temporary file(s) of interrupted saves (.ckpt-killed1.tmp)" in capsys.readouterr().out
     assert sorted(p for p in os.listdir(run_dir) if p.endswith(".tmp")) == ["my_notes.tmp"]
+
+
+def test_a_resume_keeps_the_cpu_chunk_of_its_checkpoint(tmp_path, scene_dir, monkeypatch, capsys):
+    """The chunk sets the summation order of the weight gradients: a resumed run uses the stored one, even
+    where this machine's cache is gone or would measure another."""
+    from nerf import runtime
+
+    config = _config(tmp_path, scene_dir)
+    train_nerf.main(["--config", config, "--set", "experiment.id=first"])
+    stored = load_checkpoint(str(tmp_path / "logs" / "first" / "checkpoint000003.ckpt"))["cpu_network_chunks"]
+    assert len(stored) == 2 and all(c in runtime.CPU_CHUNK_CANDIDATES for c in stored)
+    monkeypatch.setattr(runtime, "tuned_cpu_chunk", lambda runner: pytest.fail("measured on resume"))
+    capsys.readouterr()
+    train_nerf.main(["--config", config, "--set", "experiment.id=second", "--load-checkpoint",
+                     str(tmp_path / "logs" / "first" / "checkpoint000003.ckpt")])
+    assert f"CPU network chunk: {stored[0]} points (as in " in capsys.readouterr().out
