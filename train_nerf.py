@@ -302,15 +302,26 @@ def start_training(args, cfg: Config, scene: Scene, device: torch.device, ckpt, 
     if device.type == "cpu" and stored_chunks and not cfg.runtime.cpu_network_chunk:
         for runner, chunk in zip([r for r in method.runners if r is not None], stored_chunks):
             runner.keep_cpu_chunk(int(chunk), f"as in {args.load_checkpoint}, for an exact resume")
-    if device.type == "cpu":  # measured now (once per machine and model) rather than inside the first step
-        chunks = [runner.cpu_chunk() and runner.chunk_report for runner in method.runners if runner is not None]
-        print("CPU network chunk: " + ", ".join(f"{c['chunk']} points ({c['source']})" for c in chunks))
     stored = ckpt.get("pruning") if ckpt is not None and foreign is None else None
     pruning, pruned, lines = start_pruning(args.prune, stored, start_step, cfg, args.load_checkpoint,
                                            method.coarse, method.fine)
     for line in lines:
         print(line)
     return method, optimizer, scaler, start_step, pruning, pruned
+
+
+def agree_on_cpu_chunks(method: Method, world: World) -> None:
+    """On the CPU: measure (or read) each network's chunk now rather than inside the first step, give every
+    rank rank 0's sizes, and print them (a collective under torchrun: called after the set-up check)."""
+    if method.device.type != "cpu":
+        return
+    runners = [runner for runner in method.runners if runner is not None]
+    chosen = world.gather([runner.cpu_chunk() for runner in runners])[0]
+    for runner, chunk in zip(runners, chosen):
+        if chunk != runner.cpu_chunk():
+            runner.keep_cpu_chunk(chunk, "rank 0's")
+    print("CPU network chunk: " + ", ".join(f"{r.chunk_report['chunk']} points ({r.chunk_report['source']})"
+                                            for r in runners))
 
 
 class NullWriter:
@@ -389,6 +400,7 @@ def train(args) -> dict:
         if failure is not None:
             sys.exit(failure or 1)
         broadcast_parameters(method.parameters(), world)  # every rank starts from rank 0's weights
+        agree_on_cpu_chunks(method, world)
         with PreemptionRequest() as preemption:
             return run(cfg, world, scene, batcher, num_train, ckpt, foreign, method, optimizer, scaler, start_step,
                        pruning, pruned, run_dir, preemption)
