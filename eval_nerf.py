@@ -19,7 +19,6 @@ metrics.json: the same files as one process.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
@@ -35,7 +34,7 @@ from nerf.config import ConfigError, add_set_argument, load_config, overrides_fr
 from nerf.datasets import DatasetError, load_scene
 from nerf import distributed
 from nerf.device import DeviceError
-from nerf.distributed import SINGLE, World, launched_by_torchrun, process_device
+from nerf.distributed import SINGLE, World, process_device, quiet_unless_rank_zero
 from nerf.importers import load_models
 from nerf.methods import build_method
 from nerf.metrics import LpipsMetric, psnr, ssim
@@ -175,10 +174,7 @@ def write_metrics(summary: dict, records: list, lpips_metric, out_dir: str) -> N
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    rank = int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
-    # ranks other than 0 print nothing (their errors still reach stderr)
-    with open(os.devnull, "w") if rank else contextlib.nullcontext() as quiet, \
-            contextlib.redirect_stdout(quiet) if rank else contextlib.nullcontext():
+    with quiet_unless_rank_zero():
         cfg, opts, scene, method, loaded = set_up(args)
         world = distributed.start(method.device)
         try:

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 
+from nerf.files import first_line
 from nerf.sfm import (VIDEO_EXTENSIONS, PosesError, default_config, extract_video_frames, import_photos, reconstruct,
                       write_llff)
 
@@ -83,8 +84,7 @@ def main(argv=None) -> dict:
     except PosesError as err:
         sys.exit(f"error: {err}")
     except (OSError, RuntimeError) as err:  # a full disk, an unwritable folder, a COLMAP failure
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        sys.exit(f"error: {args.out}: {type(err).__name__}: {first[:300]}")
+        sys.exit(f"error: {args.out}: {type(err).__name__}: {first_line(err)[:300]}")
     return summarize(args, result, stages, time.time() - started)
 
 

@@ -12,7 +12,6 @@ saves a checkpoint at the next step boundary and exits 0; `--load-checkpoint aut
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import os
 import sys
@@ -30,8 +29,8 @@ from nerf.config import (Config, add_set_argument, config_to_dict, load_config, 
                          validate as validate_config)
 from nerf.datasets import Scene, load_scene
 from nerf.device import DeviceError
-from nerf.distributed import (SINGLE, World, average_gradients, broadcast_parameters, check_batch, launched_by_torchrun,
-                              process_device, world_size_from)
+from nerf.distributed import (SINGLE, World, average_gradients, broadcast_parameters, check_batch, process_device,
+                              quiet_unless_rank_zero, world_size_from)
 from nerf import distributed
 from nerf.files import remove_stale_temporaries
 from nerf.importers import NATIVE, LoadedModels, detect_format, models_from_checkpoint, stored_models_if_pruned
@@ -251,10 +250,9 @@ def log_validation(writer, cfg: Config, scene: Scene, method: Method, clock: Clo
     """Validate, write the scalars and images (rank 0's writer), and print one line."""
     val_start = time.time()
     val = validate(cfg, scene, method, method.world)
-    if val["render"] is None:  # a rank with no validation view (more ranks than views)
-        clock.validation += time.time() - val_start
-        return {"val_psnr": val["psnr"], "val_step": step}
     clock.validation += time.time() - val_start
+    if val["render"] is None:  # a rank with no validation view (more ranks than views)
+        return {"val_psnr": val["psnr"], "val_step": step}
     writer.add_scalar("validation/psnr", val["psnr"], step)
     writer.add_scalar("validation/loss", val["mse"], step)
     writer.add_image("validation/rgb", val["render"]["rgb"].clamp(0, 1), step, dataformats="HWC")
@@ -376,10 +374,7 @@ def set_up_failure(error: Optional[str], start_step: Optional[int], world: World
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    rank = int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
-    # ranks other than 0 print nothing (their errors still reach stderr)
-    with open(os.devnull, "w") if rank else contextlib.nullcontext() as quiet, \
-            contextlib.redirect_stdout(quiet) if rank else contextlib.nullcontext():
+    with quiet_unless_rank_zero():
         return train(args)
 
 

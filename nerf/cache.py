@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from typing import Optional
 
 import numpy as np
@@ -25,6 +23,7 @@ from .batching import RayBatcher, check_epoch_remainder
 from .config import Config, ConfigError, DatasetConfig, TrainConfig
 from .datasets.scene import Scene
 from .distributed import SINGLE, World
+from .files import folder_replaced_on_success
 
 SCHEMA = 1
 
@@ -51,12 +50,6 @@ def dataset_settings(cfg: DatasetConfig, white_background: bool) -> dict:
     else:
         settings.update(half_res=cfg.half_res, testskip=cfg.testskip)
     return settings
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
 
 
 def _disk_usage(folder: str) -> int:
@@ -138,11 +131,7 @@ def build_cache(scene: Scene, settings: dict, savedir: str, num_random_rays: Opt
                          f"got {num_random_rays}")
     rays_per_image = pixels_per_image if num_random_rays is None else num_random_rays
     variations = 1 if num_random_rays is None else num_variations
-    parent = os.path.dirname(os.path.abspath(savedir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".cache-partial-")
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the usual permissions
+    with folder_replaced_on_success(savedir, ".cache-partial-", ".cache-old-") as tmp:
         os.makedirs(os.path.join(tmp, "train"))
         os.makedirs(os.path.join(tmp, "val"))
         _write_train_rays(scene, tmp, num_random_rays, rays_per_image, variations, seed, progress)
@@ -157,18 +146,7 @@ def build_cache(scene: Scene, settings: dict, savedir: str, num_random_rays: Opt
         with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:  # written last
             json.dump(manifest, f, indent=1)
         size = _disk_usage(tmp)
-        if os.path.exists(savedir):
-            backup = tempfile.mkdtemp(dir=parent, prefix=".cache-old-")
-            os.rmdir(backup)
-            os.replace(savedir, backup)
-            os.replace(tmp, savedir)
-            shutil.rmtree(backup)
-        else:
-            os.replace(tmp, savedir)
-        return size
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return size
 
 
 class RayCache:

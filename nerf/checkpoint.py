@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .files import atomic_write, remove_stale_temporaries
+from .files import atomic_write, first_line, remove_stale_temporaries
 
 FORMAT_VERSION = 1
 
@@ -98,8 +98,7 @@ def load_checkpoint(path: str) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(err)})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(data).__name__}")
     return data

@@ -15,9 +15,10 @@ trains exactly as it always did. So does a torchrun world of size 1.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional
+from typing import Iterable, Iterator, Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -93,6 +94,17 @@ SINGLE = World()
 
 def launched_by_torchrun(env: Mapping[str, str] = os.environ) -> bool:
     return all(name in env for name in TORCHRUN_VARIABLES)
+
+
+@contextlib.contextmanager
+def quiet_unless_rank_zero(env: Mapping[str, str] = os.environ) -> Iterator[None]:
+    """Under torchrun, ranks other than 0 print nothing (stdout to devnull; their errors still reach stderr),
+    so that every line appears once."""
+    if not launched_by_torchrun(env) or env["RANK"] == "0":
+        yield
+        return
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+        yield
 
 
 def world_size_from(env: Mapping[str, str] = os.environ) -> int:

@@ -19,11 +19,20 @@ from typing import Callable, Iterator
 TEMPORARY_PATTERNS = (".ckpt-*.tmp", ".config-*.tmp")
 
 
-def default_file_mode() -> int:
-    """0666 less the process umask: the mode open() would have given a new file."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def default_file_mode() -> int:
+    """0666 less the process umask: the mode open() would have given a new file."""
+    return 0o666 & ~_umask()
+
+
+def default_folder_mode() -> int:
+    """0777 less the process umask: the mode os.makedirs would have given a new folder."""
+    return 0o777 & ~_umask()
 
 
 def _writer_alive(name: str) -> bool:
@@ -103,19 +112,32 @@ def atomic_write(path: str, write: Callable, binary: bool, prefix: str) -> None:
         raise
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): for one-line errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 @contextlib.contextmanager
-def folder_replaced_on_success(path: str, prefix: str) -> Iterator[str]:
-    """Yield a new hidden folder beside `path` to build into; when the block ends without an error it
-    replaces `path` (removed first if it exists, then the folder renamed into place), else it is deleted.
-    So a failure never leaves a folder at `path` that looks complete."""
+def folder_replaced_on_success(path: str, prefix: str, old_prefix: str = ".old-") -> Iterator[str]:
+    """Yield a new hidden folder beside `path` (with the usual permissions) to build into; when the block ends
+    without an error it replaces `path`, else it is deleted. So a failure never leaves a folder at `path`
+    that looks complete. An existing `path` is moved aside (old_prefix) until the new folder is in place,
+    so that an interruption between the two renames loses neither."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=prefix)
     try:
+        os.chmod(tmp, default_folder_mode())  # mkdtemp creates 0700
         yield tmp
         if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            backup = tempfile.mkdtemp(dir=parent, prefix=old_prefix)
+            os.rmdir(backup)
+            os.replace(path, backup)
+            os.replace(tmp, path)
+            shutil.rmtree(backup)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

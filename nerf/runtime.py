@@ -258,7 +258,6 @@ def _read_cache() -> tuple[str, dict]:
 
 def _write_cache(path: str, table: dict) -> None:
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         atomic_write(path, lambda f: json.dump(table, f, indent=1), binary=False, prefix=".chunk-")
     except OSError as err:  # a read-only home: measure again next time
         warnings.warn(f"{path}: the measurement could not be cached ({err.strerror or err})")
@@ -294,14 +293,15 @@ def tuned_cpu_chunk(runner: "FieldRunner") -> dict:
     read from <cache_folder()>/cpu_network_chunk.json or measured (measure_cpu_chunks) and written there.
     The forward pass gives the same values for every chunk size; only speed (and the summation order of
     the weight gradients) depends on it."""
-    key = f"{machine_description()} | {model_signature(runner)}"
+    machine, model = machine_description(), model_signature(runner)
+    key = f"{machine} | {model}"
     path, table = _read_cache()
     entry = table.get(key)
-    if isinstance(entry, dict) and isinstance(entry.get("chunk"), int) and entry["chunk"] > 0:
-        return {**entry, "machine": key.split(" | ")[0], "model": key.split(" | ")[1], "cached": True}
-    with torch.enable_grad():
-        seconds = measure_cpu_chunks(runner)
-    entry = {"chunk": min(seconds, key=seconds.get), "seconds": {str(k): round(v, 4) for k, v in seconds.items()}}
-    table[key] = entry
-    _write_cache(path, table)
-    return {**entry, "machine": key.split(" | ")[0], "model": key.split(" | ")[1], "cached": False}
+    cached = isinstance(entry, dict) and isinstance(entry.get("chunk"), int) and entry["chunk"] > 0
+    if not cached:
+        with torch.enable_grad():
+            seconds = measure_cpu_chunks(runner)
+        entry = {"chunk": min(seconds, key=seconds.get), "seconds": {str(k): round(v, 4) for k, v in seconds.items()}}
+        table[key] = entry
+        _write_cache(path, table)
+    return {**entry, "machine": machine, "model": model, "cached": cached}

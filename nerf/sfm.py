@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .files import folder_replaced_on_success
+from .files import first_line, folder_replaced_on_success
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
@@ -83,8 +83,7 @@ def _video_frames(video: str, fps: float):
         for raw in reader:
             yield np.frombuffer(raw, np.uint8).reshape(height, width, 3)
     except (OSError, RuntimeError, StopIteration, KeyError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PosesError(f"{video}: not a readable video ({first[:200]})") from None
+        raise PosesError(f"{video}: not a readable video ({first_line(err)[:200]})") from None
 
 
 def import_photos(folder: str, out_dir: str) -> dict:

@@ -123,4 +123,7 @@ def test_a_folder_built_beside_replaces_the_old_one_only_on_success(tmp_path):
     with folder_replaced_on_success(str(target), ".build-") as tmp:
         (tmp_path / tmp / "new.txt").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene"]  # the old folder, moved aside, is gone
+    from nerf.files import default_folder_mode
+
+    assert target.stat().st_mode & 0o777 == default_folder_mode()  # not mkdtemp's 0700
