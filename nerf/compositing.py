@@ -5,8 +5,8 @@ One compositing formula, the official raw2outputs one, serves every sampler:
     alpha_k = 1 - exp(-sigma_k delta_k),  T_k = prod_{j<k} (1 - alpha_j + 1e-10),  w_k = alpha_k T_k.
 
 `volume_render` composites the dense samples of the coarse/fine sampler (deltas from consecutive
-depths, the last one 1e10); `composite_samples` the packed samples of the occupancy sampler (a fixed
-step, invalid padding with sigma = 0). Shapes as in the package legend (nerf/__init__.py).
+depths, the last one 1e10); `composite_samples` the packed samples of the occupancy sampler (each with
+its own interval dt, a fixed step unless the space is contracted; invalid padding with sigma = 0). Shapes as in the package legend (nerf/__init__.py).
 """
 
 from __future__ import annotations
@@ -95,20 +95,20 @@ def packed_sigma_and_deltas(sigma_raw: torch.Tensor, rays: Rays, t: torch.Tensor
                             dt: torch.Tensor, noise_std: float = 0.0,
                             generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Packed raw densities [P] of the valid samples -> sigma [R, M] = ReLU(sigma_raw (+ noise)), 0 at the
-    invalid samples, and deltas [R, M] = the step size in world units (dt |d|) for every sample."""
+    invalid samples, and deltas [R, M] = each sample's interval in world units (dt |d|; dt: [R, M])."""
     if noise_std > 0:
         sigma_raw = sigma_raw + noise_std * torch.randn(sigma_raw.shape, device=sigma_raw.device,
                                                         dtype=sigma_raw.dtype, generator=generator)
     sigma = scatter_valid(torch.relu(sigma_raw), valid)  # [P] -> [R, M]
-    deltas = (dt * torch.linalg.norm(rays.directions, dim=-1))[:, None].expand_as(t)  # [R, M]
+    deltas = dt * torch.linalg.norm(rays.directions, dim=-1)[:, None]  # [R, M]
     return sigma, deltas
 
 
 def composite_dense(rgb: torch.Tensor, sigma: torch.Tensor, deltas: torch.Tensor, t: torch.Tensor,
                     valid: torch.Tensor, dt: torch.Tensor, white_background: bool) -> dict:
     """`composite` of rgb [R, M, 3], sigma and deltas [R, M], plus what the losses and counters read:
-    num_samples [R] (evaluated samples per ray), t [R, M] (where the weights are), dt [R] (the sample
-    spacing in t) and sample_rgb [R, M, 3]."""
+    num_samples [R] (evaluated samples per ray), t [R, M] (where the weights are), dt [R, M] (each
+    sample's interval in t) and sample_rgb [R, M, 3]."""
     out = _COMPOSITE["fn"](rgb, sigma, deltas, t, white_background)
     out.update(num_samples=valid.sum(dim=1), t=t, dt=dt, sample_rgb=rgb)
     return out
@@ -118,9 +118,9 @@ def composite_samples(raw: torch.Tensor, rays: Rays, t: torch.Tensor, valid: tor
                       opts: RenderConfig, generator: Optional[torch.Generator] = None) -> dict:
     """Composite packed raw outputs [P, 4] of the valid samples of t [R, M].
 
-    sigma = ReLU(sigma_raw (+ noise)), rgb = sigmoid(rgb_raw), delta = step_size for every sample, invalid
-    samples have sigma = 0; then `composite` as in the paper renderer. Returns rgb [R, 3], depth, disp,
-    acc [R], weights [R, M], num_samples [R] (evaluated samples per ray), t [R, M], dt [R] and
+    sigma = ReLU(sigma_raw (+ noise)), rgb = sigmoid(rgb_raw), delta = dt |d| per sample (dt: [R, M]),
+    invalid samples have sigma = 0; then `composite` as in the paper renderer. Returns rgb [R, 3], depth,
+    disp, acc [R], weights [R, M], num_samples [R] (evaluated samples per ray), t [R, M], dt [R, M] and
     sample_rgb [R, M, 3].
     """
     rgb = scatter_valid(torch.sigmoid(raw[:, :3]), valid)  # [P, 3] -> [R, M, 3]

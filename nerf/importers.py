@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state
+from .contraction import CONTRACTIONS
 from .config import ConfigError, ModelConfig, ModelsConfig, models_config_from_dict, voxel_grid_config_from_dict
 from .models import build_model
 
@@ -155,14 +156,18 @@ def models_from_checkpoint(ckpt: dict, path: str, configured: ModelsConfig) -> L
         step = int(ckpt["global_step"]) + 1  # file N holds global_step N - 1 after N updates
         note = (f"yenchenlin/nerf-pytorch checkpoint (global_step {ckpt['global_step']}), "
                 f"{models.coarse.num_layers}x{models.coarse.hidden_size} {models.coarse.type}")
-    voxel_grid = None
+    voxel_grid, contraction = None, None
     if source == NATIVE and models.coarse.type == "VoxelGridModel":
+        stored = ckpt.get("config") or {}
         try:
-            voxel_grid = voxel_grid_config_from_dict((ckpt.get("config") or {}).get("voxel_grid"),
-                                                     f"{path} (stored config)")
+            voxel_grid = voxel_grid_config_from_dict(stored.get("voxel_grid"), f"{path} (stored config)")
         except ConfigError as err:
             raise CheckpointError(str(err)) from None
-    coarse = build_model(models.coarse, voxel_grid)
+        contraction = (stored.get("occupancy") or {}).get("contraction")
+        if contraction not in (None, *CONTRACTIONS):
+            raise CheckpointError(f"{path}: stored config key 'occupancy.contraction' is {contraction!r}; "
+                                  f"expected one of {', '.join(CONTRACTIONS)} or null")
+    coarse = build_model(models.coarse, voxel_grid, contraction=contraction)
     load_model_state(coarse, coarse_state, path, "coarse model")
     fine = None
     if models.fine is not None and fine_state is not None:

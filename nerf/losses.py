@@ -36,10 +36,19 @@ def distortion_loss(weights: torch.Tensor, s: torch.Tensor, ds: torch.Tensor) ->
 
 
 def ray_distortion_loss(weights: torch.Tensor, t: torch.Tensor, dt: torch.Tensor, rays: Rays) -> torch.Tensor:
-    """`distortion_loss` of samples at t [R, S] spaced dt [R] along rays, in the ray distance normalised
-    to [near, far] -> [0, 1]: s = (t - near) / (far - near), ds = dt / (far - near) (NDC: s = t). Returns [R]."""
+    """`distortion_loss` of samples at t [R, S] with intervals dt [R, S] along rays, in the ray distance
+    normalised to [near, far] -> [0, 1]: s = (t - near) / (far - near), ds = dt / (far - near) (NDC: s = t).
+    Returns [R]."""
     span = (rays.far - rays.near)[:, None]  # [R, 1]
-    return distortion_loss(weights, (t - rays.near[:, None]) / span, dt[:, None] / span)
+    return distortion_loss(weights, (t - rays.near[:, None]) / span, dt / span)
+
+
+def background_entropy(acc: torch.Tensor) -> torch.Tensor:
+    """DVGO's background-entropy term: the binary entropy of the transmittance left after the last sample,
+    p = 1 - acc (clamped to [1e-6, 1 - 1e-6]): -(p log p + (1 - p) log(1 - p)), lowest when a ray is either
+    fully opaque or fully background. acc: [R] -> [R]."""
+    p = (1.0 - acc).clamp(1e-6, 1.0 - 1e-6)
+    return -(p * torch.log(p) + (1.0 - p) * torch.log1p(-p))
 
 
 def sample_color_loss(weights: torch.Tensor, sample_rgb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

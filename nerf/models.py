@@ -188,21 +188,28 @@ class Krrish94NeRFModel(EncodedField):
         return torch.cat((self.fc_rgb(h), sigma_raw), dim=-1)
 
 
-def build_model(m: ModelConfig, voxel_grid: Optional[VoxelGridConfig] = None, aabb=None) -> nn.Module:
+def build_model(m: ModelConfig, voxel_grid: Optional[VoxelGridConfig] = None, aabb=None,
+                contraction: Optional[str] = None) -> nn.Module:
     """Instantiate the model a `models.coarse` / `models.fine` config section describes.
 
     A VoxelGridModel takes its settings from `voxel_grid` (the config's voxel_grid: section) and starts
-    with num_voxels_start voxels (num_voxels when nothing grows) over `aabb` (default: the Blender box +-1.5) and the density shift for
-    marching steps of step_ratio voxels; a checkpoint's state dict replaces all three (see resize_like).
+    with num_voxels_start voxels (num_voxels when nothing grows) over `aabb` (default: the Blender box +-1.5)
+    and the density shift for marching steps of step_ratio voxels; a checkpoint's state dict replaces all
+    three (see resize_like). With a `contraction` (occupancy.contraction) `aabb` is in the contracted space.
     """
     if m.type == "VoxelGridModel":
         v = voxel_grid if voxel_grid is not None else VoxelGridConfig()
         box = torch.as_tensor(aabb if aabb is not None else BLENDER_AABB,
                               dtype=torch.float32).cpu()  # the model is built on the CPU, then moved
         start = voxels_after_growth(v.num_voxels_start, v.num_voxels, len(v.grow_steps), 0)
+        scale = 1.0
+        if v.density_unit == "voxel":  # DVGO: per edge of a voxel of the final grid over the starting box
+            final = grid_shape(box, v.num_voxels, v.aspect)
+            scale = 1.0 / float(((box[3:] - box[:3]) / (torch.tensor(final) - 1)).max())
         model = VoxelGridModel(box, grid_shape(box, start, v.aspect), v.feature_dim, v.hidden_size, v.num_layers,
-                               v.num_encoding_fn_dir, step_ratio=v.step_ratio)
-        model.shift.fill_(density_shift(v.alpha_init, model.marching_step))
+                               v.num_encoding_fn_dir, step_ratio=v.step_ratio, contraction=contraction,
+                               density_scale=scale)
+        model.shift.fill_(density_shift(v.alpha_init, model.marching_step * scale))
         return model
     common = dict(num_layers=m.num_layers, hidden_size=m.hidden_size, skip_connect_every=m.skip_connect_every,
                   num_encoding_fn_xyz=m.num_encoding_fn_xyz, num_encoding_fn_dir=m.num_encoding_fn_dir,

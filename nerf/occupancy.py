@@ -5,6 +5,10 @@ the opacity of one marching step, sigma * step_size, measured by the field itsel
 a fixed world-space step; samples in unoccupied cells are skipped, and a ray stops once its transmittance
 falls below `early_stop_eps`. The hierarchical coarse/fine sampler stays the default; this is an option.
 
+Unbounded scenes (occupancy.contraction, nerf/contraction.py): the grid covers the contracted space
+[-2, 2]^3 instead of a world box, rays are marched from near to infinity with a fixed step in the
+contracted space (a growing one in the world), and each sample carries its own world interval.
+
 Shape legend: R rays, M marched samples per ray (padded; `valid` marks the real ones), P points, C cells.
 """
 
@@ -18,6 +22,8 @@ from torch import nn
 
 from .compositing import scatter_valid, transmittance
 from .config import OccupancyConfig, RenderConfig
+from .contraction import (CONTRACTED_AABB, contract, contracted_distance, interpolate, spacing_inverse, uncontract,
+                          world_stretch)
 from .rays import Rays, get_rays, prepare_rays
 from .runtime import evaluate_density
 
@@ -28,10 +34,12 @@ NDC_AABB = (-1.5, -1.5, -1.0, 1.5, 1.5, 1.0)
 
 
 def default_aabb(cfg: OccupancyConfig, use_ndc: bool) -> tuple:
-    """occupancy.aabb, or the scene type's box: Blender objects fit in [-1.5, 1.5]^3, NDC_AABB in NDC.
-    (config validation requires occupancy.aabb for scenes that are neither.)"""
+    """occupancy.aabb, or the scene type's box: Blender objects fit in [-1.5, 1.5]^3, NDC_AABB in NDC, the
+    contracted space in [-2, 2]^3. (config validation requires occupancy.aabb for scenes that are neither.)"""
     if cfg.aabb is not None:
         return tuple(cfg.aabb)
+    if cfg.contraction is not None:
+        return CONTRACTED_AABB
     return NDC_AABB if use_ndc else BLENDER_AABB
 
 
@@ -52,13 +60,19 @@ class OccupancyGrid:
     estimates: [C] EMA maximum of sigma * step_size seen in each cell;
     occupied: [C] bool = estimates >= min(density_threshold, mean(estimates)) after an update, so a cell
     whose estimate reaches density_threshold is always occupied (and a grid of equal estimates, e.g. a fresh
-    or all-empty field, is all occupied: nothing is skipped before something is known). Cell index = (i * res + j) * res + k for
-    the cell (i, j, k) along (x, y, z).
+    or all-empty field, is all occupied: nothing is skipped before something is known). Cell index =
+    (i * res + j) * res + k for the cell (i, j, k) along (x, y, z).
+
+    With a `contraction` ("l2" or "inf") the cells tile the contracted space over `aabb` (world points are
+    contracted before they are located, cell points uncontracted before the field sees them), and a cell's
+    estimate is sigma * step_size * world_stretch: the opacity of the longest world step a contracted step
+    is there, so that the thin, far background is not taken for empty space.
     """
 
     def __init__(self, aabb, resolution: int, density_threshold: float = 0.01, decay: float = 0.95,
-                 device: Optional[torch.device] = None):
+                 device: Optional[torch.device] = None, contraction: Optional[str] = None):
         self.aabb = torch.as_tensor(aabb, dtype=torch.float32, device=device)  # [6]
+        self.contraction = contraction
         self.resolution = resolution
         self.density_threshold = density_threshold
         self.decay = decay
@@ -72,7 +86,9 @@ class OccupancyGrid:
         return self.estimates.device
 
     def cell_index(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """points: [..., 3] -> (cell index [...] long, inside-the-box mask [...])."""
+        """World points: [..., 3] -> (cell index [...] long, inside-the-box mask [...])."""
+        if self.contraction is not None:
+            points = contract(points, self.contraction)
         lo, hi = self.aabb[:3], self.aabb[3:]
         unit = (points - lo) / (hi - lo)  # [..., 3] in [0, 1) inside the box
         inside = ((unit >= 0) & (unit < 1)).all(dim=-1)
@@ -94,13 +110,22 @@ class OccupancyGrid:
 
     def cell_points(self, cells: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """cells: [P] indices, offsets: [P, 3] in [0, 1) within the cell -> world points [P, 3]."""
+        points = self._grid_points(cells, offsets)
+        return uncontract(points, self.contraction) if self.contraction is not None else points
+
+    def _grid_points(self, cells: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Points [P, 3] in the grid's own (contracted, if so) coordinates."""
         lo, hi = self.aabb[:3], self.aabb[3:]
         return lo + (self._cell_ijk(cells).to(offsets.dtype) + offsets) / self.resolution * (hi - lo)
 
     def _estimate(self, density_fn: Callable, cells: torch.Tensor, offsets: torch.Tensor, step_size: float,
                   chunk: int) -> torch.Tensor:
-        """Opacity sigma * step_size at the given points of the given cells: [P]."""
-        return evaluate_density(density_fn, self.cell_points(cells, offsets), chunk) * step_size
+        """Opacity sigma * step_size (* world_stretch when contracted) at the given points of the given
+        cells: [P]."""
+        opacity = evaluate_density(density_fn, self.cell_points(cells, offsets), chunk) * step_size
+        if self.contraction is not None:
+            opacity = opacity * world_stretch(self._grid_points(cells, offsets), self.contraction)
+        return opacity
 
     def _set_occupied(self) -> None:
         threshold = torch.clamp(self.estimates.mean(), max=self.density_threshold)
@@ -125,6 +150,8 @@ class OccupancyGrid:
 
     def cells_along(self, origins: torch.Tensor, directions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Cell index [R, N] of o + t d for t: [R, N] (points assumed inside the box; clamped to its cells)."""
+        if self.contraction is not None:
+            return self.cell_index(origins[:, None, :] + directions[:, None, :] * t[..., None])[0]
         res, lo, size = self.resolution, self.aabb[:3], self.aabb[3:] - self.aabb[:3]
         start = (origins - lo) / size * res  # [R, 3] in cell units
         step = directions / size * res
@@ -175,12 +202,16 @@ class OccupancyGrid:
 
     def state_dict(self) -> dict:
         return {"aabb": self.aabb.cpu(), "resolution": self.resolution, "estimates": self.estimates.cpu(),
-                "occupied": self.occupied.cpu(), "density_threshold": self.density_threshold, "decay": self.decay}
+                "occupied": self.occupied.cpu(), "density_threshold": self.density_threshold, "decay": self.decay,
+                "contraction": self.contraction}
 
     def load_state_dict(self, state: dict) -> None:
-        if int(state["resolution"]) != self.resolution or not torch.allclose(state["aabb"].to(self.aabb), self.aabb):
-            raise ValueError(f"stored occupancy grid ({state['resolution']}^3 over {state['aabb'].tolist()}) does "
-                             f"not match the config ({self.resolution}^3 over {self.aabb.tolist()})")
+        stored_contraction = state.get("contraction")  # absent in grids saved before contraction existed
+        if (int(state["resolution"]) != self.resolution or stored_contraction != self.contraction
+                or not torch.allclose(state["aabb"].to(self.aabb), self.aabb)):
+            raise ValueError(f"stored occupancy grid ({state['resolution']}^3 over {state['aabb'].tolist()}, "
+                             f"contraction {stored_contraction}) does not match the config ({self.resolution}^3 "
+                             f"over {self.aabb.tolist()}, contraction {self.contraction})")
         self.estimates = state["estimates"].to(self.device, torch.float32)
         self.occupied = state["occupied"].to(self.device, torch.bool)
         self._box = None
@@ -208,7 +239,8 @@ class OccupancySampler:
 
 
 def build_sampler(cfg: OccupancyConfig, use_ndc: bool, device: torch.device) -> OccupancySampler:
-    grid = OccupancyGrid(default_aabb(cfg, use_ndc), cfg.resolution, cfg.density_threshold, cfg.decay, device)
+    grid = OccupancyGrid(default_aabb(cfg, use_ndc), cfg.resolution, cfg.density_threshold, cfg.decay, device,
+                         cfg.contraction)
     return OccupancySampler(grid, cfg)
 
 
@@ -237,25 +269,42 @@ def ray_box_interval(origins: torch.Tensor, directions: torch.Tensor, aabb: torc
     return torch.minimum(t0, t1).amax(dim=-1), torch.maximum(t0, t1).amin(dim=-1)
 
 
-def compact(t: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def compact(t: torch.Tensor, valid: torch.Tensor, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Move each ray's valid samples to the front, in order, and drop all-invalid columns.
 
-    t, valid: [R, N] -> [R, M] with M = the largest number of valid samples of a ray."""
+    t, valid, dt: [R, N] -> [R, M] with M = the largest number of valid samples of a ray."""
     order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices  # valid first, order kept
     width = int(valid.sum(dim=1).max().item()) if valid.numel() else 0
     order = order[:, :width]  # [R, M]
-    return torch.gather(t, 1, order), torch.gather(valid, 1, order)
+    return torch.gather(t, 1, order), torch.gather(valid, 1, order), torch.gather(dt, 1, order)
+
+
+def _offsets(like: torch.Tensor, perturb: bool, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """The lattice offset u [R] of each ray: U[0, 1) when perturb, else 1/2."""
+    if perturb:
+        return torch.rand(like.shape, device=like.device, generator=generator)
+    return torch.full_like(like, 0.5)
 
 
 def march(sampler: OccupancySampler, rays: Rays, perturb: bool,
           generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sample positions along rays through occupied cells.
+    """Sample positions along rays through occupied cells: `march_box`, or `march_contracted` for a grid
+    over the contracted space. Returns t [R, M], valid [R, M] and dt [R, M] (each sample stands for the
+    interval t_k +- dt_k / 2, in units of d)."""
+    if sampler.grid.contraction is not None:
+        return march_contracted(sampler, rays, perturb, generator)
+    return march_box(sampler, rays, perturb, generator)
+
+
+def march_box(sampler: OccupancySampler, rays: Rays, perturb: bool,
+              generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample positions along rays through the occupied cells of a world-space box.
 
     t_k = t_enter + (k + u) dt for k = 0, 1, ... with dt = step_size / |d| (t is in units of d) and
     u ~ U[0, 1) per ray when perturb (else 1/2), kept where t_k < t_exit and the cell of o + t_k d is occupied;
     [t_enter, t_exit] = the ray's interval inside the box, clipped to [near, far]. When skipping, the box is
     the one around the occupied cells (the same samples, fewer steps to test).
-    Returns t [R, M], valid [R, M] and dt [R]; each sample stands for the interval t_k +- dt/2.
+    Returns t [R, M], valid [R, M] and dt [R, M] (one value per ray); each sample stands for t_k +- dt/2.
     """
     grid = sampler.grid
     norms = torch.linalg.norm(rays.directions, dim=-1)  # [R]
@@ -269,41 +318,67 @@ def march(sampler: OccupancySampler, rays: Rays, perturb: bool,
     first = torch.floor(((t_enter - t_start) / dt).clamp(min=0))  # [R] first step index inside
     span = ((t_exit - t_start) / dt - first).clamp(min=0)  # [R] steps to cover
     num_steps = int(span.max().ceil().item()) + 1 if span.numel() else 0
-    if perturb:
-        u = torch.rand(t_enter.shape, device=t_enter.device, generator=generator)
-    else:
-        u = torch.full_like(t_enter, 0.5)
+    u = _offsets(t_enter, perturb, generator)
     steps = torch.arange(num_steps, device=t_enter.device, dtype=t_enter.dtype)
     t = t_start[:, None] + (first[:, None] + steps + u[:, None]) * dt[:, None]  # [R, N]
     valid = (t >= t_enter[:, None]) & (t < t_exit[:, None])
     if sampler.skipping:
         valid &= grid.occupied[grid.cells_along(rays.origins, rays.directions, t)]
-    t, valid = compact(t, valid)
-    return t, valid, dt
+    return compact(t, valid, dt[:, None].expand_as(t))
+
+
+def march_contracted(sampler: OccupancySampler, rays: Rays, perturb: bool,
+                     generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample positions along rays, from near to infinity, at a fixed step in the contracted space.
+
+    With s(t) the contracted arc length from the near point (contraction.contracted_distance), the samples
+    are s_k = (k + u) step_size for k = 0, 1, ... while s_k < s(infinity), u as in `march_box`; t_k =
+    s^-1(s_k) and dt_k = s^-1(s_k + step/2) - s^-1(s_k - step/2), a world interval that grows with the
+    distance; the first interval starts at the near point and the last one ends at infinity, so that the
+    intervals tile the ray. Samples in unoccupied cells are dropped when skipping. rays.far is not used:
+    the contracted ray ends at infinity. Returns t [R, M], valid [R, M] and dt [R, M].
+    """
+    grid, step = sampler.grid, sampler.step_size
+    g_nodes, s_nodes = contracted_distance(rays.origins, rays.directions, rays.near, grid.contraction)  # [R, K]
+    total = s_nodes[:, -1]  # [R]
+    num_steps = int((total.max() / step).ceil().item()) if total.numel() else 0
+    u = _offsets(total, perturb, generator)
+    k = torch.arange(num_steps, device=total.device, dtype=total.dtype)
+    s = (k + u[:, None]) * step  # [R, N]
+    # edges half-way between the samples; the first from the near point, the last to infinity
+    lower = torch.where(k == 0, torch.zeros_like(s), s - 0.5 * step)
+    upper = torch.where(s + step >= total[:, None], total[:, None].expand_as(s), s + 0.5 * step)
+    s = torch.cat((s, lower, upper), dim=1)  # [R, 3N]
+    t = spacing_inverse(interpolate(s, s_nodes, g_nodes)) / torch.linalg.norm(rays.directions, dim=-1)[:, None]
+    t, dt = t[:, :num_steps], t[:, 2 * num_steps:] - t[:, num_steps:2 * num_steps]  # [R, N] each
+    valid = s[:, :num_steps] < total[:, None]
+    if sampler.skipping:
+        valid &= grid.occupied[grid.cells_along(rays.origins, rays.directions, t)]
+    return compact(t, valid, dt)
 
 
 def early_termination(density_fn: Callable, rays: Rays, t: torch.Tensor, valid: torch.Tensor, dt: torch.Tensor,
                       early_stop_eps: float, alpha_threshold: float, netchunk: int) -> torch.Tensor:
     """The samples worth evaluating (no gradients): valid, with transmittance T_k >= early_stop_eps and
-    alpha_k >= alpha_threshold, from a density-only pass (T_k as in compositing.transmittance). Dropping
+    alpha_k >= alpha_threshold, from a density-only pass (T_k as in compositing.transmittance; dt: [R, M]). Dropping
     the samples after T < eps changes each colour channel by at most eps (their weights sum to at most T),
     for the noise-free density this pass sees: with radiance_field_noise_std > 0 (training on LLFF) the
     bound holds only on average."""
     with torch.no_grad():
         points = (rays.origins[:, None, :] + rays.directions[:, None, :] * t[..., None])[valid]  # [P, 3]
         sigma = scatter_valid(evaluate_density(density_fn, points, netchunk), valid)  # [P] -> [R, M]
-        deltas = (dt * torch.linalg.norm(rays.directions, dim=-1))[:, None]  # [R, 1] = step_size
+        deltas = dt * torch.linalg.norm(rays.directions, dim=-1)[:, None]  # [R, M] world lengths
         alpha = 1.0 - torch.exp(-sigma * deltas)
         return valid & (transmittance(alpha) >= early_stop_eps) & (alpha >= alpha_threshold)
 
 
 def occupancy_samples(field: nn.Module, rays: Rays, opts: RenderConfig, sampler: OccupancySampler,
                       generator: Optional[torch.Generator] = None) -> tuple:
-    """March through occupied cells, then thin by early termination: (t [R, M], valid [R, M], dt [R])."""
+    """March through occupied cells, then thin by early termination: (t [R, M], valid [R, M], dt [R, M])."""
     t, valid, dt = march(sampler, rays, opts.perturb, generator)
     cfg = sampler.cfg
     if cfg.early_stop_eps > 0 or cfg.alpha_threshold > 0:
         keep = early_termination(field.density, rays, t, valid, dt, cfg.early_stop_eps, cfg.alpha_threshold,
                                  opts.netchunk)
-        t, valid = compact(t, keep)
+        t, valid, dt = compact(t, keep, dt)
     return t, valid, dt

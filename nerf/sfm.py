@@ -12,7 +12,6 @@ Shapes: N views, M sparse points.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -207,16 +206,27 @@ def llff_poses(reconstruction) -> tuple[list, np.ndarray, np.ndarray, np.ndarray
     return [im.name for im in images], np.stack(poses), np.array(bounds), points
 
 
-def capture_kind(poses: np.ndarray, points: np.ndarray) -> str:
-    """"360" when the cameras look at the scene from all round (view directions spread over more than a
-    half-space, or the cameras surround the points' centre), else "forward-facing"."""
-    forward = -poses[:, :, 2]  # [N, 3] viewing directions (back = -forward)
-    mean = forward.mean(0)
-    spread = math.degrees(max(math.acos(np.clip(f @ mean / max(np.linalg.norm(mean), 1e-9), -1, 1)) for f in forward))
-    centre = np.median(points, 0) if len(points) else poses[:, :, 3].mean(0)
-    around = poses[:, :, 3] - centre  # [N, 3] camera positions from the scene centre
-    surround = np.linalg.norm(around.mean(0)) < 0.5 * np.linalg.norm(around, axis=1).mean()
-    return "360" if spread > 90.0 or surround else "forward-facing"
+def capture_kind(poses: np.ndarray) -> str:
+    """"360" when the cameras look at the scene from all round, else "forward-facing", from the view
+    directions f_i (poses: LLFF [N, 3, 5]) about their mean direction a: all round when some f_i is more
+    than 90 degrees from a (a ring near the horizon), or when every f_i is at least 20 degrees off a and
+    their directions about a leave no gap wider than 90 degrees (a ring looking down at the scene: the
+    cameras circle the axis). A forward-facing capture has views near a, and at most an arc around it."""
+    forward = -poses[:, :, 2] / np.linalg.norm(poses[:, :, 2], axis=1, keepdims=True)  # [N, 3] (back = -forward)
+    axis = forward.mean(0)
+    if np.linalg.norm(axis) < 1e-6:
+        return "360"
+    axis = axis / np.linalg.norm(axis)
+    off_axis = np.degrees(np.arccos(np.clip(forward @ axis, -1.0, 1.0)))  # [N]
+    if off_axis.max() > 90.0:
+        return "360"
+    side = forward - (forward @ axis)[:, None] * axis  # [N, 3] the part of each direction across the axis
+    e1 = np.cross(axis, [1.0, 0.0, 0.0] if abs(axis[0]) < 0.9 else [0.0, 1.0, 0.0])
+    e1 = e1 / np.linalg.norm(e1)
+    e2 = np.cross(axis, e1)
+    azimuth = np.sort(np.degrees(np.arctan2(side @ e2, side @ e1)))  # [N]
+    widest_gap = np.diff(np.append(azimuth, azimuth[0] + 360.0)).max()
+    return "360" if off_axis.min() >= 20.0 and widest_gap <= 90.0 else "forward-facing"
 
 
 def reconstruct(image_dir: str, work_dir: str, sequential: bool, device: str = "auto",
@@ -233,7 +243,7 @@ def reconstruct(image_dir: str, work_dir: str, sequential: bool, device: str = "
     result = Reconstructed(names=registered, failed=[n for n in names if n not in registered], poses=poses,
                            bounds=bounds, points=points,
                            mean_reprojection_error=float(reconstruction.compute_mean_reprojection_error()),
-                           capture=capture_kind(poses, points), seconds=seconds)
+                           capture=capture_kind(poses), seconds=seconds)
     return result, undistorted_dir
 
 
@@ -285,7 +295,7 @@ def umeyama(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, 
 
 def default_config(capture: str) -> str:
     """The config a capture trains with next."""
-    return "config/own_forward_fast.yml" if capture == "forward-facing" else "config/own_360.yml"
+    return "config/own_forward_fast.yml" if capture == "forward-facing" else "config/own_360_fast.yml"
 
 
 __all__ = ["PosesError", "Reconstructed", "capture_kind", "default_config", "extract_video_frames", "import_photos",

@@ -5,17 +5,23 @@ Shape legend (as elsewhere): P points, C feature channels, X/Y/Z grid vertices p
 A density grid D [X, Y, Z] and a feature grid K [X, Y, Z, C] hold values at the vertices of a regular
 lattice over the box `aabb` (the first and last vertices lie on the box faces). At a point p,
 
-    sigma(p) = softplus(trilinear(D, p) + shift)
+    sigma(p) = softplus(trilinear(D, p) + shift) * density_scale
     rgb(p, d) = sigmoid(MLP([trilinear(K, p), gamma(d)]))
 
 with gamma the positional encoding of the view direction. Points outside the box have sigma = 0. `shift`
 makes a fresh grid (D = 0) start with the opacity alpha_init per marching step (DVGO's activation shift);
-the presets start from a thin fog (1e-2) that training carves away.
+the presets start from a thin fog (1e-2) that training carves away. `density_scale` is the unit of the
+grid's density: 1 (per world unit), or DVGO's 1 / (edge of a final voxel), so that an opaque step needs a
+raw density of about 10 instead of about 10 / step (hundreds), which Adam, moving each value by about the
+learning rate per step, reaches in tens of steps instead of thousands.
 
 Coarse-to-fine: `resample` moves the grids to a new resolution and/or box by trilinear interpolation of
 the old ones; training grows the grid at `voxel_grid.grow_steps` and, at the first growth, shrinks the box
 to the occupancy cells where training rays put weight (train_nerf.py), so that the voxels are spent on the
 content.
+
+For an unbounded scene (`contraction`, nerf/contraction.py) the grids span the contracted space [-2, 2]^3:
+a point is contracted before it is looked up, so the last voxels hold everything out to infinity.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .contraction import contract
 from .encoding import encoding_width, positional_encoding
 
 # the 8 corners of a cell as (dx, dy, dz)
@@ -117,13 +124,18 @@ def total_variation(grid: torch.Tensor) -> torch.Tensor:
 
 
 class VoxelGridModel(nn.Module):
-    """Density and feature voxel grids with a small view-dependent colour MLP (see the module docstring)."""
+    """Density and feature voxel grids with a small view-dependent colour MLP (see the module docstring).
+    With a `contraction` ("l2" or "inf") points are contracted before the lookup and `aabb` is a box of the
+    contracted space."""
 
     def __init__(self, aabb, resolution: tuple[int, int, int], feature_dim: int = 12, hidden_size: int = 128,
-                 num_layers: int = 2, num_encoding_fn_dir: int = 4, shift: float = 0.0, step_ratio: float = 0.5):
+                 num_layers: int = 2, num_encoding_fn_dir: int = 4, shift: float = 0.0, step_ratio: float = 0.5,
+                 contraction: Optional[str] = None, density_scale: float = 1.0):
         super().__init__()
+        self.contraction = contraction
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).clone())
         self.register_buffer("shift", torch.tensor(float(shift)))
+        self.register_buffer("density_scale", torch.tensor(float(density_scale)))
         self.register_buffer("step_ratio", torch.tensor(float(step_ratio)))
         self.density_grid = nn.Parameter(torch.zeros(resolution))
         self.feature_grid = nn.Parameter(torch.zeros(*resolution, feature_dim))
@@ -157,14 +169,18 @@ class VoxelGridModel(nn.Module):
     def network_parameters(self) -> list[nn.Parameter]:
         return list(self.color_net.parameters())
 
+    def grid_points(self, points: torch.Tensor) -> torch.Tensor:
+        """World points [P, 3] -> the grid's coordinates [P, 3] (contracted, for an unbounded scene)."""
+        return contract(points, self.contraction) if self.contraction is not None else points
+
     def density(self, points: torch.Tensor) -> torch.Tensor:
-        """points: [P, 3] -> sigma: [P] = softplus(D(p) + shift), 0 outside the box (already >= 0)."""
-        d, inside = trilinear(self.density_grid, self.aabb, points)
-        return torch.where(inside, F.softplus(d + self.shift), torch.zeros_like(d))
+        """points: [P, 3] -> sigma: [P] = softplus(D(p) + shift) * density_scale, 0 outside the box (>= 0)."""
+        d, inside = trilinear(self.density_grid, self.aabb, self.grid_points(points))
+        return torch.where(inside, F.softplus(d + self.shift) * self.density_scale, torch.zeros_like(d))
 
     def color(self, points: torch.Tensor, viewdirs: torch.Tensor) -> torch.Tensor:
         """points, viewdirs: [P, 3] -> rgb_raw: [P, 3] (before the sigmoid)."""
-        features, _ = trilinear(self.feature_grid, self.aabb, points)  # [P, C]
+        features, _ = trilinear(self.feature_grid, self.aabb, self.grid_points(points))  # [P, C]
         encoded = positional_encoding(viewdirs, self.num_encoding_fn_dir)  # [P, 27]
         return self.color_net(torch.cat((features, encoded), dim=-1))
 
@@ -198,7 +214,9 @@ class VoxelGridModel(nn.Module):
         self.aabb.copy_(aabb)
 
     def resize_like(self, state: dict) -> None:
-        """Give the grids the shapes stored in a state dict (a checkpoint of a grown model) before loading it."""
+        """Give the grids the shapes stored in a state dict (a checkpoint of a grown model) before loading it;
+        a state saved before density_scale existed gets its unit, 1."""
+        state.setdefault("density_scale", torch.tensor(1.0))
         shape = state.get("density_grid")
         if shape is not None and tuple(shape.shape) != self.resolution and shape.dim() == 3:
             self.density_grid = nn.Parameter(torch.zeros(shape.shape, device=self.aabb.device))

@@ -207,6 +207,34 @@ def test_dataset_keys_of_the_other_type_and_ndc_conflicts_are_rejected():
     assert ok.nerf.validation.lindisp is True
 
 
+def test_contraction_and_what_it_rules_out():
+    voxel = {"dataset": {"basedir": "x", "type": "llff", "no_ndc": True, "spherify": True},
+             "models": {"coarse": {"type": "VoxelGridModel"}, "fine": None},
+             "nerf": {"train": {"num_fine": 0}, "validation": {"num_fine": 0}}}
+
+    def with_(occupancy=None, voxel_grid=None, dataset=None, models=None):
+        cfg = {**voxel, "occupancy": {"enabled": True, "contraction": "inf", **(occupancy or {})},
+               "voxel_grid": {"shrink_box": False, **(voxel_grid or {})}}
+        cfg["dataset"] = {**voxel["dataset"], **(dataset or {})}
+        cfg["models"] = models or voxel["models"]
+        return cfg
+
+    ok = config_from_dict(with_())  # no occupancy.aabb needed for LLFF without NDC: the contracted cube
+    assert ok.occupancy.contraction == "inf" and ok.occupancy.aabb is None
+    with pytest.raises(ConfigError, match="'occupancy.contraction' expects one of l2, inf or null, got 'sphere'"):
+        config_from_dict(with_({"contraction": "sphere"}))
+    with pytest.raises(ConfigError, match="'occupancy.contraction' expects null under NDC"):
+        config_from_dict(with_(dataset={"no_ndc": False, "spherify": False}))
+    with pytest.raises(ConfigError, match="'occupancy.contraction' expects null unless models.coarse.type is Vox"):
+        config_from_dict(with_(models={"coarse": {"type": "TinyNeRFModel"}, "fine": None}))
+    with pytest.raises(ConfigError, match="'occupancy.aabb' expects to be unset"):
+        config_from_dict(with_({"aabb": [-1, -1, -1, 1, 1, 1]}))
+    with pytest.raises(ConfigError, match="'voxel_grid.shrink_box' expects false with occupancy.contraction"):
+        config_from_dict(with_(voxel_grid={"shrink_box": True}))
+    with pytest.raises(ConfigError, match="'voxel_grid.distortion_weight' expects 0 with occupancy.contraction"):
+        config_from_dict(with_(voxel_grid={"distortion_weight": 0.01}))
+
+
 def test_save_and_reload_round_trip(tmp_path):
     cfg = load_config(_write(tmp_path, KRRISH94_LEGO), ["experiment.id=roundtrip"])
     out = str(tmp_path / "run" / "config.yml")

@@ -1,3 +1,4 @@
+import math
 import torch
 
 from nerf.losses import distortion_loss, ray_distortion_loss, sample_color_loss
@@ -40,13 +41,21 @@ def test_ray_distortion_loss_normalises_the_ray_distance_to_near_far():
     generator = torch.Generator().manual_seed(1)
     weights = torch.rand(4, 6, generator=generator)
     t = torch.sort(torch.rand(4, 6, generator=generator), dim=-1).values
-    dt = torch.full((4,), 0.02)
+    dt = torch.full((4, 6), 0.02)
     ones = torch.ones(4, 3)
 
     def rays(near, far):
         return Rays(ones, ones, ones, torch.full((4,), near), torch.full((4,), far))
 
     ndc = ray_distortion_loss(weights, t, dt, rays(0.0, 1.0))  # NDC: s = t
-    torch.testing.assert_close(ndc, distortion_loss(weights, t, dt[:, None]))
+    torch.testing.assert_close(ndc, distortion_loss(weights, t, dt))
     # the same samples on rays from 2 to 6 (t = 2 + 4 s, dt x 4): the same loss
     torch.testing.assert_close(ray_distortion_loss(weights, 2.0 + 4.0 * t, 4.0 * dt, rays(2.0, 6.0)), ndc)
+
+
+def test_background_entropy_by_hand():
+    from nerf.losses import background_entropy
+
+    acc = torch.tensor([1.0, 0.0, 0.5, 0.9])
+    expected = torch.tensor([0.0, 0.0, math.log(2.0), -(0.1 * math.log(0.1) + 0.9 * math.log(0.9))])
+    torch.testing.assert_close(background_entropy(acc), expected, atol=2e-5, rtol=1e-5)  # clamped ends: ~1.5e-5

@@ -83,16 +83,44 @@ def test_voxel_seen_cells_and_loss_terms():
     method.after_render(1, rays, out)  # before grow_steps[0] // 2: nothing recorded
     assert not method.seen.any()
     method.after_render(2, rays, out)
+    method.after_render(3, rays, out)  # the same rays again: every count doubles
     cells = method.sampler.grid.cells_along(rays.origins, rays.directions, out["t"])
-    expected = torch.zeros_like(method.seen)
-    expected[cells[out["weights"] >= 0.008]] = True
-    assert torch.equal(method.seen, expected)
-    assert expected.any() and (out["weights"][out["t"] > 0] < 0.008).any()  # the threshold sorts samples
+    expected = 2 * torch.bincount(cells[out["weights"] >= 0.008], minlength=method.seen.numel())
+    assert torch.equal(method.seen, expected.to(method.seen.dtype))
+    assert expected.max() > 2 and (out["weights"][out["t"] > 0] < 0.008).any()  # the threshold sorts samples
     target = torch.rand(len(rays), 3, generator=torch.Generator().manual_seed(1))
     loss, mse = method.loss(out, target, rays, step=2)
     plain, plain_mse = photometric_loss(out, target)
     torch.testing.assert_close(loss, plain + 0.5 * method.coarse.total_variation())
     torch.testing.assert_close(mse, plain_mse)
+
+
+def test_voxel_background_entropy_term():
+    from nerf.losses import background_entropy
+
+    method = build_method(voxel_config(background_entropy_weight=0.25), False, CPU)
+    method.start(0, None)
+    rays, opts = _rays(), RenderConfig(perturb=False, num_fine=0, white_background=True)
+    method.before_step(0)
+    out = method.render_rays(rays, opts)
+    target = torch.rand(len(rays), 3, generator=torch.Generator().manual_seed(1))
+    loss, _ = method.loss(out, target, rays, step=2)
+    torch.testing.assert_close(loss, photometric_loss(out, target)[0] + 0.25 * background_entropy(out["acc"]).mean())
+
+
+@pytest.mark.parametrize("seen_count", [1, 2])
+def test_a_floater_seen_once_does_not_stretch_the_box(seen_count):
+    method = build_method(voxel_config(seen_count=seen_count), False, CPU)
+    method.start(0, None)
+    grid = method.sampler.grid  # 8^3 cells of 0.375 over +-1.5
+    content = torch.tensor([grid._flat_index(torch.tensor([i, j, k])) for i in (3, 4) for j in (3, 4) for k in (3, 4)])
+    floater = grid._flat_index(torch.tensor([7, 3, 3]))
+    method.seen[content] = 5
+    method.seen[floater] = 1  # one sample of one ray, once
+    assert method.before_step(4)  # the first growth moves the grids onto the seen box (plus one cell)
+    box = method.coarse.aabb.tolist()
+    assert box[:3] == pytest.approx([-0.75, -0.75, -0.75]) and box[4:] == pytest.approx([0.75, 0.75])
+    assert box[3] == pytest.approx(0.75 if seen_count == 2 else 1.5)
 
 
 def test_voxel_state_round_trips_through_a_checkpoint():

@@ -125,9 +125,10 @@ def test_ray_box_interval_by_hand():
 def test_compact_keeps_order():
     t = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]])
     valid = torch.tensor([[False, True, False, True], [False, False, True, False]])
-    t2, v2 = compact(t, valid)
+    t2, v2, dt2 = compact(t, valid, 10 * t)
     assert torch.equal(t2, torch.tensor([[0.2, 0.4], [0.7, 0.5]]))
     assert v2.tolist() == [[True, True], [True, False]]
+    assert torch.equal(dt2, 10 * t2)  # the intervals travel with their samples
 
 
 def _sampler(grid, **cfg):
@@ -142,10 +143,11 @@ def test_march_equals_brute_force_filtering():
     sampler = _sampler(grid, num_steps=256)
     rays = _rays(200)
     t, valid, dt = march(sampler, rays, perturb=False)
+    assert torch.equal(dt, dt[:, :1].expand_as(dt))  # one step per ray in a world box
     t_in, t_out = ray_box_interval(rays.origins, rays.directions, grid.aabb)
     t_in, t_out = torch.maximum(t_in, rays.near), torch.minimum(t_out, rays.far)
     k = torch.arange(400, dtype=torch.float32)
-    lattice = t_in[:, None] + (k + 0.5) * dt[:, None]  # [R, 400] brute force over the whole box
+    lattice = t_in[:, None] + (k + 0.5) * dt[:, :1]  # [R, 400] brute force over the whole box
     inside = lattice < t_out[:, None]
     points = rays.origins[:, None] + rays.directions[:, None] * lattice[..., None]
     keep = inside & grid.is_occupied(points)
@@ -211,12 +213,12 @@ def test_early_termination_keeps_exactly_the_samples_before_the_cutoff():
     rays = Rays(rays.origins, aim - rays.origins, rays.viewdirs, rays.near, rays.far)
     t = torch.linspace(0.5, 1.5, 50).expand(20, 50).contiguous()
     valid = torch.rand(20, 50, generator=torch.Generator().manual_seed(0)) > 0.3
-    dt = torch.full((20,), 0.02)
+    dt = torch.full((20, 50), 0.02)
     eps = 1e-2
     keep = early_termination(blob_density, rays, t, valid, dt, eps, 0.0, netchunk=1000)
     # independent reference: optical depth before each sample, summed in a Python loop
     for r in range(20):
-        step = (dt[r] * rays.directions[r].norm()).item()
+        step = (dt[r, 0] * rays.directions[r].norm()).item()
         depth = 0.0
         for k in range(50):
             if not valid[r, k]:
@@ -243,7 +245,7 @@ def test_march_in_ndc_space_stays_in_the_unit_box():
     tv = t[valid]
     assert tv.min() >= 0 and tv.max() <= 1
     # every ray crosses NDC depth -1..1: its samples cover [0, 1] in steps of dt
-    assert torch.allclose(valid.sum(1).float(), (1.0 / dt).floor(), atol=1.0)
+    assert torch.allclose(valid.sum(1).float(), (1.0 / dt[:, 0]).floor(), atol=1.0)
 
 
 def test_box_warning_for_ndc_views_leaving_the_box():
@@ -284,3 +286,102 @@ def test_box_of_cells_by_hand():
     assert grid.box_of(mask).tolist() == [-0.5, 0.0, -1.0, 0.5, 0.5, 1.0]
     grid.occupied = mask
     assert torch.equal(grid.occupied_box(), grid.box_of(mask))
+
+
+class BackdropField(nn.Module):
+    """A blob at the centre and, beyond radius 10, a thin background (sigma 0.05) out to infinity: opaque
+    over its world length, but 0.05 x a contracted step is below any occupancy threshold."""
+
+    def density(self, points):
+        return torch.where(points.norm(dim=-1) > 10, torch.full_like(points[:, 0], 0.05), blob_density(points).relu())
+
+    def forward(self, points, viewdirs):
+        return torch.cat((torch.sigmoid(points), self.density(points)[:, None]), dim=-1)
+
+
+def _contracted_sampler(kind, resolution=24, step=0.05, **cfg):
+    from nerf.contraction import CONTRACTED_AABB
+
+    grid = OccupancyGrid(CONTRACTED_AABB, resolution, contraction=kind)
+    return OccupancySampler(grid, OccupancyConfig(enabled=True, resolution=resolution, contraction=kind, **cfg),
+                            fixed_step=step)
+
+
+@pytest.mark.parametrize("kind", ["l2", "inf"])
+def test_contracted_march_takes_fixed_steps_in_the_contracted_space(kind):
+    from nerf.contraction import FAR_GAP, contract
+
+    sampler = _contracted_sampler(kind, early_stop_eps=0.0)
+    sampler.skipping = False
+    rays = _rays(50, seed=4)
+    t, valid, dt = march(sampler, rays, perturb=False)
+    for r in range(len(rays)):
+        tr, dtr = t[r][valid[r]], dt[r][valid[r]]
+        y = contract(rays.origins[r] + rays.directions[r] * tr[:, None], kind)  # [n, 3]
+        start = contract(rays.origins[r] + rays.directions[r] * rays.near[r], kind)
+        chords = torch.linalg.norm(torch.diff(y, dim=0), dim=-1)
+        # chords of 0.05 arcs: as long, but shorter where the path bends (the inf norm's contraction has
+        # corners where the largest coordinate changes; near them the node list interpolates s(t) less well)
+        assert ((chords > 0.7 * 0.05) & (chords < 1.1 * 0.05)).all(), r
+        assert ((chords - 0.05).abs() < 0.03 * 0.05).float().mean() > 0.95, r
+        assert torch.linalg.norm(y[0] - start).item() == pytest.approx(0.025, rel=0.03)  # u = 1/2
+        assert (torch.diff(tr) > 0).all() and (dtr > 0).all()
+        # each sample's interval lies half-way to its neighbours (where t is nearly linear in s) ...
+        near = (tr[2:] * rays.directions[r].norm() < 6)
+        torch.testing.assert_close(dtr[1:-1][near], ((tr[2:] - tr[:-2]) / 2)[near], rtol=0.05, atol=0)
+        # ... and the intervals tile the ray from near to "infinity"
+        assert (rays.near[r] + dtr.sum()) * rays.directions[r].norm() == pytest.approx(1 / FAR_GAP, rel=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["l2", "inf"])
+def test_contracted_march_skips_exactly_the_unoccupied_samples(kind):
+    sampler = _contracted_sampler(kind)
+    sampler.grid.fill(BackdropField().density, sampler.step_size, 2)
+    rays = _rays(100, seed=5)
+    t, valid, dt = march(sampler, rays, perturb=False)
+    sampler.skipping = False
+    t_all, valid_all, dt_all = march(sampler, rays, perturb=False)
+    keep = valid_all & sampler.grid.is_occupied(rays.origins[:, None] + rays.directions[:, None] * t_all[..., None])
+    assert 0 < keep.sum() < 0.8 * valid_all.sum()
+    for r in range(len(rays)):
+        torch.testing.assert_close(t[r][valid[r]], t_all[r][keep[r]])
+        torch.testing.assert_close(dt[r][valid[r]], dt_all[r][keep[r]])
+
+
+def test_contracted_grid_keeps_the_thin_far_background_and_renders_it():
+    """Beyond radius 10 the field is a thin fog (0.05 x a contracted step = 0.0025 < threshold 0.01) that is
+    opaque over its world length: the world-stretched estimate marks those cells occupied, and every ray
+    ends there (acc ~ 1, depth past radius 10). A world box misses it (acc ~ 0)."""
+    from nerf.contraction import contract
+
+    field = BackdropField()
+    sampler = _contracted_sampler("inf", resolution=32, early_stop_eps=1e-4)
+    sampler.grid.fill(field.density, sampler.step_size, 2)
+    grid = sampler.grid
+    centres = contract(grid.cell_points(torch.arange(32 ** 3), torch.full((32 ** 3, 3), 0.5)), "inf")
+    norm = centres.abs().amax(dim=-1)
+    assert grid.occupied[norm > 1.95].all()  # far beyond radius 10 (contracted 1.9): background
+    assert not grid.occupied[(norm > 1.2) & (norm < 1.8)].any()  # between the blobs and the background
+    rays, opts = _rays(40, seed=6), RenderConfig(perturb=False)
+    out = render_samples(field, rays, *occupancy_samples(field, rays, opts, sampler), opts)
+    through_blob = out["acc"] < 0  # no ray is excluded: blob or background, every ray is opaque
+    assert (out["acc"] > 0.99).all() and not through_blob.any()
+    boxed = _sampler(OccupancyGrid([-1.5, -1.5, -1.5, 1.5, 1.5, 1.5], 24), num_steps=256)
+    boxed.grid.fill(field.density, boxed.step_size, 2)
+    misses = rays.origins.new_tensor([float((rays.origins[r] + rays.directions[r] * s).norm(dim=-1).min()) > 0.9
+                                      for r in range(len(rays)) for s in [torch.linspace(0, 10, 2000)[:, None]]])
+    out_box = render_samples(field, rays, *occupancy_samples(field, rays, opts, boxed), opts)
+    assert misses.sum() >= 5 and (out_box["acc"][misses.bool()] < 0.01).all()  # the rays past the blobs
+
+
+def test_a_stored_grid_must_match_the_contraction():
+    from nerf.contraction import CONTRACTED_AABB
+
+    contracted = OccupancyGrid(CONTRACTED_AABB, 8, contraction="inf")
+    with pytest.raises(ValueError, match="contraction inf\\) does not match the config .* contraction None"):
+        OccupancyGrid(CONTRACTED_AABB, 8).load_state_dict(contracted.state_dict())
+    older = OccupancyGrid(CONTRACTED_AABB, 8).state_dict()
+    del older["contraction"]  # saved before contraction existed: a world box
+    OccupancyGrid(CONTRACTED_AABB, 8).load_state_dict(older)
+    with pytest.raises(ValueError, match="contraction None\\) does not match"):
+        contracted.load_state_dict(older)

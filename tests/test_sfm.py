@@ -43,11 +43,20 @@ def _llff(c2w_list):
 
 
 def test_capture_kind_from_the_spread_of_the_views():
+    # forward: a 60 x 15 degree grid, a wide 80 x 35 degree one, and a ring of views all looking one way
     forward = _llff([pose_spherical(theta, phi, 4.0) for theta in (-30, 0, 30) for phi in (-15, -30)])
-    around = _llff([pose_spherical(theta, -20, 4.0) for theta in range(0, 360, 30)])
-    points = np.random.default_rng(2).uniform(-1, 1, size=(100, 3))
-    assert capture_kind(forward, points) == "forward-facing"
-    assert capture_kind(around, points) == "360"
+    wide = _llff([pose_spherical(-40 + 16 * (k % 6), -10 - 35 * (k // 6) / 4, 4.0) for k in range(30)])
+    wobble = _llff([pose_spherical(10 * np.cos(a), -20 + 10 * np.sin(a), 4.0) for a in np.linspace(0, 6, 12)])
+    # around: a ring at the horizon, one looking down 20 degrees, two rings looking down 15 and 35 degrees,
+    # a ring looking down 60 degrees at an object on a table
+    ring = _llff([pose_spherical(theta, -20, 4.0) for theta in range(0, 360, 30)])
+    horizon = _llff([pose_spherical(theta, 0, 4.0) for theta in range(0, 360, 30)])
+    two_rings = _llff([pose_spherical(7.5 * k, -15.0 if k % 2 == 0 else -35.0, 4.0) for k in range(48)])
+    table = _llff([pose_spherical(theta, -60, 4.0) for theta in range(0, 360, 40)])
+    for poses in (forward, wide, wobble):
+        assert capture_kind(poses) == "forward-facing"
+    for poses in (ring, horizon, two_rings, table):
+        assert capture_kind(poses) == "360"
 
 
 def _save(folder, name, size=(32, 24), color=(200, 30, 30), orientation=None):

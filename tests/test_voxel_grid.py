@@ -1,4 +1,5 @@
 import itertools
+import math
 import os
 
 import pytest
@@ -103,6 +104,31 @@ def test_model_density_colour_and_shift():
     raw = model(p, F.normalize(p, dim=-1))
     assert raw.shape == (11, 4)
     torch.testing.assert_close(raw[:, 3], sigma)
+
+
+def test_density_in_voxel_units():
+    """DVGO's unit: sigma = softplus(D + shift) / edge of a final voxel; the fresh grid keeps alpha_init per
+    step, and an opaque step (alpha 0.99) needs a raw density of about 10, not hundreds."""
+    from nerf.config import ModelConfig
+    v = VoxelGridConfig(num_voxels=128 ** 3, num_voxels_start=64 ** 3, grow_steps=[5], density_unit="voxel")
+    model = build_model(ModelConfig(type="VoxelGridModel"), v)  # over +-1.5: final voxels of 3 / 127
+    world = build_model(ModelConfig(type="VoxelGridModel"), VoxelGridConfig(num_voxels=128 ** 3,
+                                                                            num_voxels_start=64 ** 3, grow_steps=[5]))
+    assert model.density_scale.item() == pytest.approx(127 / 3) and world.density_scale.item() == 1.0
+    p = _points(20, model.aabb)
+    for m in (model, world):
+        alpha = 1 - torch.exp(-m.density(p) * m.marching_step)
+        torch.testing.assert_close(alpha, torch.full((20,), 1e-2), rtol=1e-4, atol=0)
+    final_step = 0.5 * 3 / 127
+
+    def raw_for_opaque_step(m):  # D with 1 - exp(-sigma * final_step) = 0.99
+        sigma = -math.log(0.01) / final_step / m.density_scale.item()
+        return math.log(math.expm1(sigma)) - m.shift.item()
+    assert raw_for_opaque_step(model) < 15 and raw_for_opaque_step(world) > 300
+    # a state dict saved before the unit existed loads with the world unit
+    old = {k: t for k, t in world.state_dict().items() if k != "density_scale"}
+    load_model_state(model, old, "old.ckpt", "coarse model")
+    assert model.density_scale.item() == 1.0 and torch.equal(model.density(p), world.density(p))
 
 
 def test_total_variation_by_hand():

@@ -160,6 +160,11 @@ class OccupancyConfig:
     enabled: bool = False
     resolution: int = 128  # cells per axis
     aabb: Optional[list[float]] = None  # [xmin, ymin, zmin, xmax, ymax, zmax]; None: Blender +-1.5; NDC x, y +-1.5, z +-1
+    # Unbounded scenes: l2 (mip-NeRF 360's ball) | inf (the cube of DVGO v2 / nerfacto) | null (a world box).
+    # The unit ball of the scene (spherify puts the cameras at radius 1) keeps its shape, everything beyond is
+    # contracted into radius 2; the grid (aabb: [-2, 2]^3) covers it all, rays march from near to infinity
+    # (dataset.far is not used) with num_steps / the field's step in the contracted space. VoxelGridModel only.
+    contraction: Optional[str] = None
     num_steps: int = 1024  # marching steps along the aabb diagonal: step size = diagonal / num_steps
     density_threshold: float = 0.01  # a cell is occupied if its opacity estimate exceeds this (or the mean)
     decay: float = 0.95  # EMA decay of the cell estimates at each update
@@ -189,17 +194,24 @@ class VoxelGridConfig:
     # preceding grow_steps[0] / 2 steps put a compositing weight >= seen_weight (the content, not unseen fog).
     shrink_box: bool = True
     seen_weight: float = 0.05
+    # ... and only cells that at least this many samples put there (counted over the steps and the rays): a
+    # floater that one ray saw once does not stretch the box to the edge of the scene
+    seen_count: int = 1
     feature_dim: int = 12  # channels of the feature grid
     hidden_size: int = 64  # width of the colour MLP
     num_layers: int = 2  # hidden layers of the colour MLP
     num_encoding_fn_dir: int = 4  # frequencies of the view-direction encoding
     alpha_init: float = 1.0e-2  # opacity of one marching step in the fresh grid: a fog that training carves
+    # The unit of the density grid: world (sigma per world unit) | voxel (DVGO: per edge of a final voxel, so
+    # that an opaque step is a raw density of about 10 rather than hundreds; see nerf/voxel_grid.py)
+    density_unit: str = "world"
     step_ratio: float = 0.5  # marching step = this * voxel size (replaces occupancy.num_steps)
     grid_lr: float = 0.2  # learning rate of the grids (the MLP uses optimizer.lr; both follow the scheduler)
     tv_weight: float = 0.0  # weight of the density grid's total variation in the loss
     tv_until: int = 0  # the TV term applies before this step only (0: always)
     distortion_weight: float = 0.0  # weight of the distortion loss (Mip-NeRF 360 eq. 15; DVGO v2 uses 0.01)
     sample_rgb_weight: float = 0.0  # weight of DVGO's per-sample colour loss (DVGO uses 0.01)
+    background_entropy_weight: float = 0.0  # weight of DVGO's entropy of the last transmittance (DVGO: 0.001)
 
 
 @dataclass

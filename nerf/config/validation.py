@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ..contraction import CONTRACTED_AABB, CONTRACTIONS
 from .schema import (DATASET_TYPES, MODEL_TYPES, PRECISIONS, Config, ConfigError, DatasetConfig, ModelConfig,
                      RenderConfig, VoxelGridConfig)
 
@@ -87,11 +88,16 @@ def _validate_voxel_grid(cfg: Config, source: str) -> None:
     _require(len(v.aspect) == 3 and all(a > 0 for a in v.aspect), source, "voxel_grid.aspect",
              "three positive edge ratios [x, y, z]", v.aspect)
     _require(0 < v.seen_weight < 1, source, "voxel_grid.seen_weight", "a value in (0, 1)", v.seen_weight)
+    _require(v.seen_count >= 1, source, "voxel_grid.seen_count", "an integer >= 1", v.seen_count)
+    _require(v.density_unit in ("world", "voxel"), source, "voxel_grid.density_unit", "world or voxel",
+             v.density_unit)
     _require(v.step_ratio > 0, source, "voxel_grid.step_ratio", "a value > 0", v.step_ratio)
     _require(v.grid_lr > 0, source, "voxel_grid.grid_lr", "a value > 0", v.grid_lr)
     _require(v.tv_weight >= 0, source, "voxel_grid.tv_weight", "a value >= 0", v.tv_weight)
     _require(v.distortion_weight >= 0, source, "voxel_grid.distortion_weight", "a value >= 0", v.distortion_weight)
     _require(v.sample_rgb_weight >= 0, source, "voxel_grid.sample_rgb_weight", "a value >= 0", v.sample_rgb_weight)
+    _require(v.background_entropy_weight >= 0, source, "voxel_grid.background_entropy_weight", "a value >= 0",
+             v.background_entropy_weight)
     if cfg.models.fine is not None:
         _require(cfg.models.fine.type != "VoxelGridModel", source, "models.fine.type",
                  "an MLP type: VoxelGridModel is a single field (models.coarse, with models.fine: null)",
@@ -239,7 +245,9 @@ def _validate_occupancy(cfg: Config, source: str) -> None:
     _require(g.render_chunk >= 1, source, "occupancy.render_chunk", "an integer >= 1", g.render_chunk)
     _require(g.fill_samples >= 1, source, "occupancy.fill_samples", "an integer >= 1", g.fill_samples)
     uses_ndc = d.type == "llff" and not d.no_ndc
-    if g.enabled and g.aabb is None and d.type == "llff" and not uses_ndc:
+    if g.contraction is not None:
+        _validate_contraction(cfg, source, uses_ndc)
+    elif g.enabled and g.aabb is None and d.type == "llff" and not uses_ndc:
         raise ConfigError(f"{source}: key 'occupancy.aabb' must be set for an LLFF scene without NDC "
                           "(the default boxes cover Blender objects and NDC space only)")
     if g.aabb is not None:
@@ -247,6 +255,27 @@ def _validate_occupancy(cfg: Config, source: str) -> None:
                  "[xmin, ymin, zmin, xmax, ymax, zmax] with max > min", g.aabb)
     _require(0 <= g.color_weight_threshold < 1, source, "occupancy.color_weight_threshold", "a value in [0, 1)",
              g.color_weight_threshold)
+
+
+def _validate_contraction(cfg: Config, source: str, uses_ndc: bool) -> None:
+    """occupancy.contraction and what it rules out: NDC, another box, an MLP field, the box shrink and the
+    distortion loss (normalised to [near, far], which a ray to infinity does not have)."""
+    g, v = cfg.occupancy, cfg.voxel_grid
+    _require(g.contraction in CONTRACTIONS, source, "occupancy.contraction",
+             f"one of {', '.join(CONTRACTIONS)} or null", g.contraction)
+    _require(not uses_ndc, source, "occupancy.contraction",
+             "null under NDC (NDC already maps a forward-facing scene to a box; set dataset.no_ndc: true for 360)",
+             g.contraction)
+    _require(cfg.models.coarse.type == "VoxelGridModel", source, "occupancy.contraction",
+             "null unless models.coarse.type is VoxelGridModel (the field that looks points up contracted)",
+             g.contraction)
+    _require(g.aabb is None or list(g.aabb) == list(CONTRACTED_AABB), source, "occupancy.aabb",
+             f"to be unset (or {list(CONTRACTED_AABB)}) with occupancy.contraction: the grid covers the whole "
+             "contracted space", g.aabb)
+    _require(not v.shrink_box, source, "voxel_grid.shrink_box",
+             "false with occupancy.contraction (the contracted space holds the whole scene)", v.shrink_box)
+    _require(v.distortion_weight == 0, source, "voxel_grid.distortion_weight",
+             "0 with occupancy.contraction (the loss normalises the ray to [near, far])", v.distortion_weight)
 
 
 def _validate_pruning(cfg: Config, source: str) -> None:

@@ -34,7 +34,7 @@ def _hit_sphere(o: np.ndarray, d: np.ndarray, center: np.ndarray, radius: float)
     root = np.sqrt(np.maximum(disc, 0.0))
     t = (-b - root) / (2 * a)
     t = np.where((disc >= 0) & (t > 1e-6), t, np.inf)
-    normal = (o + t[:, None] * d - center) / radius
+    normal = (o + np.where(np.isfinite(t), t, 0.0)[:, None] * d - center) / radius  # misses: unused
     return t, normal
 
 
@@ -92,11 +92,12 @@ def _noise_texture(points: np.ndarray, kind: int) -> np.ndarray:
 
 
 def render_demo_view(c2w: np.ndarray, size: int, texture: str = "pattern",
-                     backdrop_radius: float = 0.0) -> np.ndarray:
+                     backdrop_radius: float = 0.0, backdrop_detail: float = 1.0) -> np.ndarray:
     """RGBA float [size, size, 4] of the demo scene seen from camera-to-world c2w [4, 4]. texture: "pattern"
     (stripes and checkers, the training scene) or "noise" (unrepeated colour cells, for structure from
     motion). backdrop_radius > 0 surrounds the scene with the noise-textured, unshaded inside of a sphere
-    of that radius: a background that goes on far beyond the objects (an unbounded, 360-degree capture)."""
+    of that radius: a background that goes on far beyond the objects (an unbounded, 360-degree capture);
+    backdrop_detail scales the number of its colour cells per angle (1: cells of about 2.4 and 0.8 degrees)."""
     focal = 0.5 * size / math.tan(0.5 * CAMERA_ANGLE_X)
     rays_o, rays_d = get_rays(size, size, focal, torch.from_numpy(c2w.astype(np.float64)))
     o, d = rays_o.reshape(-1, 3).numpy(), rays_d.reshape(-1, 3).numpy()
@@ -117,7 +118,7 @@ def render_demo_view(c2w: np.ndarray, size: int, texture: str = "pattern",
         mask = hit & (nearest == kind)
         shade = 0.35 + 0.65 * np.clip(normal[mask] @ LIGHT, 0.0, None) if kind < 3 else np.ones(int(mask.sum()))
         if kind == 3:  # the backdrop: cells of the same angular size at any radius
-            albedo = _noise_texture(points[mask] * (4.0 / backdrop_radius), kind)
+            albedo = _noise_texture(points[mask] * (4.0 * backdrop_detail / backdrop_radius), kind)
         else:
             albedo = _textures(points[mask], kind) if texture == "pattern" else _noise_texture(points[mask], kind)
         rgba[mask, :3] = albedo * shade[:, None]
@@ -126,9 +127,12 @@ def render_demo_view(c2w: np.ndarray, size: int, texture: str = "pattern",
 
 
 def generate_demo_scene(basedir: str, size: int = 64, num_train: int = 60, num_val: int = 8,
-                        num_test: int = 8, seed: int = 0) -> None:
+                        num_test: int = 8, seed: int = 0, backdrop_radius: float = 0.0,
+                        backdrop_detail: float = 1.0) -> None:
     """Write a Blender-format scene to `basedir` (transforms_*.json + RGBA PNGs), atomically: it is
-    built in a temporary folder that is renamed into place when complete."""
+    built in a temporary folder that is renamed into place when complete. The cameras look at the centre
+    from radius 4, all around; backdrop_radius > 0 adds the far backdrop of `render_demo_view` (an
+    unbounded 360-degree scene: every pixel opaque) with cells scaled by backdrop_detail."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -144,7 +148,7 @@ def generate_demo_scene(basedir: str, size: int = 64, num_train: int = 60, num_v
             frames = []
             for k, (theta, phi) in enumerate(angles):
                 c2w = pose_spherical(theta, phi, 4.0)
-                rgba = render_demo_view(c2w, size)
+                rgba = render_demo_view(c2w, size, backdrop_radius=backdrop_radius, backdrop_detail=backdrop_detail)
                 Image.fromarray(np.round(rgba * 255).astype(np.uint8), "RGBA").save(
                     os.path.join(tmp, split, f"r_{k}.png"))
                 frames.append({"file_path": f"./{split}/r_{k}", "rotation": 0.0,

@@ -33,7 +33,7 @@ VOXEL_NEEDS_GRID_ERROR = ("a VoxelGridModel renders through the occupancy grid; 
 def build_networks(cfg: Config, use_ndc: bool) -> tuple[nn.Module, Optional[nn.Module]]:
     """Fresh coarse and fine networks of the config (on the CPU); a voxel grid spans the occupancy box."""
     box = default_aabb(cfg.occupancy, use_ndc) if cfg.occupancy.enabled else None
-    coarse = build_model(cfg.models.coarse, cfg.voxel_grid, box)
+    coarse = build_model(cfg.models.coarse, cfg.voxel_grid, box, cfg.occupancy.contraction)
     fine = build_model(cfg.models.fine) if cfg.models.fine is not None else None
     return coarse, fine
 

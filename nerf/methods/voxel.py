@@ -10,7 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import Config
-from ..losses import ray_distortion_loss, sample_color_loss
+from ..losses import background_entropy, ray_distortion_loss, sample_color_loss
 from ..rays import Rays
 from ..voxel_grid import grow, grown_box
 from .grid_sampled import GridSampledMethod
@@ -47,9 +47,13 @@ class VoxelGridMethod(GridSampledMethod):
         self.sampler.fixed_step = self.marching_step()  # from the (loaded) grid and box
         v, self.seen = self.cfg.voxel_grid, None
         if v.shrink_box and v.grow_steps and start_step <= v.grow_steps[0]:
-            self.seen = torch.zeros_like(self.sampler.grid.occupied)
-            if ckpt is not None and ckpt.get("voxel_grid_seen") is not None:
-                self.seen = ckpt["voxel_grid_seen"].to(self.seen)  # resumed mid-way: keep what earlier steps saw
+            # per occupancy cell, the samples of this rank's rays with weight >= seen_weight so far
+            self.seen = torch.zeros(self.sampler.grid.occupied.shape, dtype=torch.int32, device=self.device)
+            stored = ckpt.get("voxel_grid_seen") if ckpt is not None else None
+            if stored is not None and self.world.is_main:
+                # resumed mid-way: what earlier steps saw (every rank's rays; a bool grid of older checkpoints
+                # counts each seen cell once), kept by one rank so that the sum over the ranks holds it once
+                self.seen = stored.to(self.seen)
 
     def before_step(self, step: int) -> bool:
         v, grid = self.cfg.voxel_grid, self.sampler.grid
@@ -57,8 +61,8 @@ class VoxelGridMethod(GridSampledMethod):
         if grown:
             # coarse to fine; the first growth also moves the grids onto the seen cells (plus one cell)
             cell = (grid.aabb[3:] - grid.aabb[:3]) / grid.resolution
-            seen = self.world.union(self.seen) if self.seen is not None else None  # every rank's rays
-            box = grown_box(self.coarse.aabb, grid.box_of(seen), cell) if seen is not None else None
+            seen = self._seen_by_all_ranks() if self.seen is not None else None
+            box = grown_box(self.coarse.aabb, grid.box_of(seen >= v.seen_count), cell) if seen is not None else None
             self.seen = None
             grow(self.coarse, v.grow_steps, v.num_voxels_start, v.num_voxels, step, box, v.aspect)
             self.sampler.fixed_step = self.marching_step()
@@ -73,7 +77,8 @@ class VoxelGridMethod(GridSampledMethod):
         if self.seen is not None and step >= v.grow_steps[0] // 2:
             # the cells where training rays put weight: the content the box must keep
             cells = self.sampler.grid.cells_along(rays.origins, rays.directions, out["t"])  # [R, M]
-            self.seen[cells[out["weights"] >= v.seen_weight]] = True
+            hits = cells[out["weights"] >= v.seen_weight]  # [P]
+            self.seen.index_add_(0, hits, torch.ones_like(hits, dtype=self.seen.dtype))
 
     def loss(self, out: dict, target: torch.Tensor, rays: Rays, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         loss, mse = super().loss(out, target, rays, step)
@@ -84,9 +89,15 @@ class VoxelGridMethod(GridSampledMethod):
             loss = loss + v.distortion_weight * ray_distortion_loss(out["weights"], out["t"], out["dt"], rays).mean()
         if v.sample_rgb_weight > 0:
             loss = loss + v.sample_rgb_weight * sample_color_loss(out["weights"], out["sample_rgb"], target).mean()
+        if v.background_entropy_weight > 0:
+            loss = loss + v.background_entropy_weight * background_entropy(out["acc"]).mean()
         return loss, mse
 
+    def _seen_by_all_ranks(self) -> torch.Tensor:
+        """The seen counts summed over the ranks (a collective on the CPU control group)."""
+        return self.world.sum(self.seen.cpu()).to(self.seen.device)
+
     def checkpoint_state(self) -> dict:
-        if self.seen is not None:
-            self.seen = self.world.union(self.seen)  # what every rank's rays saw: one state for any world size
-        return {**super().checkpoint_state(), "voxel_grid_seen": self.seen}
+        # what every rank's rays saw: one state for any world size
+        seen = self._seen_by_all_ranks() if self.seen is not None else None
+        return {**super().checkpoint_state(), "voxel_grid_seen": seen}
