@@ -351,7 +351,10 @@ def test_sigterm_to_torchrun_reaches_every_rank_and_they_save_together(tmp_path,
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 1, output[-3000:]  # torchrun re-raises the signal it handled; the workers saved
     ranks = _rank_states(out, 2)  # both workers returned normally, at the same step
-    assert ranks[0]["metrics"]["preempted"] == ranks[1]["metrics"]["preempted"] == "SIGTERM"
+    # torchrun signals both workers; one may learn of it from the other first ("another rank") when its own
+    # signal arrives after the step's agreement: a race, not a fault
+    reasons = {ranks[0]["metrics"]["preempted"], ranks[1]["metrics"]["preempted"]}
+    assert "SIGTERM" in reasons and reasons <= {"SIGTERM", "another rank"}, reasons
     assert ranks[0]["metrics"]["step"] == ranks[1]["metrics"]["step"] > 100
     step = ranks[0]["metrics"]["step"]
     saved = load_checkpoint(str(run_dir / f"checkpoint{step:06d}.ckpt"))
