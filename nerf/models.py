@@ -22,7 +22,7 @@ from torch import nn
 from .config import ModelConfig, VoxelGridConfig
 from .encoding import encoding_width, positional_encoding
 from .occupancy import BLENDER_AABB
-from .voxel_grid import VoxelGridModel, density_shift, grid_shape, voxels_after_growth
+from .voxel_grid import VoxelGridModel, density_shift, grid_shape, voxel_edge, voxels_after_growth
 
 
 def _linear(in_features: int, out_features: int) -> nn.Linear:
@@ -204,8 +204,7 @@ def build_model(m: ModelConfig, voxel_grid: Optional[VoxelGridConfig] = None, aa
         start = voxels_after_growth(v.num_voxels_start, v.num_voxels, len(v.grow_steps), 0)
         scale = 1.0
         if v.density_unit == "voxel":  # DVGO: per edge of a voxel of the final grid over the starting box
-            final = grid_shape(box, v.num_voxels, v.aspect)
-            scale = 1.0 / float(((box[3:] - box[:3]) / (torch.tensor(final) - 1)).max())
+            scale = 1.0 / voxel_edge(box, grid_shape(box, v.num_voxels, v.aspect))
         model = VoxelGridModel(box, grid_shape(box, start, v.aspect), v.feature_dim, v.hidden_size, v.num_layers,
                                v.num_encoding_fn_dir, step_ratio=v.step_ratio, contraction=contraction,
                                density_scale=scale)

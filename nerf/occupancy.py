@@ -110,21 +110,25 @@ class OccupancyGrid:
 
     def cell_points(self, cells: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """cells: [P] indices, offsets: [P, 3] in [0, 1) within the cell -> world points [P, 3]."""
-        points = self._grid_points(cells, offsets)
-        return uncontract(points, self.contraction) if self.contraction is not None else points
+        return self._to_world(self._grid_points(cells, offsets))
 
     def _grid_points(self, cells: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Points [P, 3] in the grid's own (contracted, if so) coordinates."""
         lo, hi = self.aabb[:3], self.aabb[3:]
         return lo + (self._cell_ijk(cells).to(offsets.dtype) + offsets) / self.resolution * (hi - lo)
 
+    def _to_world(self, grid_points: torch.Tensor) -> torch.Tensor:
+        """The grid's coordinates [P, 3] -> world points [P, 3] (uncontracted, if so)."""
+        return uncontract(grid_points, self.contraction) if self.contraction is not None else grid_points
+
     def _estimate(self, density_fn: Callable, cells: torch.Tensor, offsets: torch.Tensor, step_size: float,
                   chunk: int) -> torch.Tensor:
         """Opacity sigma * step_size (* world_stretch when contracted) at the given points of the given
         cells: [P]."""
-        opacity = evaluate_density(density_fn, self.cell_points(cells, offsets), chunk) * step_size
+        grid_points = self._grid_points(cells, offsets)  # [P, 3]
+        opacity = evaluate_density(density_fn, self._to_world(grid_points), chunk) * step_size
         if self.contraction is not None:
-            opacity = opacity * world_stretch(self._grid_points(cells, offsets), self.contraction)
+            opacity = opacity * world_stretch(grid_points, self.contraction)
         return opacity
 
     def _set_occupied(self) -> None:

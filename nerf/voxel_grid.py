@@ -56,6 +56,13 @@ def grid_shape(aabb: torch.Tensor, num_voxels: int, aspect=(1.0, 1.0, 1.0)) -> t
     return tuple(max(2, int(math.floor(s / e)) + 1) for s, e in zip(size.tolist(), edge.tolist()))
 
 
+def voxel_edge(aabb: torch.Tensor, resolution: tuple[int, int, int]) -> float:
+    """Edge of a voxel of a grid of `resolution` vertices over `aabb`: the largest of the three axes' vertex
+    spacings."""
+    spacing = (aabb[3:] - aabb[:3]) / (torch.tensor(resolution, device=aabb.device) - 1)
+    return float(spacing.max())
+
+
 class _GatherRows(torch.autograd.Function):
     """rows = grid.reshape(N, ...).index_select(0, index), for a grid Parameter; the backward adds the row
     gradients straight into grid.grad (index_add_) instead of returning a fresh dense [N, ...] gradient.
@@ -155,8 +162,7 @@ class VoxelGridModel(nn.Module):
     @property
     def voxel_size(self) -> float:
         """Edge of a voxel (the largest of the three axes' vertex spacings)."""
-        spacing = (self.aabb[3:] - self.aabb[:3]) / (torch.tensor(self.resolution, device=self.aabb.device) - 1)
-        return float(spacing.max())
+        return voxel_edge(self.aabb, self.resolution)
 
     @property
     def marching_step(self) -> float:
