@@ -7,13 +7,15 @@
 Prints a table and (with --json) writes JSON: seconds per training iteration (median after warm-up), rays/s
 and network samples/s, the time split (data, sampling, network forward with the positional encoding,
 rendering, backward, optimizer; with the occupancy grid also its updates, amortised), the networks' achieved
-GFLOP/s against this machine's matrix-multiply peak measured here for the same dtype (runtime.precision),
+GFLOP/s against this machine's matrix-multiply peak for the same dtype (runtime.precision), measured after
+each step (the median share over the steps),
 seconds per rendered frame (of a trained model with --checkpoint, with its PSNR), and peak memory (RSS on
 CPU, max allocated on CUDA). On the CPU also the network chunk each model runs in (runtime.cpu_network_chunk,
 or the measured best and the seconds of each candidate). The machine's speed factor
 (../shared/tools/machine_speed.py) is measured beside the step, so that seconds compare across machines; with
 --reference-yenchenlin the training step of yenchenlin/nerf-pytorch (bench/yenchenlin_step.py) is timed
-in the same run and the JSON gives our step's speedup over it.
+in the same run, one of its steps after each of ours, and the JSON gives our speedup over it (the median
+ratio of neighbouring steps: the machine's speed drifts between the two otherwise).
 
 The step is the same computation as train_nerf.py (same functions, same order), timed phase by phase with
 device synchronisation, so it runs a little slower than the real loop. With occupancy.enabled the timed
@@ -38,7 +40,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench.machine import speed_factor  # noqa: E402
-from bench.yenchenlin_step import time_yenchenlin_step  # noqa: E402
+from bench.yenchenlin_step import YenchenlinProcess  # noqa: E402
 from nerf.batching import RayBatcher  # noqa: E402
 from nerf.compositing import composite_samples, volume_render  # noqa: E402
 from nerf.config import add_set_argument, load_config, overrides_from  # noqa: E402
@@ -231,12 +233,19 @@ def main(argv=None) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    if method.sampler is None:
-        steps = [timed_step(k, batcher, scene, method, optimizer, opts, device)
-                 for k in range(args.warmup + args.iters)][args.warmup:]
-    else:
-        steps = [timed_occupancy_step(k, batcher, scene, method, optimizer, opts, cfg.occupancy, device)
-                 for k in range(args.warmup + args.iters)][args.warmup:]
+    reference = YenchenlinProcess(args.reference_yenchenlin, cfg, opts) if args.reference_yenchenlin else None
+    dtype = DTYPES[cfg.runtime.precision]
+    steps, reference_seconds, peaks = [], [], []
+    for k in range(args.warmup + args.iters):
+        if method.sampler is None:
+            steps.append(timed_step(k, batcher, scene, method, optimizer, opts, device))
+        else:
+            steps.append(timed_occupancy_step(k, batcher, scene, method, optimizer, opts, cfg.occupancy, device))
+        # the matmul peak and yenchenlin's step right after ours: all timed on the machine as it is now
+        peaks.append(matmul_peak_gflops(device, dtype, repeats=3))
+        if reference is not None:
+            reference_seconds.append(reference())
+    steps, reference_seconds, peaks = steps[args.warmup:], reference_seconds[args.warmup:], peaks[args.warmup:]
     totals = [sum(s["times"].values()) for s in steps]
     median_step = statistics.median(totals)
     split = {phase: statistics.median(s["times"][phase] for s in steps) for phase in PHASES}
@@ -251,8 +260,12 @@ def main(argv=None) -> dict:
                                                              if fine_points else 0)
     # the backward phase also contains the volume-rendering backward; the network dominates it
     network_seconds = split["network_forward"] + split["backward"]
-    dtype = DTYPES[cfg.runtime.precision]
-    peak = matmul_peak_gflops(device, dtype)
+    # the share of the peak step by step, each against the peak measured right after it: CPUs of this
+    # kind change their clock by tens of percent within minutes, and a best reading from another moment
+    # (matmul_peak_best_gflops, kept for reference) would compare two different machines
+    fractions = [flops / (s["times"]["network_forward"] + s["times"]["backward"]) / 1e9 / p
+                 for s, p in zip(steps, peaks)]
+    peak, best_peak = statistics.median(peaks), matmul_peak_gflops(device, dtype)
     rays = opts.num_random_rays
     result.update({
         "rays_per_step": rays, "network_points_per_step": points, "mlp_points_per_step": flop_points + fine_points,
@@ -261,7 +274,8 @@ def main(argv=None) -> dict:
         "split_seconds": split, "split_fraction": {k: v / median_step for k, v in split.items()},
         "network_gflop_per_step": flops / 1e9, "network_gflops_achieved": flops / network_seconds / 1e9,
         "matmul_peak_dtype": str(dtype).replace("torch.", ""), "matmul_peak_gflops": peak,
-        "network_fraction_of_peak": flops / network_seconds / 1e9 / peak,
+        "matmul_peak_beside_steps_gflops": peaks, "matmul_peak_best_gflops": max(best_peak, *peaks),
+        "network_fraction_of_peak": statistics.median(fractions),
         "non_network_fraction": 1.0 - network_seconds / median_step,
     })
     if not args.no_render:
@@ -282,10 +296,10 @@ def main(argv=None) -> dict:
         result["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
     else:
         result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    if args.reference_yenchenlin:
-        reference = time_yenchenlin_step(args.reference_yenchenlin, cfg, opts, scene, args.iters, args.warmup)
-        reference["speedup"] = reference["seconds_per_step"] / median_step  # how many times faster ours is
-        result["reference"] = reference
+    if reference is not None:
+        result["reference"] = reference.result(args.warmup)
+        # how many times faster ours is: the median of the ratios of neighbouring steps
+        result["reference"]["speedup"] = statistics.median(r / ours for r, ours in zip(reference_seconds, totals))
     if not args.no_speed_factor:
         result["machine_speed"] = speed_factor()
 
@@ -297,7 +311,8 @@ def main(argv=None) -> dict:
     for phase in PHASES:
         print(f"  {phase:<15} {split[phase]:9.3f} s   {100 * split[phase] / median_step:5.1f} %")
     print(f"  network         {result['network_gflops_achieved']:9.1f} GFLOP/s of {peak:.1f} measured "
-          f"{result['matmul_peak_dtype']} matmul peak ({100 * result['network_fraction_of_peak']:.0f} %); "
+          f"{result['matmul_peak_dtype']} matmul peak beside the steps ({100 * result['network_fraction_of_peak']:.0f} %, "
+          f"best reading {result['matmul_peak_best_gflops']:.0f}); "
           f"everything else {100 * result['non_network_fraction']:.1f} % of the step")
     if "seconds_per_frame" in result:
         psnr_text = f", PSNR {result['frame_psnr']:.2f} dB" if "frame_psnr" in result else ""
@@ -309,7 +324,7 @@ def main(argv=None) -> dict:
               + (f", seconds per candidate {chunk['seconds']})" if "seconds" in chunk else ")"))
     if "reference" in result:
         print(f"  yenchenlin step {result['reference']['seconds_per_step']:9.3f} s   (ours "
-              f"{result['reference']['speedup']:.2f}x faster, same run)")
+              f"{result['reference']['speedup']:.2f}x faster, steps alternating)")
     factor = result.get("machine_speed", {}).get("speed_factor")
     if factor:
         print(f"  machine speed factor {factor:.2f} (reference seconds = seconds here x factor)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -27,6 +28,8 @@ import types
 
 import numpy as np
 import torch
+
+from nerf.datasets import load_scene
 
 LOADERS = {"load_llff": "load_llff_data", "load_deepvoxels": "load_dv_data", "load_blender": "load_blender_data",
            "load_LINEMOD": "load_LINEMOD_data"}
@@ -58,41 +61,110 @@ def settings(cfg, opts, scene) -> argparse.Namespace:
         raw_noise_std=opts.radiance_field_noise_std, dataset_type="blender", no_ndc=False, lindisp=opts.lindisp)
 
 
-def time_yenchenlin_step(path: str, cfg, opts, scene, iters: int, warmup: int) -> dict:
-    """Seconds per training step of yenchenlin's code (median of `iters` after `warmup`), on the CPU."""
-    run_nerf = import_yenchenlin(path)
-    run_nerf.device = torch.device("cpu")  # its module picks CUDA when there is one; the rays here are on the CPU
-    args = settings(cfg, opts, scene)
-    os.makedirs(os.path.join(args.basedir, args.expname), exist_ok=True)
-    torch.manual_seed(cfg.experiment.randomseed)
-    render_kwargs_train, _, _, _, optimizer = run_nerf.create_nerf(args)
-    render_kwargs_train.update(near=scene.near, far=scene.far)
-    H, W, focal = scene.height, scene.width, scene.focal
-    K = np.array([[focal, 0, 0.5 * W], [0, focal, 0.5 * H], [0, 0, 1]])
-    images, poses = scene.images.numpy(), scene.poses.numpy()
-    times = []
-    for _ in range(warmup + iters):
+class YenchenlinStep:
+    """yenchenlin's training step on the CPU, set up once; each call runs one step and returns its seconds."""
+
+    def __init__(self, path: str, cfg, opts, scene):
+        self.path = path
+        self.run_nerf = run_nerf = import_yenchenlin(path)
+        run_nerf.device = torch.device("cpu")  # its module picks CUDA when there is one; the rays here are on the CPU
+        self.args = args = settings(cfg, opts, scene)
+        os.makedirs(os.path.join(args.basedir, args.expname), exist_ok=True)
+        torch.manual_seed(cfg.experiment.randomseed)
+        self.render_kwargs, _, _, _, self.optimizer = run_nerf.create_nerf(args)
+        self.render_kwargs.update(near=scene.near, far=scene.far)
+        self.scene, self.num_rays = scene, opts.num_random_rays
+        H, W, focal = scene.height, scene.width, scene.focal
+        self.K = np.array([[focal, 0, 0.5 * W], [0, focal, 0.5 * H], [0, 0, 1]])
+        self.images, self.poses = scene.images.numpy(), scene.poses.numpy()
+
+    def __call__(self) -> float:
+        run_nerf, scene = self.run_nerf, self.scene
+        H, W = scene.height, scene.width
         start = time.perf_counter()
         img_i = np.random.choice(scene.i_train)  # its train() step for a Blender scene, precrop over
-        target = torch.Tensor(images[img_i])
-        rays_o, rays_d = run_nerf.get_rays(H, W, K, torch.Tensor(poses[img_i, :3, :4]))
+        target = torch.Tensor(self.images[img_i])
+        rays_o, rays_d = run_nerf.get_rays(H, W, self.K, torch.Tensor(self.poses[img_i, :3, :4]))
         coords = torch.stack(torch.meshgrid(torch.linspace(0, H - 1, H), torch.linspace(0, W - 1, W),
                                             indexing="ij"), -1)
         coords = torch.reshape(coords, [-1, 2])
-        select_coords = coords[np.random.choice(coords.shape[0], size=[opts.num_random_rays], replace=False)].long()
+        select_coords = coords[np.random.choice(coords.shape[0], size=[self.num_rays], replace=False)].long()
         rays_o, rays_d = rays_o[select_coords[:, 0], select_coords[:, 1]], rays_d[select_coords[:, 0], select_coords[:, 1]]
         target_s = target[select_coords[:, 0], select_coords[:, 1]]
-        rgb, disp, acc, extras = run_nerf.render(H, W, K, chunk=args.chunk, rays=torch.stack([rays_o, rays_d], 0),
-                                                 retraw=True, **render_kwargs_train)
-        optimizer.zero_grad()
+        rgb, disp, acc, extras = run_nerf.render(H, W, self.K, chunk=self.args.chunk,
+                                                 rays=torch.stack([rays_o, rays_d], 0), retraw=True,
+                                                 **self.render_kwargs)
+        self.optimizer.zero_grad()
         loss = run_nerf.img2mse(rgb, target_s)
         if "rgb0" in extras:
             loss = loss + run_nerf.img2mse(extras["rgb0"], target_s)
         loss.backward()
-        optimizer.step()
-        times.append(time.perf_counter() - start)
-    return {"implementation": "yenchenlin/nerf-pytorch", "path": os.path.abspath(path), "commit": git_commit(path),
-            "device": "cpu", "seconds_per_step": statistics.median(times[warmup:]), "threads": torch.get_num_threads()}
+        self.optimizer.step()
+        return time.perf_counter() - start
+
+    def result(self, seconds: list[float]) -> dict:
+        """The JSON record of the timed steps (warm-up steps already left out)."""
+        return {"implementation": "yenchenlin/nerf-pytorch", "path": os.path.abspath(self.path),
+                "commit": git_commit(self.path), "device": "cpu", "seconds_per_step": statistics.median(seconds),
+                "threads": torch.get_num_threads()}
+
+
+def _serve(conn, path: str, cfg, opts) -> None:
+    """The body of YenchenlinProcess's process: set up, then one step per "step" message until "stop"."""
+    try:
+        scene = load_scene(cfg.dataset, white_background=opts.white_background)
+        step = YenchenlinStep(path, cfg, opts, scene)
+    except BaseException as err:  # noqa: BLE001 - reported to the parent, which exits with it
+        conn.send(("error", str(err) or type(err).__name__))
+        return
+    conn.send(("ready", None))
+    seconds = []
+    while (message := conn.recv()) != "stop":
+        if message == "step":
+            seconds.append(step())
+            conn.send(seconds[-1])
+        else:  # "result": the record of the steps after the first `message[1]`
+            conn.send(step.result(seconds[message[1]:]))
+
+
+class YenchenlinProcess:
+    """yenchenlin's step in a process of its own: each call runs one step there and returns its seconds.
+
+    bench_nerf.py alternates these calls with its own steps, so that both are timed on the machine as it
+    is at that moment (CPUs of this kind drift in speed by tens of percent within minutes, which a ratio
+    of two sequential measurements would carry). Its own process, because in ours its 65536-point
+    chunks would leave the allocator and the caches in a state that slows our next step (measured: 1.9x
+    slower in bf16), which a training run never sees.
+    """
+
+    def __init__(self, path: str, cfg, opts):
+        context = multiprocessing.get_context("spawn")  # no forked copy of our threads and tensors
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, path, cfg, opts), daemon=True)
+        self.process.start()
+        status, message = self.conn.recv()
+        if status == "error":
+            self.process.join()
+            raise SystemExit(message if message.startswith("error:") else f"error: yenchenlin step: {message}")
+
+    def __call__(self) -> float:
+        self.conn.send("step")
+        return self.conn.recv()
+
+    def result(self, warmup: int) -> dict:
+        """Its JSON record of the steps after the first `warmup`; ends the process."""
+        self.conn.send(("result", warmup))
+        record = self.conn.recv()
+        self.conn.send("stop")
+        self.process.join()
+        return record
+
+
+def time_yenchenlin_step(path: str, cfg, opts, scene, iters: int, warmup: int) -> dict:
+    """Seconds per training step of yenchenlin's code (median of `iters` after `warmup`), on the CPU."""
+    step = YenchenlinStep(path, cfg, opts, scene)
+    seconds = [step() for _ in range(warmup + iters)]
+    return step.result(seconds[warmup:])
 
 
 def git_commit(path: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig, VoxelGridConfig
@@ -30,6 +31,19 @@ def _linear(in_features: int, out_features: int) -> nn.Linear:
     nn.init.xavier_uniform_(layer.weight)
     nn.init.zeros_(layer.bias)
     return layer
+
+
+def linear_of_concat(layer: nn.Linear, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """layer([first, second]) = W_1 first + W_2 second + b, with W = [W_1 | W_2]: [P, A], [P, B] -> [P, out].
+
+    The same function as concatenating first (the concatenation is never built: under bf16 autocast
+    it mixed an fp32 encoding with bf16 activations, promoted to fp32 and was cast back, per chunk),
+    and autograd computes an input gradient only for the part that needs one (not for an encoding),
+    with no odd-width product (319 or 283 columns) in the backward pass. Sums in a different order
+    than one product over the concatenation: equal to ~1e-7 relative, not bit for bit.
+    """
+    width = first.shape[-1]
+    return torch.addmm(F.linear(second, layer.weight[:, width:], layer.bias), first, layer.weight[:, :width].t())
 
 
 class EncodedField(nn.Module):
@@ -50,7 +64,8 @@ class EncodedField(nn.Module):
 class NeRFModel(EncodedField):
     """The NeRF MLP (paper: Mildenhall et al. 2020, Fig. 7; official run_nerf_helpers.init_nerf_model).
 
-    h_0 = gamma(x); h_{k+1} = ReLU(L_k(h_k)); after the ReLU of each skip layer, h <- [gamma(x), h].
+    h_0 = gamma(x); h_{k+1} = ReLU(L_k(h_k)); after the ReLU of each skip layer, h <- [gamma(x), h]
+    (applied as linear_of_concat: the next layer's weight split by columns, no concatenation).
     With view directions: sigma_raw = L_alpha(h), feature = L_feat(h) (no activation),
     rgb_raw = L_rgb(ReLU(L_view([feature, gamma(d)]))). Without: [rgb_raw, sigma_raw] = L_out(h).
     """
@@ -83,9 +98,9 @@ class NeRFModel(EncodedField):
         x = positional_encoding(points, **self.encoding_xyz)  # [P, Ex]
         h = x
         for i, layer in enumerate(self.pts_linears):
-            h = torch.relu_(layer(h))  # in place: the fresh layer output is not kept for backward
-            if i in self.skips:
-                h = torch.cat((x, h), dim=-1)  # points first, as in the official code
+            # [gamma(x), h] after a skip layer: points first, as in the official code
+            h = linear_of_concat(layer, x, h) if i - 1 in self.skips else layer(h)
+            h = torch.relu_(h)  # in place: the fresh layer output is not kept for backward
         return h
 
     def density(self, points: torch.Tensor) -> torch.Tensor:
@@ -101,7 +116,7 @@ class NeRFModel(EncodedField):
         sigma_raw = self.alpha_linear(h)  # [P, 1]
         feature = self.feature_linear(h)
         d = positional_encoding(viewdirs, **self.encoding_dir)  # [P, Ed]
-        h = torch.relu_(self.views_linears[0](torch.cat((feature, d), dim=-1)))
+        h = torch.relu_(linear_of_concat(self.views_linears[0], feature, d))  # [feature, gamma(d)]
         return torch.cat((self.rgb_linear(h), sigma_raw), dim=-1)  # [P, 4]
 
 

@@ -29,6 +29,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # (1024 to 8192 points for the paper MLP on 2-core machines of one kind), hence tuned_cpu_chunk.
 CPU_NETWORK_CHUNK = 4096
 CPU_CHUNK_CANDIDATES = (1024, 2048, 4096, 8192)
+# Raised when the models' forward code changes the work per point (2: linear_of_concat), so that chunk
+# sizes measured for the old code are measured again.
+MODELS_CODE_VERSION = 2
 TUNING_POINTS = 16384  # points each candidate evaluates (forward and backward) when the chunk is measured
 
 
@@ -214,9 +217,11 @@ def machine_description() -> str:
 
 
 def model_signature(runner: "FieldRunner") -> str:
-    """The shapes of the model's Linear layers and the precision: the widths a chunk size is tuned for."""
+    """The shapes of the model's Linear layers, the precision and MODELS_CODE_VERSION: what a chunk size is
+    tuned for."""
     shapes = [f"{m.in_features}x{m.out_features}" for m in runner.model.modules() if isinstance(m, nn.Linear)]
-    return f"{type(runner.model).__name__}({','.join(shapes)}) {str(runner.dtype or torch.float32)[6:]}"
+    return (f"{type(runner.model).__name__}({','.join(shapes)}) {str(runner.dtype or torch.float32)[6:]} "
+            f"v{MODELS_CODE_VERSION}")
 
 
 def measure_cpu_chunks(runner: "FieldRunner", candidates=CPU_CHUNK_CANDIDATES, points: int = TUNING_POINTS,

@@ -36,6 +36,9 @@ def test_bench_json_is_consistent(tmp_path):
     assert result["network_points_per_step"] == 32 * (8 + 8 + 4)  # coarse, then fine on coarse + fine samples
     assert abs(sum(result["split_fraction"].values()) - 1.0) < 0.05  # the phases cover the step
     assert result["frame_resolution"] == [4, 4] and result["matmul_peak_dtype"] == "float32"
+    beside = result["matmul_peak_beside_steps_gflops"]  # one reading after each timed step
+    assert len(beside) == 2 and result["matmul_peak_gflops"] == sum(beside) / 2
+    assert result["matmul_peak_best_gflops"] >= max(beside)
     grid = main(["--config", str(path), "--iters", "2", "--warmup", "1", "--no-render", "--set", "models.fine=null",
                  "--set", "nerf.train.num_fine=0", "--set", "nerf.validation.num_fine=0",
                  "--set", "occupancy.enabled=true", "--set", "occupancy.resolution=8",
@@ -135,3 +138,40 @@ def test_the_yenchenlin_step_driver_runs_its_train_step(tmp_path, monkeypatch):
     assert calls[1:] == [(2, 32, 3)] * 3  # one batch of N_rand rays per step, warm-up included
     assert result["seconds_per_step"] > 0 and result["implementation"] == "yenchenlin/nerf-pytorch"
     assert result["commit"] == "not a git checkout" and result["device"] == "cpu"
+
+
+def test_the_bench_alternates_its_steps_with_yenchenlins(tmp_path, monkeypatch):
+    import sys
+
+    import pytest
+
+    import bench.bench_nerf as bench_nerf
+    from nerf.datasets.demo import generate_demo_scene
+
+    checkout = tmp_path / "yenchenlin"
+    checkout.mkdir()
+    (checkout / "run_nerf.py").write_text(FAKE_RUN_NERF)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("run_nerf", "load_llff", "load_deepvoxels", "load_blender", "load_LINEMOD"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    generate_demo_scene(str(tmp_path / "scene"), size=16, num_train=4, num_val=1, num_test=1)
+    config = tmp_path / "cfg.yml"
+    config.write_text(f"dataset:\n  basedir: {tmp_path / 'scene'}\nnerf:\n  train:\n    num_random_rays: 32\n    num_fine: 0\n"
+                      "  validation:\n    num_fine: 0\nmodels:\n  coarse:\n    type: TinyNeRFModel\n  fine: null\nruntime:\n  cpu_network_chunk: 1024\n")
+    with pytest.raises(SystemExit, match="no run_nerf.py there"):  # raised in its process, exits ours
+        bench_nerf.main(["--config", str(config), "--no-render", "--no-speed-factor",
+                         "--reference-yenchenlin", str(tmp_path)])
+    order = []
+    ours, theirs = bench_nerf.timed_step, bench_nerf.YenchenlinProcess.__call__
+    # our steps take 1, 2, 3 s and theirs 10, 30, 30 s (fake clocks): ratios 10, 15, 10
+    monkeypatch.setattr(bench_nerf, "timed_step", lambda *a: order.append("ours") or {
+        **ours(*a), "times": {**dict.fromkeys(bench_nerf.PHASES, 0.0), "backward": float(len(order) + 1) / 2}})
+    monkeypatch.setattr(bench_nerf.YenchenlinProcess, "__call__", lambda self: order.append("theirs") or (
+        theirs(self), [10.0, 30.0, 30.0][len(order) // 2 - 1])[1])
+    result = bench_nerf.main(["--config", str(config), "--iters", "3", "--warmup", "0", "--no-render",
+                              "--no-speed-factor", "--reference-yenchenlin", str(checkout)])
+    assert order == ["ours", "theirs"] * 3
+    assert result["seconds_per_step"] == 2.0
+    assert result["reference"]["speedup"] == 10.0  # median of 10, 15, 10; not 30 / 2 = 15
+    assert result["reference"]["implementation"] == "yenchenlin/nerf-pytorch"  # recorded by its own process
+    assert 0 < result["reference"]["seconds_per_step"] < 10.0  # its real seconds there, not the fake clock

@@ -3,7 +3,7 @@ import torch
 
 from nerf.config import ModelConfig
 from nerf.encoding import positional_encoding
-from nerf.models import NeRFModel, TinyNeRFModel, build_model, count_parameters
+from nerf.models import NeRFModel, TinyNeRFModel, build_model, count_parameters, linear_of_concat
 
 
 def test_paper_model_size_and_layer_shapes():
@@ -51,6 +51,22 @@ def test_paper_forward_matches_the_recipe():
         torch.nn.init.normal_(p, std=0.1)
     points, dirs = torch.randn(17, 3), torch.nn.functional.normalize(torch.randn(17, 3), dim=-1)
     assert torch.allclose(model(points, dirs), _reference_forward(model, points, dirs), atol=1e-5)
+
+
+def test_linear_of_concat_is_the_layer_of_the_concatenation_with_the_same_gradients():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(5 + 3, 4)
+    first, second = torch.randn(6, 5, requires_grad=True), torch.randn(6, 3)  # second: a constant encoding
+    upstream = torch.randn(6, 4)
+    concat = layer(torch.cat((first, second), dim=-1))
+    grads_concat = torch.autograd.grad(concat, (first, layer.weight, layer.bias), upstream)
+    split = linear_of_concat(layer, first, second)
+    grads_split = torch.autograd.grad(split, (first, layer.weight, layer.bias), upstream)
+    assert torch.allclose(split, concat, atol=1e-6)
+    for a, b in zip(grads_split, grads_concat):
+        assert torch.allclose(a, b, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # an fp32 encoding beside bf16 activations stays bf16
+        assert linear_of_concat(layer, first.bfloat16(), second).dtype == torch.bfloat16
 
 
 def test_flexible_model_honours_depth_width_and_skip():
