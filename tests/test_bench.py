@@ -109,6 +109,23 @@ def render(H, W, K, chunk, rays, retraw, **kwargs):
 """
 
 
+def _fake_checkout_and_scene(tmp_path, monkeypatch):
+    """A checkout holding FAKE_RUN_NERF (its modules forgotten, sys.path restored after the test) and a
+    demo scene in tmp_path/scene."""
+    import sys
+
+    from nerf.datasets.demo import generate_demo_scene
+
+    checkout = tmp_path / "yenchenlin"
+    checkout.mkdir()
+    (checkout / "run_nerf.py").write_text(FAKE_RUN_NERF)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("run_nerf", "load_llff", "load_deepvoxels", "load_blender", "load_LINEMOD"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    generate_demo_scene(str(tmp_path / "scene"), size=16, num_train=4, num_val=1, num_test=1)
+    return checkout
+
+
 def test_the_yenchenlin_step_driver_runs_its_train_step(tmp_path, monkeypatch):
     import sys
 
@@ -117,17 +134,10 @@ def test_the_yenchenlin_step_driver_runs_its_train_step(tmp_path, monkeypatch):
     from bench.yenchenlin_step import import_yenchenlin, time_yenchenlin_step
     from nerf.config import load_config
     from nerf.datasets import load_scene
-    from nerf.datasets.demo import generate_demo_scene
 
     with pytest.raises(SystemExit, match="no run_nerf.py there"):
         import_yenchenlin(str(tmp_path))
-    checkout = tmp_path / "yenchenlin"
-    checkout.mkdir()
-    (checkout / "run_nerf.py").write_text(FAKE_RUN_NERF)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    for name in ("run_nerf", "load_llff", "load_deepvoxels", "load_blender", "load_LINEMOD"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    generate_demo_scene(str(tmp_path / "scene"), size=16, num_train=4, num_val=1, num_test=1)
+    checkout = _fake_checkout_and_scene(tmp_path, monkeypatch)
     config = tmp_path / "cfg.yml"
     config.write_text(f"dataset:\n  basedir: {tmp_path / 'scene'}\nnerf:\n  train:\n    num_random_rays: 32\n")
     cfg = load_config(str(config))
@@ -141,20 +151,11 @@ def test_the_yenchenlin_step_driver_runs_its_train_step(tmp_path, monkeypatch):
 
 
 def test_the_bench_alternates_its_steps_with_yenchenlins(tmp_path, monkeypatch):
-    import sys
-
     import pytest
 
     import bench.bench_nerf as bench_nerf
-    from nerf.datasets.demo import generate_demo_scene
 
-    checkout = tmp_path / "yenchenlin"
-    checkout.mkdir()
-    (checkout / "run_nerf.py").write_text(FAKE_RUN_NERF)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    for name in ("run_nerf", "load_llff", "load_deepvoxels", "load_blender", "load_LINEMOD"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    generate_demo_scene(str(tmp_path / "scene"), size=16, num_train=4, num_val=1, num_test=1)
+    checkout = _fake_checkout_and_scene(tmp_path, monkeypatch)
     config = tmp_path / "cfg.yml"
     config.write_text(f"dataset:\n  basedir: {tmp_path / 'scene'}\nnerf:\n  train:\n    num_random_rays: 32\n    num_fine: 0\n"
                       "  validation:\n    num_fine: 0\nmodels:\n  coarse:\n    type: TinyNeRFModel\n  fine: null\nruntime:\n  cpu_network_chunk: 1024\n")
