@@ -23,6 +23,7 @@ from torch import nn
 from .config import ModelConfig, VoxelGridConfig
 from .encoding import encoding_width, positional_encoding
 from .occupancy import BLENDER_AABB
+from .tensor_vm import TensorVMModel
 from .voxel_grid import VoxelGridModel, density_shift, grid_shape, voxel_edge, voxels_after_growth
 
 
@@ -207,7 +208,8 @@ def build_model(m: ModelConfig, voxel_grid: Optional[VoxelGridConfig] = None, aa
                 contraction: Optional[str] = None) -> nn.Module:
     """Instantiate the model a `models.coarse` / `models.fine` config section describes.
 
-    A VoxelGridModel takes its settings from `voxel_grid` (the config's voxel_grid: section) and starts
+    A VoxelGridModel takes its settings from `voxel_grid` (the config's voxel_grid: section; with
+    `representation: vm` the grids are TensoRF's factors, a TensorVMModel) and starts
     with num_voxels_start voxels (num_voxels when nothing grows) over `aabb` (default: the Blender box +-1.5)
     and the density shift for marching steps of step_ratio voxels; a checkpoint's state dict replaces all
     three (see resize_like). With a `contraction` (occupancy.contraction) `aabb` is in the contracted space.
@@ -220,9 +222,14 @@ def build_model(m: ModelConfig, voxel_grid: Optional[VoxelGridConfig] = None, aa
         scale = 1.0
         if v.density_unit == "voxel":  # DVGO: per edge of a voxel of the final grid over the starting box
             scale = 1.0 / voxel_edge(box, grid_shape(box, v.num_voxels, v.aspect))
-        model = VoxelGridModel(box, grid_shape(box, start, v.aspect), v.feature_dim, v.hidden_size, v.num_layers,
-                               v.num_encoding_fn_dir, step_ratio=v.step_ratio, contraction=contraction,
-                               density_scale=scale)
+        shape = grid_shape(box, start, v.aspect)
+        grid_field_args = dict(feature_dim=v.feature_dim, hidden_size=v.hidden_size, num_layers=v.num_layers,
+                     num_encoding_fn_dir=v.num_encoding_fn_dir, step_ratio=v.step_ratio, contraction=contraction,
+                     density_scale=scale)
+        if v.representation == "vm":
+            model = TensorVMModel(box, shape, v.density_components, v.appearance_components, **grid_field_args)
+        else:
+            model = VoxelGridModel(box, shape, **grid_field_args)
         model.shift.fill_(density_shift(v.alpha_init, model.marching_step * scale))
         return model
     common = dict(num_layers=m.num_layers, hidden_size=m.hidden_size, skip_connect_every=m.skip_connect_every,

@@ -20,7 +20,7 @@ from torch import nn
 
 from .config import Config, ModelConfig
 from .models import NeRFModel
-from .voxel_grid import VoxelGridModel
+from .voxel_grid import GridField
 
 
 def prunable_layers(model: NeRFModel, excluded=()) -> list:
@@ -207,7 +207,7 @@ def models_to_prune(which: str, coarse, fine, checkpoint, excluded) -> dict:
     if "fine" in chosen and fine is None:
         raise ValueError(f"--prune {which}: this model has no fine network")
     for name in chosen:
-        if isinstance(models[name], VoxelGridModel):
+        if isinstance(models[name], GridField):
             raise ValueError("--prune removes neurons of an MLP; a VoxelGridModel is compressed by training it with "
                              "fewer voxels (voxel_grid.num_voxels) instead")
         if not isinstance(models[name], NeRFModel):

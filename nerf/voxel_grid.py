@@ -1,6 +1,7 @@
 """The fast field: dense voxel grids and a small colour network (DVGO, Sun et al. 2022), in pure PyTorch.
 
-Shape legend (as elsewhere): P points, C feature channels, X/Y/Z grid vertices per axis, N = X Y Z.
+Shape legend (as elsewhere): P points, C feature channels, X/Y/Z grid vertices per axis, N = X Y Z,
+A lattice axes (3 for a grid, 2 for a plane, 1 for a line), Q = 2^A corners of a lattice cell.
 
 A density grid D [X, Y, Z] and a feature grid K [X, Y, Z, C] hold values at the vertices of a regular
 lattice over the box `aabb` (the first and last vertices lie on the box faces). At a point p,
@@ -22,11 +23,16 @@ content.
 
 For an unbounded scene (`contraction`, nerf/contraction.py) the grids span the contracted space [-2, 2]^3:
 a point is contracted before it is looked up, so the last voxels hold everything out to infinity.
+
+`GridField` is what every grid field shares (the box, the density activation, the marching step, the colour
+MLP); `VoxelGridModel` stores D and K densely, `nerf/tensor_vm.py` factorises them (TensoRF).
 """
 
 from __future__ import annotations
 
+import abc
 import functools
+import itertools
 import math
 from typing import Optional
 
@@ -37,14 +43,12 @@ from torch import nn
 from .contraction import contract
 from .encoding import encoding_width, positional_encoding
 
-# the 8 corners of a cell as (dx, dy, dz)
-_CORNERS = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])  # [8, 3]
-
 
 @functools.lru_cache(maxsize=32)
-def _lattice_constants(shape: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(vertices per axis [3] long, the corner offsets [8, 3]) on device, made once: no copy per call."""
-    return torch.tensor(shape, device=device), _CORNERS.to(device)
+def _lattice_constants(shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(vertices per axis [A] long, the corner offsets [Q, A] in {0, 1}) on device, made once: no copy per call."""
+    corners = torch.tensor(list(itertools.product((0, 1), repeat=len(shape))))  # [Q, A]
+    return torch.tensor(shape, device=device), corners.to(device)
 
 
 def grid_shape(aabb: torch.Tensor, num_voxels: int, aspect=(1.0, 1.0, 1.0)) -> tuple[int, int, int]:
@@ -64,8 +68,9 @@ def voxel_edge(aabb: torch.Tensor, resolution: tuple[int, int, int]) -> float:
 
 
 class _GatherRows(torch.autograd.Function):
-    """rows = grid.reshape(N, ...).index_select(0, index), for a grid Parameter; the backward adds the row
-    gradients straight into grid.grad (index_add_) instead of returning a fresh dense [N, ...] gradient.
+    """rows = grid.reshape(N, ...).index_select(0, index) over the first `ndim` axes of a grid Parameter; the
+    backward adds the row gradients straight into grid.grad (index_add_) instead of returning a fresh dense
+    [N, ...] gradient.
 
     Same gradient, but a grid of millions of values then costs no new allocation (and page faults) per step:
     with `zero_grad(set_to_none=False)` its .grad buffer is reused. For `loss.backward()` only: it does not
@@ -73,10 +78,10 @@ class _GatherRows(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, grid: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, grid: torch.Tensor, index: torch.Tensor, ndim: int) -> torch.Tensor:
         ctx.save_for_backward(index)
-        ctx.grid = grid
-        return grid.detach().reshape(-1, *grid.shape[3:]).index_select(0, index)
+        ctx.grid, ctx.ndim = grid, ndim
+        return grid.detach().reshape(-1, *grid.shape[ndim:]).index_select(0, index)
 
     @staticmethod
     def backward(ctx, grad_rows: torch.Tensor):
@@ -84,39 +89,56 @@ class _GatherRows(torch.autograd.Function):
         grid = ctx.grid
         if grid.grad is None:
             grid.grad = torch.zeros_like(grid)
-        grid.grad.view(-1, *grid.shape[3:]).index_add_(0, index, grad_rows.to(grid.dtype))
-        return None, None
+        grid.grad.view(-1, *grid.shape[ctx.ndim:]).index_add_(0, index, grad_rows.to(grid.dtype))
+        return None, None, None
 
 
-def trilinear(values: torch.Tensor, aabb: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trilinear interpolation of vertex values at points.
+def multilinear(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multilinear interpolation of lattice values at points (A = 1: linear, 2: bilinear, 3: trilinear).
 
-    values: [X, Y, Z] or [X, Y, Z, C]; aabb: [6]; points: [P, 3] -> (out [P] or [P, C], inside [P] bool).
+    values: [*L] or [*L, C] with L the A lattice axes; lo, hi: [A] the box whose faces hold the first and
+    last vertices; points: [P, A] -> (out [P] or [P, C], inside [P] bool).
     With u = (p - lo) / (hi - lo) * (res - 1), i = floor(u) and f = u - i (per axis),
-    out = sum over corners c in {0, 1}^3 of values[i + c] * prod_axis (f if c = 1 else 1 - f).
-    Points outside the box are clamped onto it (and flagged in `inside`). Gradients reach the 8 corner
+    out = sum over corners c in {0, 1}^A of values[i + c] * prod_axis (f if c = 1 else 1 - f).
+    Points outside the box are clamped onto it (and flagged in `inside`). Gradients reach the Q corner
     vertices of each point (scatter-added; for a grid Parameter directly into its .grad, see _GatherRows).
     """
-    res, corners = _lattice_constants(tuple(values.shape[:3]), points.device)
-    lo, hi = aabb[:3], aabb[3:]
-    u = (points - lo) / (hi - lo) * (res - 1)  # [P, 3] in vertex units
+    ndim = points.shape[-1]
+    res, corners = _lattice_constants(tuple(values.shape[:ndim]), points.device)
+    u = (points - lo) / (hi - lo) * (res - 1)  # [P, A] in vertex units
     inside = ((u >= 0) & (u <= res - 1)).all(dim=-1)
     u = torch.minimum(u.clamp(min=0), (res - 1).to(u.dtype))
-    base = torch.minimum(u.floor().long(), res - 2)  # [P, 3] lower corner, so that base + 1 exists
-    frac = u - base  # [P, 3] in [0, 1]
-    ijk = base[:, None, :] + corners  # [P, 8, 3]
-    flat = (ijk[..., 0] * res[1] + ijk[..., 1]) * res[2] + ijk[..., 2]  # [P, 8]
-    w = torch.where(corners.bool(), frac[:, None, :], 1.0 - frac[:, None, :]).prod(dim=-1)  # [P, 8]
-    channels = values.shape[3:]
+    base = torch.minimum(u.floor().long(), res - 2)  # [P, A] lower corner, so that base + 1 exists
+    frac = u - base  # [P, A] in [0, 1]
+    index = base[:, None, :] + corners  # [P, Q, A]
+    flat = index[..., 0]  # [P, Q]
+    for axis in range(1, ndim):
+        flat = flat * res[axis] + index[..., axis]  # [P, Q] row-major vertex numbers
+    w = torch.where(corners.bool(), frac[:, None, :], 1.0 - frac[:, None, :]).prod(dim=-1)  # [P, Q]
+    channels = values.shape[ndim:]
     if (isinstance(values, nn.Parameter) and values.requires_grad and torch.is_grad_enabled()
             and not torch.compiler.is_compiling()):  # compiled graphs get the plain, functional gather
-        rows = _GatherRows.apply(values, flat.reshape(-1))  # [8P(, C)], gradient into values.grad
+        rows = _GatherRows.apply(values, flat.reshape(-1), ndim)  # [P Q(, C)], gradient into values.grad
     else:
         rows = values.reshape(-1, *channels).index_select(0, flat.reshape(-1))
-    gathered = rows.reshape(*flat.shape, *channels)  # [P, 8(, C)]
+    gathered = rows.reshape(*flat.shape, *channels)  # [P, Q(, C)]
     if channels:
         return (gathered * w[..., None]).sum(dim=1), inside
     return (gathered * w).sum(dim=1), inside
+
+
+def trilinear(values: torch.Tensor, aabb: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """multilinear over a grid: values [X, Y, Z] or [X, Y, Z, C]; aabb: [6]; points: [P, 3]
+    -> (out [P] or [P, C], inside [P] bool)."""
+    return multilinear(values, aabb[:3], aabb[3:], points)
+
+
+def lattice_vertices(resolution: tuple[int, ...], aabb: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+    """The vertex coordinates [N', A] of a lattice of `resolution` vertices over the box `aabb` [6] along its
+    `axes` (A of them), in row-major order (the last axis fastest, as values.reshape(-1))."""
+    lines = [torch.linspace(float(aabb[a]), float(aabb[3 + a]), n, device=aabb.device) for a, n in zip(axes, resolution)]
+    return torch.stack(torch.meshgrid(*lines, indexing="ij"), dim=-1).reshape(-1, len(axes))  # [N', A]
 
 
 def density_shift(alpha_init: float, step_size: float) -> float:
@@ -125,27 +147,27 @@ def density_shift(alpha_init: float, step_size: float) -> float:
     return math.log(math.expm1(sigma))
 
 
-def total_variation(grid: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference between neighbouring vertices along each axis, summed over the 3 axes."""
-    return sum(torch.diff(grid, dim=axis).pow(2).mean() for axis in range(3))
+def total_variation(grid: torch.Tensor, ndim: int = 3) -> torch.Tensor:
+    """Mean squared difference between neighbouring vertices along each of the first ndim axes, summed over
+    those axes."""
+    return sum(torch.diff(grid, dim=axis).pow(2).mean() for axis in range(ndim))
 
 
-class VoxelGridModel(nn.Module):
-    """Density and feature voxel grids with a small view-dependent colour MLP (see the module docstring).
-    With a `contraction` ("l2" or "inf") points are contracted before the lookup and `aabb` is a box of the
-    contracted space."""
+class GridField(nn.Module, abc.ABC):
+    """What the grid fields share: the box `aabb` (of the contracted space with a `contraction`, "l2" or
+    "inf"), sigma = softplus(raw density + shift) * density_scale (0 outside the box), the marching step of
+    step_ratio voxels, and rgb from the colour MLP over [looked-up features, gamma(d)].
 
-    def __init__(self, aabb, resolution: tuple[int, int, int], feature_dim: int = 12, hidden_size: int = 128,
-                 num_layers: int = 2, num_encoding_fn_dir: int = 4, shift: float = 0.0, step_ratio: float = 0.5,
-                 contraction: Optional[str] = None, density_scale: float = 1.0):
+    A subclass stores the lattice: it defines the abstract methods below."""
+
+    def __init__(self, aabb, feature_dim: int, hidden_size: int, num_layers: int, num_encoding_fn_dir: int,
+                 shift: float, step_ratio: float, contraction: Optional[str], density_scale: float):
         super().__init__()
         self.contraction = contraction
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).clone())
         self.register_buffer("shift", torch.tensor(float(shift)))
         self.register_buffer("density_scale", torch.tensor(float(density_scale)))
         self.register_buffer("step_ratio", torch.tensor(float(step_ratio)))
-        self.density_grid = nn.Parameter(torch.zeros(resolution))
-        self.feature_grid = nn.Parameter(torch.zeros(*resolution, feature_dim))
         self.num_encoding_fn_dir = num_encoding_fn_dir
         width = feature_dim + encoding_width(num_encoding_fn_dir)
         layers = []
@@ -156,8 +178,26 @@ class VoxelGridModel(nn.Module):
         self.color_net = nn.Sequential(*layers)
 
     @property
+    @abc.abstractmethod
     def resolution(self) -> tuple[int, int, int]:
-        return tuple(self.density_grid.shape)
+        """Vertices of the lattice per axis (X, Y, Z)."""
+
+    @abc.abstractmethod
+    def grid_parameters(self) -> list[nn.Parameter]:
+        """The lattice's parameters, trained at voxel_grid.grid_lr."""
+
+    @abc.abstractmethod
+    def total_variation(self) -> torch.Tensor:
+        """The total-variation regulariser of the density's parameters (a scalar)."""
+
+    @abc.abstractmethod
+    def resample(self, resolution: tuple[int, int, int], aabb: Optional[torch.Tensor] = None) -> None:
+        """Move the lattice to `resolution` vertices over `aabb` (default: the current box), interpolating the
+        old values. New parameters: rebuild the optimizer."""
+
+    @abc.abstractmethod
+    def resize_like(self, state: dict) -> None:
+        """Give the parameters the shapes stored in a state dict (a grown model's checkpoint) before loading it."""
 
     @property
     def voxel_size(self) -> float:
@@ -169,30 +209,62 @@ class VoxelGridModel(nn.Module):
         """The step this field is rendered with: step_ratio voxels (it follows the grid as it grows)."""
         return float(self.step_ratio) * self.voxel_size
 
-    def grid_parameters(self) -> list[nn.Parameter]:
-        return [self.density_grid, self.feature_grid]
-
     def network_parameters(self) -> list[nn.Parameter]:
+        """The parameters trained at optimizer.lr (the rest, grid_parameters, at voxel_grid.grid_lr)."""
         return list(self.color_net.parameters())
 
     def grid_points(self, points: torch.Tensor) -> torch.Tensor:
         """World points [P, 3] -> the grid's coordinates [P, 3] (contracted, for an unbounded scene)."""
         return contract(points, self.contraction) if self.contraction is not None else points
 
+    @abc.abstractmethod
+    def raw_density(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Grid coordinates [P, 3] -> (the density before its activation [P], inside the box [P] bool)."""
+
+    @abc.abstractmethod
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Grid coordinates [P, 3] -> the colour MLP's features [P, C]."""
+
     def density(self, points: torch.Tensor) -> torch.Tensor:
         """points: [P, 3] -> sigma: [P] = softplus(D(p) + shift) * density_scale, 0 outside the box (>= 0)."""
-        d, inside = trilinear(self.density_grid, self.aabb, self.grid_points(points))
+        d, inside = self.raw_density(self.grid_points(points))
         return torch.where(inside, F.softplus(d + self.shift) * self.density_scale, torch.zeros_like(d))
 
     def color(self, points: torch.Tensor, viewdirs: torch.Tensor) -> torch.Tensor:
         """points, viewdirs: [P, 3] -> rgb_raw: [P, 3] (before the sigmoid)."""
-        features, _ = trilinear(self.feature_grid, self.aabb, self.grid_points(points))  # [P, C]
+        features = self.features(self.grid_points(points))  # [P, C]
         encoded = positional_encoding(viewdirs, self.num_encoding_fn_dir)  # [P, 27]
         return self.color_net(torch.cat((features, encoded), dim=-1))
 
     def forward(self, points: torch.Tensor, viewdirs: Optional[torch.Tensor]) -> torch.Tensor:
         """points, viewdirs: [P, 3] -> raw: [P, 4] = (rgb_raw, sigma); ReLU(sigma) = sigma."""
         return torch.cat((self.color(points, viewdirs), self.density(points)[:, None]), dim=-1)
+
+
+class VoxelGridModel(GridField):
+    """Dense density and feature voxel grids with a small view-dependent colour MLP (see the module
+    docstring)."""
+
+    def __init__(self, aabb, resolution: tuple[int, int, int], feature_dim: int = 12, hidden_size: int = 128,
+                 num_layers: int = 2, num_encoding_fn_dir: int = 4, shift: float = 0.0, step_ratio: float = 0.5,
+                 contraction: Optional[str] = None, density_scale: float = 1.0):
+        super().__init__(aabb, feature_dim, hidden_size, num_layers, num_encoding_fn_dir, shift, step_ratio,
+                         contraction, density_scale)
+        self.density_grid = nn.Parameter(torch.zeros(resolution))
+        self.feature_grid = nn.Parameter(torch.zeros(*resolution, feature_dim))
+
+    @property
+    def resolution(self) -> tuple[int, int, int]:
+        return tuple(self.density_grid.shape)
+
+    def grid_parameters(self) -> list[nn.Parameter]:
+        return [self.density_grid, self.feature_grid]
+
+    def raw_density(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return trilinear(self.density_grid, self.aabb, x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return trilinear(self.feature_grid, self.aabb, x)[0]
 
     def total_variation(self) -> torch.Tensor:
         """TV of the density grid (the regulariser of DVGO and Plenoxels)."""
@@ -204,9 +276,7 @@ class VoxelGridModel(nn.Module):
         """Replace the grids by ones of `resolution` vertices over `aabb` (default: the current box),
         each vertex interpolated trilinearly from the old grids. New parameters: rebuild the optimizer."""
         aabb = (self.aabb if aabb is None else aabb.to(self.aabb)).clone()
-        lo, hi = aabb[:3], aabb[3:]
-        axes = [torch.linspace(float(lo[a]), float(hi[a]), resolution[a], device=lo.device) for a in range(3)]
-        vertices = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)  # [N', 3]
+        vertices = lattice_vertices(resolution, aabb, (0, 1, 2))  # [N', 3]
         density, features = [], []
         for k in range(0, vertices.shape[0], chunk):
             d, inside = trilinear(self.density_grid, self.aabb, vertices[k:k + chunk])
@@ -246,7 +316,7 @@ def grown_box(box: torch.Tensor, occupied_box: torch.Tensor, margin: torch.Tenso
     return torch.cat((torch.maximum(occupied_box[:3] - margin, box[:3]), torch.minimum(occupied_box[3:] + margin, box[3:])))
 
 
-def grow(model: VoxelGridModel, grow_steps: list[int], num_voxels_start: int, num_voxels: int, step: int,
+def grow(model: GridField, grow_steps: list[int], num_voxels_start: int, num_voxels: int, step: int,
          shrink_to: Optional[torch.Tensor] = None, aspect=(1.0, 1.0, 1.0)) -> bool:
     """Coarse-to-fine: at a step of grow_steps, resample the grids to the next voxel count (and, at the first
     growth, onto the box `shrink_to` when given). True when the grids changed (rebuild the optimizer)."""

@@ -2,6 +2,7 @@ import itertools
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,8 +19,8 @@ from nerf.occupancy import OccupancyGrid, OccupancySampler, occupancy_samples
 from nerf.rendering import render_samples
 from nerf.config import OccupancyConfig
 from nerf.rays import prepare_rays
-from nerf.voxel_grid import (VoxelGridModel, density_shift, grid_shape, grow, grown_box, total_variation, trilinear,
-                             voxels_after_growth)
+from nerf.voxel_grid import (VoxelGridModel, density_shift, grid_shape, grow, grown_box, multilinear, total_variation,
+                             trilinear, voxels_after_growth)
 
 BOX = torch.tensor([-1.0, -2.0, -0.5, 1.0, 1.0, 2.0])
 
@@ -57,6 +58,23 @@ def test_trilinear_matches_brute_force_and_grid_sample():
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
     scalar, _ = trilinear(values[..., 0], BOX, p)
     torch.testing.assert_close(scalar, out[:, 0])
+
+
+def test_multilinear_on_lines_and_planes_matches_interpolation_and_grid_sample():
+    line, lo, hi = torch.randn(7, 3), torch.tensor([-1.0]), torch.tensor([2.0])
+    x = torch.cat((torch.rand(40, 1) * 3 - 1, torch.tensor([[-1.0], [2.0], [3.0]])))
+    out, inside = multilinear(line, lo, hi, x)
+    assert inside[:-1].all() and not inside[-1]
+    nodes = torch.linspace(-1.0, 2.0, 7)
+    for channel in range(3):  # np.interp: piecewise linear through the nodes, clamped beyond them
+        expected = np.interp(x[:, 0].numpy(), nodes.numpy(), line[:, channel].numpy())
+        torch.testing.assert_close(out[:, channel], torch.from_numpy(expected).float(), atol=1e-5, rtol=0)
+    plane, lo, hi = torch.randn(5, 6, 2), BOX[:2], BOX[3:5]
+    p = _points(30)[:, :2]
+    out, _ = multilinear(plane, lo, hi, p)
+    grid = ((p - lo) / (hi - lo) * 2 - 1)[None, None]  # [1, 1, P, 2] as (axis 0, axis 1) = (W, H)
+    ref = F.grid_sample(plane.permute(2, 1, 0)[None], grid, align_corners=True)[0, :, 0].T
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
 
 
 def test_trilinear_is_exact_at_vertices_and_on_linear_functions():
@@ -247,12 +265,14 @@ def _config(tmp_path, scene_dir, **experiment):
     return str(path)
 
 
-@pytest.mark.parametrize("resume_at", [4, 8])
-def test_resume_is_exact_across_the_shrink_and_the_growths(tmp_path, scene_dir, resume_at):
+@pytest.mark.parametrize("resume_at,representation", [(4, "dense"), (8, "dense"), (4, "vm"), (8, "vm")])
+def test_resume_is_exact_across_the_shrink_and_the_growths(tmp_path, scene_dir, resume_at, representation):
     """12 steps with growths at 4 (and the box shrink) and 8, against a run resumed at 4 (the first growth,
     with the cells seen before it) or at 8 (a shrunk, grown grid): the same weights and Adam state."""
     config = _config(tmp_path, scene_dir, train_iters=12)
-    sets = ["voxel_grid.grow_steps=[4, 8]", "voxel_grid.seen_weight=0.01"]
+    sets = ["voxel_grid.grow_steps=[4, 8]", "voxel_grid.seen_weight=0.01", f"voxel_grid.representation={representation}"]
+    if representation == "vm":
+        sets.append("voxel_grid.grid_lr=0.02")  # TensoRF's rate for its factors
     train_nerf.main(["--config", config, "--set", "experiment.id=full"] + [a for x in sets for a in ("--set", x)])
     train_nerf.main(["--config", config, "--set", "experiment.id=resumed", "--load-checkpoint",
                      str(tmp_path / "logs" / "full" / f"checkpoint{resume_at:06d}.ckpt")]
@@ -260,7 +280,8 @@ def test_resume_is_exact_across_the_shrink_and_the_growths(tmp_path, scene_dir, 
     a = load_checkpoint(str(tmp_path / "logs" / "full" / "checkpoint000012.ckpt"))
     b = load_checkpoint(str(tmp_path / "logs" / "resumed" / "checkpoint000012.ckpt"))
     early = load_checkpoint(str(tmp_path / "logs" / "full" / "checkpoint000004.ckpt"))
-    assert early["model_coarse_state_dict"]["density_grid"].numel() < a["model_coarse_state_dict"]["density_grid"].numel()
+    grid = "density_grid" if representation == "dense" else "density_planes.0"
+    assert early["model_coarse_state_dict"][grid].numel() < a["model_coarse_state_dict"][grid].numel()
     box_before, box_after = early["model_coarse_state_dict"]["aabb"], a["model_coarse_state_dict"]["aabb"]
     assert (box_after[3:] - box_after[:3]).prod() < (box_before[3:] - box_before[:3]).prod()  # it shrank
     for key, value in a["model_coarse_state_dict"].items():
@@ -271,8 +292,16 @@ def test_resume_is_exact_across_the_shrink_and_the_growths(tmp_path, scene_dir, 
     assert torch.equal(a["occupancy_grid"]["estimates"], b["occupancy_grid"]["estimates"])
 
 
-def test_training_loss_falls(tmp_path, scene_dir):
+@pytest.mark.parametrize("representation", ["dense", "vm"])
+def test_training_loss_falls(tmp_path, scene_dir, representation):
+    """The dense grids, and TensoRF's factors (nerf/tensor_vm.py) through the same method and scripts."""
     config = _config(tmp_path, scene_dir, train_iters=120, validate_every=120, save_every=0)
+    if representation == "vm":
+        with open(config) as f:
+            cfg = yaml.safe_load(f)
+        cfg["voxel_grid"].update(representation="vm", density_components=4, appearance_components=8, grid_lr=0.02)
+        with open(config, "w") as f:
+            yaml.safe_dump(cfg, f)
     cfg = load_config(config)
     scene = load_scene(cfg.dataset, white_background=True)
     torch.manual_seed(cfg.experiment.randomseed)

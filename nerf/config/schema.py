@@ -181,8 +181,9 @@ class OccupancyConfig:
 
 @dataclass
 class VoxelGridConfig:
-    """The fast field (models.coarse.type: VoxelGridModel, nerf/voxel_grid.py): dense density and feature
-    voxel grids over a box and a small colour MLP, grown coarse to fine. Needs occupancy.enabled."""
+    """The fast field (models.coarse.type: VoxelGridModel): density and features on a lattice over a box,
+    stored densely (nerf/voxel_grid.py) or factorised (representation vm, nerf/tensor_vm.py), and a small
+    colour MLP, grown coarse to fine. Needs occupancy.enabled."""
 
     num_voxels: int = 2_097_152  # voxels of the final grids (128^3), spread over the box (edges: see aspect)
     num_voxels_start: int = 262_144  # voxels before the first growth (64^3)
@@ -197,6 +198,12 @@ class VoxelGridConfig:
     # ... and only cells that at least this many samples put there (counted over the steps and the rays): a
     # floater that one ray saw once does not stretch the box to the edge of the scene
     seen_count: int = 1
+    # How the density and features are stored: dense (two voxel grids) | vm (TensoRF's vector-matrix
+    # factorisation, nerf/tensor_vm.py: per mode a plane and a line of components; feature_dim is then the
+    # basis matrix's output)
+    representation: str = "dense"
+    density_components: int = 16  # vm: components per mode of the density
+    appearance_components: int = 48  # vm: components per mode of the appearance
     feature_dim: int = 12  # channels of the feature grid
     hidden_size: int = 64  # width of the colour MLP
     num_layers: int = 2  # hidden layers of the colour MLP

@@ -89,6 +89,17 @@ def _validate_voxel_grid(cfg: Config, source: str) -> None:
              "three positive edge ratios [x, y, z]", v.aspect)
     _require(0 < v.seen_weight < 1, source, "voxel_grid.seen_weight", "a value in (0, 1)", v.seen_weight)
     _require(v.seen_count >= 1, source, "voxel_grid.seen_count", "an integer >= 1", v.seen_count)
+    _require(v.representation in ("dense", "vm"), source, "voxel_grid.representation", "dense or vm",
+             v.representation)
+    if v.representation == "vm":
+        for name in ("density_components", "appearance_components"):
+            _require(getattr(v, name) >= 1, source, f"voxel_grid.{name}", "an integer >= 1", getattr(v, name))
+    else:
+        defaults = VoxelGridConfig()
+        for name in ("density_components", "appearance_components"):
+            _require(getattr(v, name) == getattr(defaults, name), source, f"voxel_grid.{name}",
+                     "to be left unset unless voxel_grid.representation is vm (it would be ignored)",
+                     getattr(v, name))
     _require(v.density_unit in ("world", "voxel"), source, "voxel_grid.density_unit", "world or voxel",
              v.density_unit)
     _require(v.step_ratio > 0, source, "voxel_grid.step_ratio", "a value > 0", v.step_ratio)

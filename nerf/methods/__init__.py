@@ -4,7 +4,7 @@
 |---|---|---|---|
 | CoarseFineMethod (the paper) | default | coarse (+ fine) MLP | stratified + hierarchical |
 | GridSampledMethod | occupancy.enabled | one MLP | occupancy grid |
-| VoxelGridMethod (the fast preset) | models.coarse.type: VoxelGridModel | voxel grids + colour MLP | occupancy grid |
+| VoxelGridMethod (the fast preset) | models.coarse.type: VoxelGridModel | voxel grids (or TensoRF factors) + colour MLP | occupancy grid |
 """
 
 from __future__ import annotations
