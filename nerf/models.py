@@ -224,8 +224,8 @@ def build_model(m: ModelConfig, voxel_grid: Optional[VoxelGridConfig] = None, aa
             scale = 1.0 / voxel_edge(box, grid_shape(box, v.num_voxels, v.aspect))
         shape = grid_shape(box, start, v.aspect)
         grid_field_args = dict(feature_dim=v.feature_dim, hidden_size=v.hidden_size, num_layers=v.num_layers,
-                     num_encoding_fn_dir=v.num_encoding_fn_dir, step_ratio=v.step_ratio, contraction=contraction,
-                     density_scale=scale)
+                               num_encoding_fn_dir=v.num_encoding_fn_dir, step_ratio=v.step_ratio,
+                               contraction=contraction, density_scale=scale)
         if v.representation == "vm":
             model = TensorVMModel(box, shape, v.density_components, v.appearance_components, **grid_field_args)
         else:
