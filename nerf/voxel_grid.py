@@ -45,10 +45,14 @@ from .encoding import encoding_width, positional_encoding
 
 
 @functools.lru_cache(maxsize=32)
-def _lattice_constants(shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(vertices per axis [A] long, the corner offsets [Q, A] in {0, 1}) on device, made once: no copy per call."""
+def _lattice_constants(shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(vertices per axis [A] long, row-major strides [A] long, the row offset of each corner [Q] long) on
+    device, made once: no copy per call. Corner q = (c_0, ..., c_A-1) in itertools.product order (the first
+    axis slowest) is offset sum_a c_a stride_a from the cell's lower corner."""
+    strides = [math.prod(shape[a + 1:]) for a in range(len(shape))]
     corners = torch.tensor(list(itertools.product((0, 1), repeat=len(shape))))  # [Q, A]
-    return torch.tensor(shape, device=device), corners.to(device)
+    offsets = (corners * torch.tensor(strides)).sum(dim=-1)  # [Q]
+    return torch.tensor(shape, device=device), torch.tensor(strides, device=device), offsets.to(device)
 
 
 def grid_shape(aabb: torch.Tensor, num_voxels: int, aspect=(1.0, 1.0, 1.0)) -> tuple[int, int, int]:
@@ -104,18 +108,19 @@ def multilinear(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
     Points outside the box are clamped onto it (and flagged in `inside`). Gradients reach the Q corner
     vertices of each point (scatter-added; for a grid Parameter directly into its .grad, see _GatherRows).
     """
-    ndim = points.shape[-1]
-    res, corners = _lattice_constants(tuple(values.shape[:ndim]), points.device)
+    ndim, num_points = points.shape[-1], points.shape[0]
+    res, strides, corner_offsets = _lattice_constants(tuple(values.shape[:ndim]), points.device)
     u = (points - lo) / (hi - lo) * (res - 1)  # [P, A] in vertex units
     inside = ((u >= 0) & (u <= res - 1)).all(dim=-1)
     u = torch.minimum(u.clamp(min=0), (res - 1).to(u.dtype))
-    base = torch.minimum(u.floor().long(), res - 2)  # [P, A] lower corner, so that base + 1 exists
+    base = torch.minimum(u.floor(), (res - 2).to(u.dtype))  # [P, A] lower corner, so that base + 1 exists
     frac = u - base  # [P, A] in [0, 1]
-    index = base[:, None, :] + corners  # [P, Q, A]
-    flat = index[..., 0]  # [P, Q]
+    flat = (base.long() * strides).sum(dim=-1)[:, None] + corner_offsets  # [P, Q] row-major vertex numbers
+    # w[p, q] = prod_axis (f if c = 1 else 1 - f), built axis by axis as outer products (corner order as above)
+    w = torch.stack((1.0 - frac[:, 0], frac[:, 0]), dim=-1)  # [P, 2]
     for axis in range(1, ndim):
-        flat = flat * res[axis] + index[..., axis]  # [P, Q] row-major vertex numbers
-    w = torch.where(corners.bool(), frac[:, None, :], 1.0 - frac[:, None, :]).prod(dim=-1)  # [P, Q]
+        pair = torch.stack((1.0 - frac[:, axis], frac[:, axis]), dim=-1)  # [P, 2]
+        w = (w[:, :, None] * pair[:, None, :]).reshape(num_points, 2 ** (axis + 1))  # [P, 2^(axis+1)]
     channels = values.shape[ndim:]
     if (isinstance(values, nn.Parameter) and values.requires_grad and torch.is_grad_enabled()
             and not torch.compiler.is_compiling()):  # compiled graphs get the plain, functional gather

@@ -73,8 +73,28 @@ def test_voxel_hooks_grow_at_the_grow_steps_only_and_follow_the_voxel_size():
     assert method.sampler.skipping  # past occupancy.warmup_steps
 
 
+@pytest.mark.parametrize("full_until, expected", [
+    (0, [(0, True), (2, False), (4, False), (6, False), (8, False)]),  # every cell during the warm-up only
+    (5, [(0, True), (1, True), (2, True), (3, True), (4, True), (6, False), (8, False)])])
+def test_occupancy_updates_follow_warmup_and_full_updates_until(full_until, expected):
+    """update_every 2, warmup_steps 2: updates every 2nd step from every cell during the warm-up, then from a
+    random subset; before full_updates_until every step updates from every cell, skipping on after warm-up."""
+    occupancy = OccupancyConfig(enabled=True, resolution=8, update_every=2, warmup_steps=2,
+                                full_updates_until=full_until)
+    method = build_method(dataclasses.replace(Config(), models=ModelsConfig(coarse=SMALL, fine=None),
+                                              occupancy=occupancy), False, CPU)
+    calls = []
+    method.sampler.grid.update = lambda density, step_size, all_cells: calls.append((step, all_cells))
+    skipping = []
+    for step in range(9):
+        method.before_step(step)
+        skipping.append(method.sampler.skipping)
+    assert calls == expected
+    assert skipping == [False, False] + [True] * 7
+
+
 def test_voxel_seen_cells_and_loss_terms():
-    cfg = voxel_config(seen_weight=0.008, tv_weight=0.5)  # a fresh grid is a fog of alpha 1e-2 per step
+    cfg = voxel_config(seen_weight=0.0095, tv_weight=0.5)  # a fresh grid is a fog of alpha 1e-2 per step
     method = build_method(cfg, False, CPU)
     method.start(0, None)
     rays, opts = _rays(), RenderConfig(perturb=False, num_fine=0, white_background=True)
@@ -85,9 +105,10 @@ def test_voxel_seen_cells_and_loss_terms():
     method.after_render(2, rays, out)
     method.after_render(3, rays, out)  # the same rays again: every count doubles
     cells = method.sampler.grid.cells_along(rays.origins, rays.directions, out["t"])
-    expected = 2 * torch.bincount(cells[out["weights"] >= 0.008], minlength=method.seen.numel())
+    expected = 2 * torch.bincount(cells[out["weights"] >= 0.0095], minlength=method.seen.numel())
     assert torch.equal(method.seen, expected.to(method.seen.dtype))
-    assert expected.max() > 2 and (out["weights"][out["t"] > 0] < 0.008).any()  # the threshold sorts samples
+    marched = out["weights"][out["t"] > 0]  # the samples (the padding holds t = 0)
+    assert expected.max() > 2 and (marched < 0.0095).any() and (marched >= 0.0095).any()  # the threshold sorts them
     target = torch.rand(len(rays), 3, generator=torch.Generator().manual_seed(1))
     loss, mse = method.loss(out, target, rays, step=2)
     plain, plain_mse = photometric_loss(out, target)

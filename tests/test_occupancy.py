@@ -104,6 +104,30 @@ def test_update_decays_cells_it_revisits():
     assert torch.allclose(grid.estimates, torch.full((64,), 0.6))  # max(0.2, 0.6)
 
 
+def test_update_looks_up_in_cell_order_each_cell_at_its_drawn_point():
+    """The random update evaluates its points sorted by cell (for the cache), each chosen cell at the offset
+    drawn for it: the estimates are those of the same draws evaluated unsorted."""
+    grid = OccupancyGrid([-1, -1, -1, 1, 1, 1], 16, density_threshold=0.01, decay=0.7)
+    grid.estimates = torch.rand(16 ** 3, generator=torch.Generator().manual_seed(2)) * 0.02
+    before = grid.estimates.clone()
+    seen = []
+    grid.update(lambda p: seen.append(p) or blob_density(p), 0.01, all_cells=False,
+                generator=torch.Generator().manual_seed(3))
+    points = torch.cat(seen)
+    cells, _ = grid.cell_index(points)
+    assert (torch.diff(cells) >= 0).all()
+    # the same draws (every cell occupied before: C/4 uniform cells, C/4 of the occupied ones), unsorted
+    generator = torch.Generator().manual_seed(3)
+    chosen = torch.randint(16 ** 3, (1024,), generator=generator)
+    chosen = torch.cat((chosen, torch.arange(16 ** 3)[torch.randint(16 ** 3, (1024,), generator=generator)]))
+    drawn = grid.cell_points(chosen, torch.rand((2048, 3), generator=generator))
+    assert torch.equal(torch.sort(points[:, 0]).values, torch.sort(drawn[:, 0]).values)
+    expected = before.clone()
+    expected[chosen] = before[chosen] * 0.7
+    expected = expected.scatter_reduce(0, chosen, torch.relu(blob_density(drawn)) * 0.01, reduce="amax")
+    torch.testing.assert_close(grid.estimates, expected, rtol=1e-6, atol=0)
+
+
 def test_grid_state_round_trip_and_mismatch():
     grid = OccupancyGrid([-1, -1, -1, 1, 1, 1], 8)
     grid.fill(blob_density, 0.01, 1)
@@ -126,9 +150,26 @@ def test_compact_keeps_order():
     t = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]])
     valid = torch.tensor([[False, True, False, True], [False, False, True, False]])
     t2, v2, dt2 = compact(t, valid, 10 * t)
-    assert torch.equal(t2, torch.tensor([[0.2, 0.4], [0.7, 0.5]]))
+    assert torch.equal(t2, torch.tensor([[0.2, 0.4], [0.7, 0.0]]))  # padding: t = dt = 0
     assert v2.tolist() == [[True, True], [True, False]]
     assert torch.equal(dt2, 10 * t2)  # the intervals travel with their samples
+
+
+def test_compact_of_random_masks_equals_a_stable_sort():
+    """Against the obvious implementation: a stable sort that puts each ray's valid samples first."""
+    generator = torch.Generator().manual_seed(0)
+    t = torch.rand(64, 40, generator=generator).cumsum(dim=1)
+    dt = torch.rand(64, 40, generator=generator)
+    valid = torch.rand(64, 40, generator=generator) < 0.3
+    valid[5] = False  # a ray without samples
+    t2, v2, dt2 = compact(t, valid, dt)
+    order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices[:, :t2.shape[1]]
+    assert t2.shape[1] == int(valid.sum(dim=1).max())
+    assert torch.equal(v2, torch.gather(valid, 1, order))
+    assert torch.equal(t2[v2], torch.gather(t, 1, order)[v2]) and torch.equal(dt2[v2], torch.gather(dt, 1, order)[v2])
+    assert not t2[~v2].any() and not dt2[~v2].any()
+    empty = compact(t[:, :0], valid[:, :0], dt[:, :0])
+    assert [x.shape for x in empty] == [torch.Size([64, 0])] * 3
 
 
 def _sampler(grid, **cfg):
@@ -143,11 +184,12 @@ def test_march_equals_brute_force_filtering():
     sampler = _sampler(grid, num_steps=256)
     rays = _rays(200)
     t, valid, dt = march(sampler, rays, perturb=False)
-    assert torch.equal(dt, dt[:, :1].expand_as(dt))  # one step per ray in a world box
+    step = sampler.step_size / torch.linalg.norm(rays.directions, dim=-1)  # [R]: one step per ray in a world box
+    assert torch.equal(dt[valid], step[:, None].expand_as(dt)[valid])
     t_in, t_out = ray_box_interval(rays.origins, rays.directions, grid.aabb)
     t_in, t_out = torch.maximum(t_in, rays.near), torch.minimum(t_out, rays.far)
     k = torch.arange(400, dtype=torch.float32)
-    lattice = t_in[:, None] + (k + 0.5) * dt[:, :1]  # [R, 400] brute force over the whole box
+    lattice = t_in[:, None] + (k + 0.5) * step[:, None]  # [R, 400] brute force over the whole box
     inside = lattice < t_out[:, None]
     points = rays.origins[:, None] + rays.directions[:, None] * lattice[..., None]
     keep = inside & grid.is_occupied(points)

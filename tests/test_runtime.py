@@ -177,6 +177,27 @@ def test_a_voxel_grid_keeps_the_fixed_chunk_and_is_never_measured(monkeypatch):
     assert FieldRunner(grid).cpu_chunk() == CPU_NETWORK_CHUNK
 
 
+def test_a_grid_fields_density_passes_run_in_large_calls_with_the_same_result():
+    """The density-only passes (early termination, occupancy updates) of a grid field run in calls of
+    CPU_GRID_DENSITY_CHUNK points, an MLP's in its cache-sized chunk; the densities equal one call's."""
+    grid = build_model(ModelConfig(type="VoxelGridModel"))
+    with torch.no_grad():
+        grid.density_grid.normal_(generator=torch.Generator().manual_seed(0))
+    runner, mlp = FieldRunner(grid), FieldRunner(NeRFModel(**SMALL), cpu_chunk=1024)
+    cpu = torch.device("cpu")
+    assert network_chunk(1 << 20, cpu, runner, density_only=True) == runtime.CPU_GRID_DENSITY_CHUNK
+    assert network_chunk(1000, cpu, runner, density_only=True) == 1000  # netchunk stays the memory bound
+    assert network_chunk(1 << 20, cpu, mlp, density_only=True) == 1024
+    assert network_chunk(1 << 20, torch.device("cuda"), runner, density_only=True) == 1 << 20
+    points = torch.rand(3 * runtime.CPU_GRID_DENSITY_CHUNK + 5, 3, generator=torch.Generator().manual_seed(1)) * 3 - 1.5
+    calls = []
+    counted = lambda x: calls.append(len(x)) or runner.density(x)  # noqa: E731
+    counted.__self__ = runner
+    sigma = runtime.evaluate_density(counted, points, 1 << 20)
+    assert calls == [runtime.CPU_GRID_DENSITY_CHUNK] * 3 + [5]
+    torch.testing.assert_close(sigma, torch.relu(runner.density(points)), rtol=1e-6, atol=0)
+
+
 def test_an_unwritable_cache_warns_and_still_gives_a_chunk(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 import yaml
 
 import eval_nerf
@@ -75,6 +76,43 @@ def test_multilinear_on_lines_and_planes_matches_interpolation_and_grid_sample()
     grid = ((p - lo) / (hi - lo) * 2 - 1)[None, None]  # [1, 1, P, 2] as (axis 0, axis 1) = (W, H)
     ref = F.grid_sample(plane.permute(2, 1, 0)[None], grid, align_corners=True)[0, :, 0].T
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+def _multilinear_written_out(values, lo, hi, points):
+    """The interpolation with every corner's index and weight spelled out ([P, Q, A] tensors)."""
+    ndim = points.shape[-1]
+    res = torch.tensor(values.shape[:ndim])
+    corners = torch.tensor(list(itertools.product((0, 1), repeat=ndim)))  # [Q, A]
+    u = (points - lo) / (hi - lo) * (res - 1)
+    u = torch.minimum(u.clamp(min=0), (res - 1).to(u.dtype))
+    base = torch.minimum(u.floor().long(), res - 2)
+    frac = u - base
+    index = base[:, None, :] + corners  # [P, Q, A]
+    flat = index[..., 0]
+    for axis in range(1, ndim):
+        flat = flat * res[axis] + index[..., axis]
+    w = torch.where(corners.bool(), frac[:, None, :], 1.0 - frac[:, None, :]).prod(dim=-1)  # [P, Q]
+    gathered = values.reshape(-1, *values.shape[ndim:])[flat]  # [P, Q(, C)]
+    return (gathered * (w[..., None] if values.dim() > ndim else w)).sum(dim=1)
+
+
+@pytest.mark.parametrize("shape", [(9,), (6, 7), (5, 6, 7), (5, 6, 7, 4)])
+def test_multilinear_equals_the_written_out_formula_bit_for_bit(shape):
+    """Values and grid gradients (through the .grad-accumulating gather) equal the formula with all Q corners'
+    indices and weights built explicitly, bit for bit, on and off the faces."""
+    ndim = min(len(shape), 3)
+    generator = torch.Generator().manual_seed(len(shape))
+    values = nn.Parameter(torch.randn(shape, generator=generator))
+    lo, hi = -torch.rand(ndim, generator=generator), torch.rand(ndim, generator=generator) + 0.5
+    points = lo - 0.2 + torch.rand(2000, ndim, generator=generator) * (hi - lo + 0.4)
+    points[:20], points[20:40] = lo, hi
+    out, _ = multilinear(values, lo, hi, points)
+    upstream = torch.randn(out.shape, generator=generator)
+    (out * upstream).sum().backward()
+    grad, values.grad = values.grad.clone(), None
+    reference = _multilinear_written_out(values, lo, hi, points)
+    (reference * upstream).sum().backward()
+    assert torch.equal(out, reference.detach()) and torch.equal(grad, values.grad)
 
 
 def test_trilinear_is_exact_at_vertices_and_on_linear_functions():

@@ -170,6 +170,9 @@ class OccupancyConfig:
     decay: float = 0.95  # EMA decay of the cell estimates at each update
     update_every: int = 16  # training steps between grid updates
     warmup_steps: int = 256  # no skipping before this step; until then every update evaluates all cells
+    # Every update before this step (if later than warmup_steps) evaluates all cells, while skipping is on:
+    # a fresh field's fog is then carved at the first updates, not a quarter of the cells at a time.
+    full_updates_until: int = 0
     early_stop_eps: float = 1e-4  # a ray stops when its transmittance falls below this
     alpha_threshold: float = 0.0  # samples with a smaller alpha are dropped (0 keeps all)
     render_chunk: int = 4096  # rays marched at once when rendering images (memory knob only)

@@ -250,6 +250,8 @@ def _validate_occupancy(cfg: Config, source: str) -> None:
     _require(0 <= g.decay <= 1, source, "occupancy.decay", "a value in [0, 1]", g.decay)
     _require(g.update_every >= 1, source, "occupancy.update_every", "an integer >= 1", g.update_every)
     _require(g.warmup_steps >= 0, source, "occupancy.warmup_steps", "an integer >= 0", g.warmup_steps)
+    _require(g.full_updates_until >= 0, source, "occupancy.full_updates_until", "an integer >= 0",
+             g.full_updates_until)
     _require(0 <= g.early_stop_eps < 1, source, "occupancy.early_stop_eps", "a value in [0, 1)", g.early_stop_eps)
     _require(0 <= g.alpha_threshold < 1, source, "occupancy.alpha_threshold", "a value in [0, 1)",
              g.alpha_threshold)
