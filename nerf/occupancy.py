@@ -326,7 +326,8 @@ def march_box(sampler: OccupancySampler, rays: Rays, perturb: bool,
     u ~ U[0, 1) per ray when perturb (else 1/2), kept where t_k < t_exit and the cell of o + t_k d is occupied;
     [t_enter, t_exit] = the ray's interval inside the box, clipped to [near, far]. When skipping, the box is
     the one around the occupied cells (the same samples, fewer steps to test).
-    Returns t [R, M], valid [R, M] and dt [R, M] (one value per ray); each sample stands for t_k +- dt/2.
+    Returns t [R, M], valid [R, M] and dt [R, M] (one value per ray at its samples, 0 in the padding); each
+    sample stands for t_k +- dt/2.
     """
     grid = sampler.grid
     norms = torch.linalg.norm(rays.directions, dim=-1)  # [R]

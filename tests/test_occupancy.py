@@ -176,6 +176,25 @@ def _sampler(grid, **cfg):
     return OccupancySampler(grid, OccupancyConfig(enabled=True, resolution=grid.resolution, **cfg))
 
 
+@pytest.mark.parametrize("resolution", [24, 257])  # cell numbers below 2^24 (float32 path) and above
+def test_cells_along_numbers_the_cells_of_the_points(resolution):
+    """cells_along: the cell of o + t d, as (o - lo) / size * res + t d / size * res floored per axis and
+    numbered row-major: the same numbers on either path, and those of cell_index but for rounding at faces."""
+    grid = OccupancyGrid([-1.5, -1.5, -1.5, 1.5, 1.5, 1.5], resolution)
+    rays = _rays(64)
+    t_in, t_out = ray_box_interval(rays.origins, rays.directions, grid.aabb)
+    hit = t_out > t_in
+    origins, directions, t_in, t_out = rays.origins[hit], rays.directions[hit], t_in[hit], t_out[hit]
+    t = t_in[:, None] + torch.rand(len(t_in), 50, generator=torch.Generator().manual_seed(0)) * (t_out - t_in)[:, None]
+    cells = grid.cells_along(origins, directions, t)  # [R, N]
+    lo, size = grid.aabb[:3], grid.aabb[3:] - grid.aabb[:3]
+    ijk = torch.addcmul(((origins - lo) / size * resolution)[:, None, :], t[..., None],
+                        (directions / size * resolution)[:, None, :]).floor().clamp(0, resolution - 1).long()
+    assert torch.equal(cells, (ijk[..., 0] * resolution + ijk[..., 1]) * resolution + ijk[..., 2])
+    points = origins[:, None, :] + directions[:, None, :] * t[..., None]  # [R, N, 3] inside the box
+    assert (cells == grid.cell_index(points)[0]).float().mean() > 0.999
+
+
 def test_march_equals_brute_force_filtering():
     """The marched samples are exactly the uniform lattice samples inside [near, far] and the box whose cell
     is occupied: skipping never drops an occupied sample and never adds one."""

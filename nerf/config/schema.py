@@ -78,7 +78,7 @@ class ModelsConfig:
 @dataclass
 class RenderConfig:
     chunksize: int = 32768  # rays rendered per chunk (memory knob only)
-    netchunk: int = 65536  # points per network call at most (memory knob only; CPU calls take <= 4096)
+    netchunk: int = 65536  # points per network call at most (memory knob only; on the CPU see runtime.network_chunk)
     perturb: bool = True  # stratified jitter of the coarse samples; also makes sample_pdf random
     num_coarse: int = 64
     num_fine: int = 128  # 0 disables hierarchical sampling
@@ -170,8 +170,8 @@ class OccupancyConfig:
     decay: float = 0.95  # EMA decay of the cell estimates at each update
     update_every: int = 16  # training steps between grid updates
     warmup_steps: int = 256  # no skipping before this step; until then every update evaluates all cells
-    # Every update before this step (if later than warmup_steps) evaluates all cells, while skipping is on:
-    # a fresh field's fog is then carved at the first updates, not a quarter of the cells at a time.
+    # Before this step every step updates the grid from all cells (skipping still starts at warmup_steps):
+    # a fresh field's fog is then carved within a few steps, not a quarter of the cells per update.
     full_updates_until: int = 0
     early_stop_eps: float = 1e-4  # a ray stops when its transmittance falls below this
     alpha_threshold: float = 0.0  # samples with a smaller alpha are dropped (0 keeps all)
