@@ -29,17 +29,20 @@ from .voxel_grid import GridField, lattice_vertices, multilinear, total_variatio
 MODES = ((0, 1, 2), (0, 2, 1), (1, 2, 0))
 
 
-def vm_products(planes, lines, aabb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def vm_products(planes, lines, aabb: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The plane x line products of every mode m and component t at grid coordinates x [P, 3]:
-    [M_m,t(x_a, x_b) v_m,t(x_c)] over (m, t) -> [P, 3 T]; planes [N_a, N_b, T] and lines [N_c, T] per mode
-    span the box aabb [6]."""
-    products = []
+    ([M_m,t(x_a, x_b) v_m,t(x_c)] over (m, t) [P, 3 T], inside the box [P] bool); planes [N_a, N_b, T] and
+    lines [N_c, T] per mode span the box aabb [6]. `inside` is the lookups' own (the first mode's plane and
+    line cover the three axes), decided as the dense grid's."""
+    products, inside = [], None
     for (a, b, c), plane, line in zip(MODES, planes, lines):
         ab = slice(a, b + 1, b - a)  # the plane's two axes as a view (no index tensor per call)
-        m, _ = multilinear(plane, aabb[:3][ab], aabb[3:][ab], x[:, ab])  # [P, T]
-        v, _ = multilinear(line, aabb[c:c + 1], aabb[3 + c:4 + c], x[:, c:c + 1])  # [P, T]
+        m, in_plane = multilinear(plane, aabb[:3][ab], aabb[3:][ab], x[:, ab])  # [P, T]
+        v, in_line = multilinear(line, aabb[c:c + 1], aabb[3 + c:4 + c], x[:, c:c + 1])  # [P, T]
         products.append(m * v)
-    return torch.cat(products, dim=-1)  # [P, 3 T]
+        if inside is None:
+            inside = in_plane & in_line
+    return torch.cat(products, dim=-1), inside  # [P, 3 T], [P]
 
 
 class TensorVMModel(GridField):
@@ -68,11 +71,11 @@ class TensorVMModel(GridField):
         return [*self.basis.parameters(), *super().network_parameters()]
 
     def raw_density(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        inside = ((x >= self.aabb[:3]) & (x <= self.aabb[3:])).all(dim=-1)  # [P]
-        return vm_products(self.density_planes, self.density_lines, self.aabb, x).sum(dim=-1), inside
+        products, inside = vm_products(self.density_planes, self.density_lines, self.aabb, x)
+        return products.sum(dim=-1), inside
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.basis(vm_products(self.appearance_planes, self.appearance_lines, self.aabb, x))  # [P, C]
+        return self.basis(vm_products(self.appearance_planes, self.appearance_lines, self.aabb, x)[0])  # [P, C]
 
     def total_variation(self) -> torch.Tensor:
         """TV of the density factors: of each plane over its two axes and each line over its one."""

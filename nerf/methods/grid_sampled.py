@@ -62,9 +62,9 @@ class GridSampledMethod(Method):
     def before_step(self, step: int) -> bool:
         occ = self.cfg.occupancy
         self.sampler.skipping = step >= occ.warmup_steps
-        full = step < max(occ.warmup_steps, occ.full_updates_until)
-        if step % occ.update_every == 0 or (full and step < occ.full_updates_until):
-            self.sampler.grid.update(self.runners[0].density, self.sampler.step_size, all_cells=full)
+        if step % occ.update_every == 0 or step < occ.full_updates_until:
+            self.sampler.grid.update(self.runners[0].density, self.sampler.step_size,
+                                     all_cells=step < max(occ.warmup_steps, occ.full_updates_until))
         return False
 
     def scalars(self, out: dict, target: torch.Tensor) -> dict:
