@@ -197,6 +197,12 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter], world: World, bu
             param.grad = torch.zeros_like(param)
         if anywhere:
             grads.append(param.grad)
+    for param in params:  # masked Adam (optimizer.MaskedAdam) updates the rows that any rank's lookups reached
+        rows = getattr(param, "gradient_rows", None)
+        if rows is not None:
+            reached = rows.to(torch.uint8)
+            dist.all_reduce(reached, op=dist.ReduceOp.MAX)
+            rows.copy_(reached.bool())
     for bucket in _buckets(grads, bucket_bytes):
         if len(bucket) == 1:
             dist.all_reduce(bucket[0])

@@ -103,6 +103,15 @@ class OccupancyGrid:
         res = self.resolution
         return torch.stack((cells // (res * res), (cells // res) % res, cells % res), dim=-1)
 
+    def near_occupied(self, points: torch.Tensor) -> torch.Tensor:
+        """points: [..., 3] -> bool [...]: inside the box and in an occupied cell or one of its 26 neighbours
+        (the occupied cells dilated by one, as DVGO's mask of the coarse stage)."""
+        res = self.resolution
+        occupied = self.occupied.view(1, 1, res, res, res).float()
+        dilated = torch.nn.functional.max_pool3d(occupied, 3, stride=1, padding=1).view(-1) > 0  # [res^3]
+        index, inside = self.cell_index(points)
+        return inside & dilated[index]
+
     def is_occupied(self, points: torch.Tensor) -> torch.Tensor:
         """points: [..., 3] -> bool [...]: inside the box and in an occupied cell."""
         index, inside = self.cell_index(points)

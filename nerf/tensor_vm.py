@@ -67,6 +67,9 @@ class TensorVMModel(GridField):
     def grid_parameters(self) -> list[nn.Parameter]:
         return [*self.density_planes, *self.density_lines, *self.appearance_planes, *self.appearance_lines]
 
+    def grid_rows(self) -> list[int]:
+        return [p.numel() // p.shape[-1] for p in self.grid_parameters()]  # planes N_a N_b, lines N_c rows of T
+
     def network_parameters(self) -> list[nn.Parameter]:
         return [*self.basis.parameters(), *super().network_parameters()]
 

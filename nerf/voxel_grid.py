@@ -74,7 +74,7 @@ def voxel_edge(aabb: torch.Tensor, resolution: tuple[int, int, int]) -> float:
 class _GatherRows(torch.autograd.Function):
     """rows = grid.reshape(N, ...).index_select(0, index) over the first `ndim` axes of a grid Parameter; the
     backward adds the row gradients straight into grid.grad (index_add_) instead of returning a fresh dense
-    [N, ...] gradient.
+    [N, ...] gradient, and flags the rows in grid.gradient_rows where masked Adam made one.
 
     Same gradient, but a grid of millions of values then costs no new allocation (and page faults) per step:
     with `zero_grad(set_to_none=False)` its .grad buffer is reused. For `loss.backward()` only: it does not
@@ -94,6 +94,9 @@ class _GatherRows(torch.autograd.Function):
         if grid.grad is None:
             grid.grad = torch.zeros_like(grid)
         grid.grad.view(-1, *grid.shape[ctx.ndim:]).index_add_(0, index, grad_rows.to(grid.dtype))
+        rows = getattr(grid, "gradient_rows", None)  # made by optimizer.MaskedAdam: the rows it updates
+        if rows is not None:
+            rows.index_fill_(0, index, True)
         return None, None, None
 
 
@@ -192,6 +195,11 @@ class GridField(nn.Module, abc.ABC):
         """The lattice's parameters, trained at voxel_grid.grid_lr."""
 
     @abc.abstractmethod
+    def grid_rows(self) -> list[int]:
+        """Per grid parameter, its lattice rows: the vertices of the lattice axes its lookups interpolate
+        (the rows masked Adam updates or skips)."""
+
+    @abc.abstractmethod
     def total_variation(self) -> torch.Tensor:
         """The total-variation regulariser of the density's parameters (a scalar)."""
 
@@ -265,6 +273,9 @@ class VoxelGridModel(GridField):
     def grid_parameters(self) -> list[nn.Parameter]:
         return [self.density_grid, self.feature_grid]
 
+    def grid_rows(self) -> list[int]:
+        return [self.density_grid.numel()] * 2  # one row per vertex, of 1 and of feature_dim values
+
     def raw_density(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return trilinear(self.density_grid, self.aabb, x)
 
@@ -293,6 +304,17 @@ class VoxelGridModel(GridField):
         self.density_grid = nn.Parameter(torch.cat(density).reshape(resolution))
         self.feature_grid = nn.Parameter(torch.cat(features).reshape(*resolution, -1))
         self.aabb.copy_(aabb)
+
+    @torch.no_grad()
+    def restart(self, content: torch.Tensor) -> None:
+        """DVGO's fine stage after its coarse one: fresh grids on the same lattice, fog (raw density 0, so
+        alpha_init per marching step) at the vertices where content [X, Y, Z] bool is true and empty (-100)
+        elsewhere, zero features, a freshly initialised colour MLP. New parameters: rebuild the optimizer."""
+        self.density_grid = nn.Parameter(torch.where(content, 0.0, -100.0).to(self.density_grid))
+        self.feature_grid = nn.Parameter(torch.zeros_like(self.feature_grid))
+        for layer in self.color_net:
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
 
     def resize_like(self, state: dict) -> None:
         """Give the grids the shapes stored in a state dict (a checkpoint of a grown model) before loading it;

@@ -267,14 +267,16 @@ def test_two_nodes_on_loopback_train_together(paper_runs):
         assert torch.equal(nodes[1]["weights"][key], value), key
 
 
-def test_two_processes_train_the_voxel_grid_as_one_with_identical_state_on_every_rank(tmp_path, scene_dir):
+@pytest.mark.parametrize("options", [[], ["--set", "voxel_grid.masked_adam=true"]])
+def test_two_processes_train_the_voxel_grid_as_one_with_identical_state_on_every_rank(tmp_path, scene_dir, options):
     """The voxel grid's gradient goes straight into .grad (no autograd hook sees it); the occupancy grid, the
-    seen cells and the box of the growth at step 30 must come out the same on every rank and as in one process."""
+    seen cells and the box of the growth at step 30 must come out the same on every rank and as in one process.
+    With masked Adam, the rows it updates are those any rank's lookups reached (the ranks' masks differ)."""
     config = _config(tmp_path, scene_dir, field="voxel")
     two, one = tmp_path / "two", tmp_path / "one"
     two.mkdir()
-    _finished(_torchrun([str(two), "--config", config, "--set", "experiment.id=two"]))
-    _one_process(one, ["--config", config, "--set", "experiment.id=one"])
+    _finished(_torchrun([str(two), "--config", config, "--set", "experiment.id=two", *options]))
+    _one_process(one, ["--config", config, "--set", "experiment.id=one", *options])
     ranks, single = _rank_states(two, 2), _rank_states(one, 1)[0]
     for name in ("weights", "occupancy"):
         for key, value in ranks[0][name].items():

@@ -49,6 +49,18 @@ def test_cell_index_by_hand():
     assert inside.tolist() == [True, True, False, False]
 
 
+def test_near_occupied_is_the_occupied_cells_dilated_by_one():
+    grid = OccupancyGrid([0, 0, 0, 1, 1, 1], resolution=5)
+    grid.occupied.zero_()
+    grid.occupied[grid._flat_index(torch.tensor([[1, 1, 1], [4, 4, 4]]))] = True
+    ijk = torch.stack(torch.meshgrid(*[torch.arange(5)] * 3, indexing="ij"), dim=-1).reshape(-1, 3)  # [125, 3]
+    centres = (ijk + 0.5) / 5
+    expected = ((ijk - torch.tensor([1, 1, 1])).abs().amax(-1) <= 1) | ((ijk - 4).abs().amax(-1) <= 1)
+    assert torch.equal(grid.near_occupied(centres), expected)  # 27 + 8 cells
+    assert int(expected.sum()) == 35
+    assert not grid.near_occupied(torch.tensor([[1.2, 0.5, 0.5]])).item()  # outside the box
+
+
 def test_cell_points_round_trip():
     grid = OccupancyGrid([-1.5, -1, -2, 1.5, 1, 2], resolution=7)
     cells = torch.randint(7 ** 3, (500,))

@@ -20,8 +20,8 @@ from nerf.occupancy import OccupancyGrid, OccupancySampler, occupancy_samples
 from nerf.rendering import render_samples
 from nerf.config import OccupancyConfig
 from nerf.rays import prepare_rays
-from nerf.voxel_grid import (VoxelGridModel, density_shift, grid_shape, grow, grown_box, multilinear, total_variation,
-                             trilinear, voxels_after_growth)
+from nerf.voxel_grid import (VoxelGridModel, density_shift, grid_shape, grow, grown_box, lattice_vertices, multilinear,
+                             total_variation, trilinear, voxels_after_growth)
 
 BOX = torch.tensor([-1.0, -2.0, -0.5, 1.0, 1.0, 2.0])
 
@@ -303,12 +303,20 @@ def _config(tmp_path, scene_dir, **experiment):
     return str(path)
 
 
-@pytest.mark.parametrize("resume_at,representation", [(4, "dense"), (8, "dense"), (4, "vm"), (8, "vm")])
-def test_resume_is_exact_across_the_shrink_and_the_growths(tmp_path, scene_dir, resume_at, representation):
+MASKED = ["voxel_grid.masked_adam=true", "voxel_grid.tv_weight=0"]
+RESTART = ["voxel_grid.restart_at_shrink=true"]
+
+
+@pytest.mark.parametrize("resume_at,representation,options", [
+    (4, "dense", []), (8, "dense", []), (4, "vm", []), (8, "vm", []), (8, "dense", MASKED), (4, "vm", MASKED),
+    (4, "dense", RESTART)])
+def test_resume_is_exact_across_the_shrink_and_the_growths(tmp_path, scene_dir, resume_at, representation, options):
     """12 steps with growths at 4 (and the box shrink) and 8, against a run resumed at 4 (the first growth,
-    with the cells seen before it) or at 8 (a shrunk, grown grid): the same weights and Adam state."""
+    with the cells seen before it) or at 8 (a shrunk, grown grid): the same weights and Adam state (also with
+    masked Adam, whose masks start empty, and with the restart of DVGO's fine stage)."""
     config = _config(tmp_path, scene_dir, train_iters=12)
-    sets = ["voxel_grid.grow_steps=[4, 8]", "voxel_grid.seen_weight=0.01", f"voxel_grid.representation={representation}"]
+    sets = ["voxel_grid.grow_steps=[4, 8]", "voxel_grid.seen_weight=0.01", f"voxel_grid.representation={representation}",
+            *options]
     if representation == "vm":
         sets.append("voxel_grid.grid_lr=0.02")  # TensoRF's rate for its factors
     train_nerf.main(["--config", config, "--set", "experiment.id=full"] + [a for x in sets for a in ("--set", x)])
@@ -398,3 +406,35 @@ def test_distortion_and_sample_colour_losses_reach_the_parameters_they_regularis
     assert torch.equal(grids["distortion"][1], grids["plain"][1])
     assert torch.equal(grids["sample_rgb"][0], grids["plain"][0])
     assert not torch.equal(grids["sample_rgb"][1], grids["plain"][1])
+
+
+def test_restart_at_shrink_starts_fog_in_the_content_and_empty_space_elsewhere(tmp_path, scene_dir):
+    """DVGO's two stages: at the first growth the grids are not resampled but fresh: raw density 0 (fog of
+    alpha_init per step) at the vertices in or next to occupied cells, -100 elsewhere, zero features, a
+    re-initialised colour MLP; the box shrinks as without the restart."""
+    config = _config(tmp_path, scene_dir)
+    cfg = load_config(config, ["voxel_grid.restart_at_shrink=true", "voxel_grid.grow_steps=[4]"])
+    from nerf.methods import build_method
+    method = build_method(cfg, False, torch.device("cpu"))
+    method.start(0, None)
+    grid = method.sampler.grid
+    grid.occupied.zero_()
+    grid.occupied[grid._flat_index(torch.tensor([8, 8, 8]))] = True  # one occupied cell of 16^3 (the middle)
+    method.seen.zero_()
+    method.seen[grid._flat_index(torch.tensor([8, 8, 8]))] = 10  # the content the rays saw there
+    with torch.no_grad():
+        method.coarse.feature_grid.fill_(0.3)
+        method.coarse.density_grid.fill_(0.7)
+    mlp_before = [p.detach().clone() for p in method.coarse.color_net.parameters()]
+    assert method.before_step(4)
+    model = method.coarse
+    cell = 2.0 * 1.5 / 16  # occupancy cells of the config's [-1.5, 1.5]^3 box
+    vertices = lattice_vertices(model.resolution, model.aabb, (0, 1, 2))  # [N, 3]
+    lo = -1.5 + (8 - 1) * cell  # the occupied cell and its neighbours
+    near = ((vertices >= lo) & (vertices < lo + 3 * cell)).all(dim=-1).reshape(model.resolution)
+    assert near.any() and not near.all()
+    assert torch.equal(model.density_grid.detach(), torch.where(near, 0.0, -100.0))
+    assert torch.count_nonzero(model.feature_grid) == 0
+    assert all(not torch.equal(p, q) for p, q in zip(model.color_net.parameters(), mlp_before))
+    box = model.aabb
+    assert (box[3:] - box[:3]).max() < 3.0  # shrunk to the seen cell (plus one)

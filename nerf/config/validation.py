@@ -105,6 +105,14 @@ def _validate_voxel_grid(cfg: Config, source: str) -> None:
     _require(v.step_ratio > 0, source, "voxel_grid.step_ratio", "a value > 0", v.step_ratio)
     _require(v.grid_lr > 0, source, "voxel_grid.grid_lr", "a value > 0", v.grid_lr)
     _require(v.tv_weight >= 0, source, "voxel_grid.tv_weight", "a value >= 0", v.tv_weight)
+    if v.restart_at_shrink:
+        _require(v.shrink_box and bool(v.grow_steps) and v.representation == "dense", source,
+                 "voxel_grid.restart_at_shrink", "shrink_box, grow_steps and the dense representation with it",
+                 v.restart_at_shrink)
+    if v.masked_adam:  # their gradients reach vertices that no lookup marked: masked Adam would drop them
+        _require(v.tv_weight == 0, source, "voxel_grid.tv_weight", "0 with voxel_grid.masked_adam", v.tv_weight)
+        _require(not cfg.runtime.compile, source, "runtime.compile", "false with voxel_grid.masked_adam",
+                 cfg.runtime.compile)
     _require(v.distortion_weight >= 0, source, "voxel_grid.distortion_weight", "a value >= 0", v.distortion_weight)
     _require(v.sample_rgb_weight >= 0, source, "voxel_grid.sample_rgb_weight", "a value >= 0", v.sample_rgb_weight)
     _require(v.background_entropy_weight >= 0, source, "voxel_grid.background_entropy_weight", "a value >= 0",

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from ..config import Config
 from ..losses import background_entropy, ray_distortion_loss, sample_color_loss
 from ..rays import Rays
-from ..voxel_grid import grow, grown_box
+from ..voxel_grid import grow, grown_box, lattice_vertices
 from .grid_sampled import GridSampledMethod
 
 
@@ -36,8 +36,10 @@ class VoxelGridMethod(GridSampledMethod):
 
     def parameter_groups(self) -> list[dict]:
         lr_scale = self.cfg.voxel_grid.grid_lr / self.cfg.optimizer.lr
-        return [{"params": self.coarse.grid_parameters(), "lr_scale": lr_scale},
-                {"params": self.coarse.network_parameters(), "lr_scale": 1.0}]
+        grids = {"params": self.coarse.grid_parameters(), "lr_scale": lr_scale}
+        if self.cfg.voxel_grid.masked_adam:
+            grids["masked_rows"] = self.coarse.grid_rows()  # optimizer.MaskedAdam
+        return [grids, {"params": self.coarse.network_parameters(), "lr_scale": 1.0}]
 
     def prepare_to_load(self, ckpt: dict) -> None:
         self.coarse.resize_like(ckpt.get("model_coarse_state_dict") or {})  # grown: the optimizer needs its shapes
@@ -65,6 +67,9 @@ class VoxelGridMethod(GridSampledMethod):
             box = grown_box(self.coarse.aabb, grid.box_of(seen >= v.seen_count), cell) if seen is not None else None
             self.seen = None
             grow(self.coarse, v.grow_steps, v.num_voxels_start, v.num_voxels, step, box, v.aspect)
+            if v.restart_at_shrink and step == v.grow_steps[0]:  # DVGO: the first grid was its coarse stage
+                vertices = lattice_vertices(self.coarse.resolution, self.coarse.aabb, (0, 1, 2))  # [N, 3]
+                self.coarse.restart(grid.near_occupied(vertices).reshape(self.coarse.resolution))
             self.sampler.fixed_step = self.marching_step()
             tqdm.write(f"[step {step}] voxel grid {'x'.join(map(str, self.coarse.resolution))} over "
                        f"{[round(x, 3) for x in self.coarse.aabb.tolist()]}")
