@@ -54,19 +54,24 @@ class MaskedAdam(torch.optim.Adam):
         return [(p, group) for group in self.param_groups for p in group["params"]
                 if getattr(p, "gradient_rows", None) is not None and p.grad is not None]
 
+    @staticmethod
+    def _without_grads(masked: list[tuple[torch.Tensor, dict]], action) -> None:
+        """Run Adam's own `action` with the masked parameters' gradients out of its sight, then put them back."""
+        grads = [p.grad for p, _ in masked]
+        for p, _ in masked:
+            p.grad = None
+        try:
+            action()
+        finally:
+            for (p, _), grad in zip(masked, grads):
+                p.grad = grad
+
     @torch.no_grad()
     def step(self, closure=None):
         if closure is not None:
             raise ValueError("MaskedAdam.step takes no closure")
         masked = self._masked()
-        grads = [p.grad for p, _ in masked]
-        for p, _ in masked:  # Adam's own step for the other parameters only
-            p.grad = None
-        try:
-            super().step()
-        finally:
-            for (p, _), grad in zip(masked, grads):
-                p.grad = grad
+        self._without_grads(masked, super().step)  # Adam's own step for the other parameters only
         for p, group in masked:
             self._masked_update(p, group)
 
@@ -97,17 +102,15 @@ class MaskedAdam(torch.optim.Adam):
         """Adam's zero_grad; a masked parameter's gradient is zeroed in its flagged rows only (the others
         are zero already: only lookups write it) and the mask cleared."""
         masked = self._masked()
-        kept = []
         for p, _ in masked:
             if not set_to_none:
                 count = p.gradient_rows.numel()
                 p.grad.view(count, -1).index_fill_(0, p.gradient_rows.nonzero().squeeze(1), 0.0)
-                kept.append(p.grad)
-            p.grad = None  # out of Adam's zero_grad, which would zero it all
             p.gradient_rows.zero_()
-        super().zero_grad(set_to_none=set_to_none)
-        for (p, _), grad in zip(masked, kept):
-            p.grad = grad
+        self._without_grads(masked, lambda: super(MaskedAdam, self).zero_grad(set_to_none=set_to_none))
+        if set_to_none:
+            for p, _ in masked:
+                p.grad = None
 
 
 def _fused_available(device: torch.device) -> bool:
