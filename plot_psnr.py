@@ -1,12 +1,13 @@
 """Plot validation PSNR against training time for training runs, from their TensorBoard logs.
 
     python plot_psnr.py RUN_DIR[=LABEL] [RUN_DIR[=LABEL] ...] --output FILE.png [--title TEXT]
-                        [--time-scale F] [--time-unit minutes|seconds]
+                        [--time-scale F [F ...]] [--time-unit minutes|seconds]
 
 Each RUN_DIR is a run folder of train_nerf.py (<experiment.logdir>/<experiment.id>). train_nerf.py logs
 `validation/psnr_vs_train_seconds` at every validation: the PSNR over the validation views, with the
 training seconds (validation excluded, continued across resumes) as the step. --time-scale multiplies the
-times, e.g. by the speed factor of ../shared/tools/machine_speed.py to plot reference seconds.
+times, e.g. by the speed factor of ../shared/tools/machine_speed.py to plot reference seconds: one factor
+for every run, or one per run in the order of the runs (runs timed while the machine's speed differed).
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR[=LABEL]", help="run folders, each with an optional label")
     parser.add_argument("--output", required=True, help="the PNG to write")
     parser.add_argument("--title", default=None)
-    parser.add_argument("--time-scale", type=float, default=1.0,
-                        help="multiply the training seconds by this (e.g. a machine speed factor)")
+    parser.add_argument("--time-scale", type=float, nargs="+", default=[1.0],
+                        help="multiply the training seconds by this (e.g. a machine speed factor): one value, "
+                             "or one per run")
     parser.add_argument("--time-unit", choices=("minutes", "seconds"), default="minutes")
     args = parser.parse_args(argv)
-    if args.time_scale <= 0:
+    if any(scale <= 0 for scale in args.time_scale):
         parser.error("--time-scale must be > 0")
+    if len(args.time_scale) not in (1, len(args.runs)):
+        parser.error(f"--time-scale takes one value or one per run ({len(args.runs)}), not {len(args.time_scale)}")
     return args
 
 
@@ -56,18 +60,22 @@ def split_label(text: str) -> tuple[str, str]:
     return run_dir, label or os.path.basename(os.path.normpath(run_dir))
 
 
-def plot(curves: list[tuple[str, list]], output: str, title, time_scale: float, unit: str) -> None:
+def plotted_times(curves: list[tuple[str, list]], time_scales: list[float], unit: str) -> list[list[float]]:
+    """The x values of each (label, [(seconds, PSNR)]) curve: its seconds x its entry of time_scales, in `unit`."""
+    divisor = 60.0 if unit == "minutes" else 1.0
+    return [[t * scale / divisor for t, _ in points] for (_, points), scale in zip(curves, time_scales)]
+
+
+def plot(curves: list[tuple[str, list]], output: str, title, time_scales: list[float], unit: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
 
-    divisor = 60.0 if unit == "minutes" else 1.0
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    for label, points in curves:
-        times = [t * time_scale / divisor for t, _ in points]
+    for (label, points), times in zip(curves, plotted_times(curves, time_scales, unit)):
         ax.plot(times, [p for _, p in points], marker="o", markersize=3, label=label)
-    reference = " (reference)" if time_scale != 1.0 else ""
+    reference = " (reference)" if any(scale != 1.0 for scale in time_scales) else ""
     ax.set_xlabel(f"training {unit}{reference}, validation excluded")
     ax.set_ylabel("validation PSNR (dB)")
     ax.grid(alpha=0.3)
@@ -89,7 +97,8 @@ def main(argv=None) -> list:
             curves.append((label, read_curve(run_dir)))
     except ValueError as err:
         sys.exit(f"error: {err}")
-    plot(curves, args.output, args.title, args.time_scale, args.time_unit)
+    scales = args.time_scale * len(curves) if len(args.time_scale) == 1 else args.time_scale
+    plot(curves, args.output, args.title, scales, args.time_unit)
     for label, points in curves:
         print(f"{label}: {len(points)} validations, last {points[-1][1]:.2f} dB at {points[-1][0]:.0f} s")
     print(f"Wrote {args.output}")
