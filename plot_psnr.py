@@ -7,13 +7,15 @@ Each RUN_DIR is a run folder of train_nerf.py (<experiment.logdir>/<experiment.i
 `validation/psnr_vs_train_seconds` at every validation: the PSNR over the validation views, with the
 training seconds (validation excluded, continued across resumes) as the step. --time-scale multiplies the
 times, e.g. by the speed factor of ../shared/tools/machine_speed.py to plot reference seconds: one factor
-for every run, or one per run in the order of the runs (runs timed while the machine's speed differed).
+for every run, or one per run in the order of the runs (runs timed while the machine's speed differed);
+put it after the run folders, since it takes every number that follows it.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import math
 import os
 import sys
 
@@ -30,8 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "or one per run")
     parser.add_argument("--time-unit", choices=("minutes", "seconds"), default="minutes")
     args = parser.parse_args(argv)
-    if any(scale <= 0 for scale in args.time_scale):
-        parser.error("--time-scale must be > 0")
+    if not all(math.isfinite(scale) and scale > 0 for scale in args.time_scale):
+        parser.error("--time-scale must be finite and > 0")
     if len(args.time_scale) not in (1, len(args.runs)):
         parser.error(f"--time-scale takes one value or one per run ({len(args.runs)}), not {len(args.time_scale)}")
     return args
@@ -61,7 +63,12 @@ def split_label(text: str) -> tuple[str, str]:
 
 
 def plotted_times(curves: list[tuple[str, list]], time_scales: list[float], unit: str) -> list[list[float]]:
-    """The x values of each (label, [(seconds, PSNR)]) curve: its seconds x its entry of time_scales, in `unit`."""
+    """The x values of each (label, [(seconds, PSNR)]) curve: its seconds x its entry of time_scales (one entry
+    for all curves, or one per curve), in `unit`."""
+    if len(time_scales) == 1:
+        time_scales = list(time_scales) * len(curves)
+    if len(time_scales) != len(curves):
+        raise ValueError(f"{len(time_scales)} time scales for {len(curves)} curves: give one, or one per curve")
     divisor = 60.0 if unit == "minutes" else 1.0
     return [[t * scale / divisor for t, _ in points] for (_, points), scale in zip(curves, time_scales)]
 
@@ -97,8 +104,7 @@ def main(argv=None) -> list:
             curves.append((label, read_curve(run_dir)))
     except ValueError as err:
         sys.exit(f"error: {err}")
-    scales = args.time_scale * len(curves) if len(args.time_scale) == 1 else args.time_scale
-    plot(curves, args.output, args.title, scales, args.time_unit)
+    plot(curves, args.output, args.title, args.time_scale, args.time_unit)
     for label, points in curves:
         print(f"{label}: {len(points)} validations, last {points[-1][1]:.2f} dB at {points[-1][0]:.0f} s")
     print(f"Wrote {args.output}")

@@ -28,6 +28,9 @@ def test_time_scales_one_for_all_or_one_per_run(tmp_path):
     curves = [("a", [(60.0, 20.0), (120.0, 21.0)]), ("b", [(30.0, 19.0)])]
     assert plot_psnr.plotted_times(curves, [0.5, 2.0], "minutes") == [[0.5, 1.0], [1.0]]
     assert plot_psnr.plotted_times(curves, [0.5, 2.0], "seconds") == [[30.0, 60.0], [60.0]]
+    assert plot_psnr.plotted_times(curves, [2.0], "seconds") == [[120.0, 240.0], [60.0]]  # one for all
+    with pytest.raises(ValueError):
+        plot_psnr.plotted_times(curves, [1.0, 1.0, 1.0], "seconds")
     _run(tmp_path / "a", [(60, 20.0)])
     _run(tmp_path / "b", [(30, 19.0)])
     runs = [str(tmp_path / "a"), str(tmp_path / "b"), "--output", str(tmp_path / "p.png")]
@@ -37,6 +40,8 @@ def test_time_scales_one_for_all_or_one_per_run(tmp_path):
         plot_psnr.main(runs + ["--time-scale", "0.5", "2", "3"])
     with pytest.raises(SystemExit):
         plot_psnr.main(runs + ["--time-scale", "0.5", "-2"])
+    with pytest.raises(SystemExit):
+        plot_psnr.main(runs + ["--time-scale", "nan"])
 
 
 def test_a_folder_without_the_curve_is_a_one_line_error(tmp_path):
