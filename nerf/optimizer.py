@@ -107,10 +107,10 @@ class MaskedAdam(torch.optim.Adam):
                 count = p.gradient_rows.numel()
                 p.grad.view(count, -1).index_fill_(0, p.gradient_rows.nonzero().squeeze(1), 0.0)
             p.gradient_rows.zero_()
-        self._without_grads(masked, lambda: super(MaskedAdam, self).zero_grad(set_to_none=set_to_none))
-        if set_to_none:
-            for p, _ in masked:
-                p.grad = None
+        if set_to_none:  # every gradient goes, the masked ones too: nothing to hide from Adam
+            super().zero_grad(set_to_none=True)
+        else:
+            self._without_grads(masked, lambda: super(MaskedAdam, self).zero_grad(set_to_none=False))
 
 
 def _fused_available(device: torch.device) -> bool:

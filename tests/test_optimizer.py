@@ -155,6 +155,10 @@ def test_masked_adam_zero_grad_clears_the_reached_rows_and_the_mask():
     assert torch.count_nonzero(buffer) == 0 and torch.count_nonzero(model.density_grid.grad) == 0
     assert not model.feature_grid.gradient_rows.any() and not model.density_grid.gradient_rows.any()
     assert all(p.grad is None for p in model.color_net.parameters())  # the MLP's freed as before
+    lookup_loss(model, torch.rand(30, 3) * 2 - 1).backward()
+    optimizer.zero_grad(set_to_none=True)  # frees every gradient, the grids' too, and clears the masks
+    assert all(p.grad is None for p in model.parameters())
+    assert not model.feature_grid.gradient_rows.any() and not model.density_grid.gradient_rows.any()
 
 
 def test_masked_adam_with_every_row_reached_is_adam():
