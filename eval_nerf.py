@@ -1,6 +1,6 @@
-"""Render a trained NeRF: the scene's render path as frames, or the test/val views with metrics.
+"""Render a trained NeRF: the scene's render path as frames, or the test/val/train views with metrics.
 
-    python eval_nerf.py --config FILE --checkpoint CKPT --savedir DIR [TRIAL] [--split render|test|val]
+    python eval_nerf.py --config FILE --checkpoint CKPT --savedir DIR [TRIAL] [--split render|test|val|train]
                         [--save-disparity-image] [--save-depth] [--downsample N] [--views 0,8,16]
                         [--max-views N] [--chunksize N] [--set section.key=value ...]
 
@@ -9,7 +9,7 @@ yenchenlin/nerf-pytorch (.tar) are recognised from their contents. Rendering use
 validation settings (no jitter, no noise) and is chunked, so memory stays bounded.
 
 Outputs in DIR[/TRIAL]: frames 000.png, 001.png, ...; disparity/ and depth/ (PNG, and depth .npy in
-scene units) when asked; for test/val also compare/ (ground truth | render | error), error/ and
+scene units) when asked; for test/val/train also compare/ (ground truth | render | error), error/ and
 metrics.json with per-view and mean PSNR and SSIM (LPIPS when available offline).
 
 Under `torchrun --nproc_per_node=N eval_nerf.py ...` rank r renders views r, r + N, ... and rank 0 writes
@@ -49,8 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", required=True, help="checkpoint of this project, krrish94 or yenchenlin")
     parser.add_argument("--savedir", required=True, help="output folder")
     parser.add_argument("trial", nargs="?", default=None, help="optional sub-folder of --savedir")
-    parser.add_argument("--split", choices=("render", "test", "val"), default="render",
-                        help="render: the render path (default); test/val: those views with metrics")
+    parser.add_argument("--split", choices=("render", "test", "val", "train"), default="render",
+                        help="render: the render path (default); test/val/train: those views with metrics "
+                             "(train: how well the model fits the views it learnt from, against test)")
     parser.add_argument("--save-disparity-image", action="store_true", help="also write disparity frames")
     parser.add_argument("--save-depth", action="store_true", help="also write depth frames (.png and .npy)")
     parser.add_argument("--downsample", type=int, default=1,
@@ -126,10 +127,18 @@ def set_up(args) -> tuple:
         if args.chunksize is not None:
             opts = dataclasses.replace(opts, chunksize=args.chunksize)
         loaded = load_models(args.checkpoint, cfg, device)
+        note = None
+        if loaded.pixel_center is not None and loaded.pixel_center != cfg.dataset.pixel_center:
+            # rays through other points of the pixels than in training would blur every frame
+            note = (f"{args.checkpoint}: trained with dataset.pixel_center={str(loaded.pixel_center).lower()}, "
+                    f"the config says {str(cfg.dataset.pixel_center).lower()}: using the checkpoint's")
+            cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, pixel_center=loaded.pixel_center))
         scene = load_scene(cfg.dataset, white_background=opts.white_background)
     except (ConfigError, DeviceError, CheckpointError, DatasetError) as err:
         sys.exit(f"error: {err}")
     print(loaded.description)
+    if note:
+        print(note)
     try:  # the method of the checkpoint's models, with the config's sampler and runtime settings
         method = build_method(dataclasses.replace(cfg, models=loaded.models), scene.use_ndc, device,
                               (loaded.coarse, loaded.fine), training=False)
@@ -190,7 +199,7 @@ def evaluate(args, cfg, opts, scene, method, loaded, world: World = SINGLE) -> d
     if args.split == "render":
         poses, targets, ids = scene.render_poses, None, list(range(len(scene.render_poses)))
     else:
-        ids = scene.i_test if args.split == "test" else scene.i_val
+        ids = {"test": scene.i_test, "val": scene.i_val, "train": scene.i_train}[args.split]
         poses, targets = scene.poses, scene.images
     try:
         positions = select_views(len(ids), args.views, args.max_views)

@@ -79,7 +79,7 @@ class RayBatcher:
         view list, i_train by default): [R] each -> 3 x [R, 3]."""
         s = self.scene
         train_index, rows, cols = train_index.to(self.device), rows.to(self.device), cols.to(self.device)
-        dirs = pixel_directions(cols, rows, s.height, s.width, s.focal)  # [R, 3]
+        dirs = pixel_directions(cols, rows, s.height, s.width, s.focal, s.pixel_offset)  # [R, 3]
         rays_o, rays_d = rays_from_directions(dirs, self.poses[train_index, :3, :4])  # [R, 3] each
         return rays_o, rays_d, self.images[train_index, rows, cols]
 

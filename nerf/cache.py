@@ -49,6 +49,8 @@ def dataset_settings(cfg: DatasetConfig, white_background: bool) -> dict:
                         recenter=cfg.recenter, spherify=cfg.spherify)
     else:
         settings.update(half_res=cfg.half_res, testskip=cfg.testskip)
+    if cfg.pixel_center:  # recorded only when on, so that caches built before the setting existed still match
+        settings["pixel_center"] = True
     return settings
 
 
@@ -202,7 +204,8 @@ class RayCache:
         ids = list(range(len(poses)))
         return Scene(images=images, poses=poses, height=m["height"], width=m["width"], focal=m["focal"],
                      i_train=[], i_val=ids, i_test=ids, render_poses=poses, near=m["near"], far=m["far"],
-                     use_ndc=m["use_ndc"], basedir=self.folder)
+                     use_ndc=m["use_ndc"], basedir=self.folder,
+                     pixel_offset=0.5 if m["dataset"].get("pixel_center") else 0.0)
 
 
 class CachedRayBatcher:

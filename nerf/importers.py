@@ -35,6 +35,7 @@ class LoadedModels:
     step: int
     description: str
     occupancy_grid: Optional[dict] = None  # the grid state a run with occupancy sampling stored
+    pixel_center: Optional[bool] = None  # dataset.pixel_center of the run (None: not stored, a foreign checkpoint)
 
 
 def detect_format(ckpt: dict, path: str) -> str:
@@ -223,6 +224,11 @@ def load_models(path: str, cfg, device: torch.device) -> LoadedModels:
     ckpt = load_checkpoint(path)
     loaded = models_from_checkpoint(ckpt, path, cfg.models)
     loaded.occupancy_grid = ckpt.get("occupancy_grid") if isinstance(ckpt, dict) else None
+    if loaded.source == NATIVE:
+        stored = ((ckpt.get("config") or {}).get("dataset") or {}).get("pixel_center", False)  # older runs: corners
+        if not isinstance(stored, bool):
+            raise CheckpointError(f"{path}: stored config key 'dataset.pixel_center' is {stored!r}; expected true or false")
+        loaded.pixel_center = stored
     loaded.coarse.to(device).eval()
     if loaded.fine is not None:
         loaded.fine.to(device).eval()

@@ -276,7 +276,8 @@ def box_warning(sampler: OccupancySampler, scene, stride: int = 8) -> Optional[s
         return None
     worst = 0.0
     for c2w in scene.poses:
-        rays_o, rays_d = get_rays(scene.height, scene.width, scene.focal, c2w.to(sampler.grid.device), stride)
+        rays_o, rays_d = get_rays(scene.height, scene.width, scene.focal, c2w.to(sampler.grid.device), stride,
+                                  scene.pixel_offset)
         rays = prepare_rays(rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), scene.near, scene.far,
                             (scene.height, scene.width, scene.focal))
         worst = max(worst, fraction_of_rays_leaving(sampler.grid.aabb, rays))

@@ -10,14 +10,17 @@ from typing import Optional
 import torch
 
 
-def pixel_directions(i: torch.Tensor, j: torch.Tensor, height: int, width: int, focal: float) -> torch.Tensor:
-    """Camera-frame directions of pixels (column i, row j): d = ((i - W/2)/f, -(j - H/2)/f, -1).
+def pixel_directions(i: torch.Tensor, j: torch.Tensor, height: int, width: int, focal: float,
+                     offset: float = 0.0) -> torch.Tensor:
+    """Camera-frame directions of pixels (column i, row j): d = ((i + o - W/2)/f, -(j + o - H/2)/f, -1).
 
-    i, j: [...] -> [..., 3]. The principal point is (W/2, H/2) with no +0.5 offset, the convention
-    the paper's numbers use; x right, y up, looking down -z.
+    i, j: [...] -> [..., 3]; x right, y up, looking down -z; the principal point is (W/2, H/2). The offset
+    o = 0 (the default) is the paper's convention, which its numbers use: the ray of pixel (i, j) passes
+    through the pixel's corner. o = 0.5 passes through its centre, where the renderer or the camera
+    measured the pixel (`dataset.pixel_center`, as TensoRF, Instant-NGP and nerfacc).
     """
-    i = i.to(torch.float32)
-    j = j.to(torch.float32)
+    i = i.to(torch.float32) + offset
+    j = j.to(torch.float32) + offset
     return torch.stack(((i - width * 0.5) / focal, -(j - height * 0.5) / focal, -torch.ones_like(i)), dim=-1)
 
 
@@ -33,7 +36,7 @@ def rays_from_directions(dirs_cam: torch.Tensor, c2w: torch.Tensor) -> tuple[tor
 
 
 def get_rays(height: int, width: int, focal: float, c2w: torch.Tensor,
-             stride: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+             stride: int = 1, offset: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Rays of an image: (rays_o, rays_d), each [H, W, 3] (c2w: [3, 4] or [4, 4]).
 
     With stride k only every k-th row and column is kept ([ceil(H/k), ceil(W/k), 3]): the image at 1/k
@@ -42,7 +45,7 @@ def get_rays(height: int, width: int, focal: float, c2w: torch.Tensor,
     rows = torch.arange(0, height, stride, device=c2w.device)
     cols = torch.arange(0, width, stride, device=c2w.device)
     j, i = torch.meshgrid(rows, cols, indexing="ij")  # [H/k, W/k] each
-    dirs = pixel_directions(i, j, height, width, focal).to(c2w.dtype)
+    dirs = pixel_directions(i, j, height, width, focal, offset).to(c2w.dtype)  # offset: see pixel_directions
     return rays_from_directions(dirs, c2w[:3, :4])
 
 

@@ -121,15 +121,16 @@ def render_rays(coarse: nn.Module, fine: Optional[nn.Module], rays: Rays, opts: 
 def render_image(coarse: nn.Module, fine: Optional[nn.Module], c2w: torch.Tensor, height: int, width: int,
                  focal: float, near: float, far: float, use_ndc: bool, opts: RenderConfig,
                  generator: Optional[torch.Generator] = None, stride: int = 1,
-                 sampler: Optional[OccupancySampler] = None) -> dict:
+                 sampler: Optional[OccupancySampler] = None, pixel_offset: float = 0.0) -> dict:
     """Render an image in chunks of `opts.chunksize` rays. c2w: [3, 4] or [4, 4].
 
     height, width, focal are the training intrinsics (they also define the NDC space); stride k renders
     every k-th pixel, i.e. the image at 1/k resolution, comparable with `target[::k, ::k]`. With an
-    occupancy `sampler`, rays are marched occupancy.render_chunk at a time.
+    occupancy `sampler`, rays are marched occupancy.render_chunk at a time. pixel_offset: 0 (the
+    paper's rays through the pixels' corners) or 0.5 (their centres), as in rays.pixel_directions.
     Returns rgb [H', W', 3], depth, disp, acc [H', W'] (fine pass when there is one).
     """
-    rays_o, rays_d = get_rays(height, width, focal, c2w, stride)  # [H', W', 3] each
+    rays_o, rays_d = get_rays(height, width, focal, c2w, stride, pixel_offset)  # [H', W', 3] each
     out_height, out_width = rays_o.shape[:2]
     rays = prepare_rays(rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), near, far,
                         (height, width, focal) if use_ndc else None)  # [H' W'] rays

@@ -85,6 +85,11 @@ class TensorVMModel(GridField):
         return (sum(total_variation(plane, 2) for plane in self.density_planes)
                 + sum(total_variation(line, 1) for line in self.density_lines))
 
+    def feature_total_variation(self) -> torch.Tensor:
+        """TV of the appearance factors, as total_variation for the density's."""
+        return (sum(total_variation(plane, 2) for plane in self.appearance_planes)
+                + sum(total_variation(line, 1) for line in self.appearance_lines))
+
     @torch.no_grad()
     def resample(self, resolution: tuple[int, int, int], aabb: Optional[torch.Tensor] = None) -> None:
         """Replace the factors by ones of `resolution` vertices over `aabb` (default: the current box), each

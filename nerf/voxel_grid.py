@@ -156,9 +156,39 @@ def density_shift(alpha_init: float, step_size: float) -> float:
 
 
 def total_variation(grid: torch.Tensor, ndim: int = 3) -> torch.Tensor:
-    """Mean squared difference between neighbouring vertices along each of the first ndim axes, summed over
-    those axes."""
+    """TV = sum over the first ndim axes a of mean(D_a^2), D_a = diff(grid, a): the mean squared difference
+    between neighbouring vertices along each axis, summed over those axes.
+
+    For a grid Parameter the gradient goes straight into grid.grad (see _TotalVariation): a dense grid of
+    tens of millions of values then costs no autograd temporaries of its size."""
+    if isinstance(grid, nn.Parameter) and grid.requires_grad and torch.is_grad_enabled():
+        return _TotalVariation.apply(grid, ndim)
     return sum(torch.diff(grid, dim=axis).pow(2).mean() for axis in range(ndim))
+
+
+class _TotalVariation(torch.autograd.Function):
+    """total_variation of a grid Parameter, whose backward adds g dTV/dgrid into grid.grad in place:
+    with D_a = diff(grid, a) of n_a values, dTV/dgrid = sum_a 2 / n_a (D_a on the upper vertices of each
+    pair - D_a on the lower ones). For `loss.backward()` only, as _GatherRows."""
+
+    @staticmethod
+    def forward(ctx, grid: torch.Tensor, ndim: int) -> torch.Tensor:
+        ctx.grid, ctx.ndim = grid, ndim
+        values = grid.detach()
+        return sum(torch.diff(values, dim=axis).pow_(2).mean() for axis in range(ndim))
+
+    @staticmethod
+    def backward(ctx, grad_tv: torch.Tensor):
+        grid, values = ctx.grid, ctx.grid.detach()
+        if grid.grad is None:
+            grid.grad = torch.zeros_like(grid)
+        scale = float(grad_tv)  # one host sync per step on a GPU
+        for axis in range(ctx.ndim):
+            steps = torch.diff(values, dim=axis)  # recomputed: keeping one per axis would double the memory
+            length = values.shape[axis] - 1
+            grid.grad.narrow(axis, 1, length).add_(steps, alpha=2.0 * scale / steps.numel())
+            grid.grad.narrow(axis, 0, length).sub_(steps, alpha=2.0 * scale / steps.numel())
+        return None, None
 
 
 class GridField(nn.Module, abc.ABC):
@@ -202,6 +232,10 @@ class GridField(nn.Module, abc.ABC):
     @abc.abstractmethod
     def total_variation(self) -> torch.Tensor:
         """The total-variation regulariser of the density's parameters (a scalar)."""
+
+    @abc.abstractmethod
+    def feature_total_variation(self) -> torch.Tensor:
+        """The total-variation regulariser of the features' parameters (a scalar)."""
 
     @abc.abstractmethod
     def resample(self, resolution: tuple[int, int, int], aabb: Optional[torch.Tensor] = None) -> None:
@@ -285,6 +319,10 @@ class VoxelGridModel(GridField):
     def total_variation(self) -> torch.Tensor:
         """TV of the density grid (the regulariser of DVGO and Plenoxels)."""
         return total_variation(self.density_grid)
+
+    def feature_total_variation(self) -> torch.Tensor:
+        """TV of the feature grid over its three lattice axes (Plenoxels' TV of its colour coefficients)."""
+        return total_variation(self.feature_grid)
 
     @torch.no_grad()
     def resample(self, resolution: tuple[int, int, int], aabb: Optional[torch.Tensor] = None,

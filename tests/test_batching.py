@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -19,7 +21,7 @@ def _ray_table(scene):
     """Every (rays_o, rays_d, rgb) of the training images, as 9 numbers per ray."""
     rows = []
     for k in scene.i_train:
-        o, d = get_rays(scene.height, scene.width, scene.focal, scene.poses[k])
+        o, d = get_rays(scene.height, scene.width, scene.focal, scene.poses[k], offset=scene.pixel_offset)
         rows.append(torch.cat([o, d, scene.images[k]], -1).reshape(-1, 9))
     return torch.cat(rows)
 
@@ -39,6 +41,16 @@ def test_use_batching_visits_every_training_pixel_once_per_epoch():
     assert not torch.equal(again, epoch[0])  # reshuffled next epoch
     fresh = RayBatcher(scene, TrainConfig(num_random_rays=7, use_batching=True), seed=0)
     assert torch.equal(torch.cat(fresh.batch(3), -1), epoch[3])  # a pure function of the step
+
+
+def test_rays_through_pixel_centres_are_the_images_rays_through_centres():
+    scene = _scene()
+    scene.pixel_offset = 0.5  # dataset.pixel_center
+    batcher = RayBatcher(scene, TrainConfig(num_random_rays=40, use_batching=True), seed=0)
+    seen = torch.cat(batcher.batch(0), -1)  # the whole epoch in one batch
+    centres, corners = _ray_table(scene), _ray_table(dataclasses.replace(scene, pixel_offset=0.0))
+    assert torch.equal(((seen[:, None] - centres[None]).abs().amax(-1) < 1e-5).sum(0), torch.ones(40, dtype=torch.long))
+    assert not ((seen[:, None] - corners[None]).abs().amax(-1) < 1e-5).any()
 
 
 def test_single_image_batches_without_replacement_and_precrop():

@@ -91,6 +91,9 @@ def test_manifest_mismatch_is_refused(tmp_path, blender_dir):
         train_nerf.main(["--config", str(config), "--set", "dataset.half_res=false",
                          "--set", "nerf.train.num_random_rays=100"])
     assert "exceeds the 64 cached rays" in str(err.value)
+    with pytest.raises(SystemExit) as err:  # the cache's rays pass through the pixels' corners
+        train_nerf.main(["--config", str(config), "--set", "dataset.half_res=false", "dataset.pixel_center=true"])
+    assert "dataset.pixel_center: cache None, config True" in str(err.value)
     os.remove(out / "train" / "rays_0000.npy")
     with pytest.raises(SystemExit) as err:
         train_nerf.main(["--config", str(config), "--set", "dataset.half_res=false"])

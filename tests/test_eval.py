@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -44,6 +45,13 @@ def test_render_path_frames_disparity_and_depth(trained):
     depth = np.load(folder / "depth" / "000.npy")
     assert depth.shape == (6, 6) and np.all(depth >= 0) and np.all(depth <= 6.0 + 1e-4)
     assert summary["resolution"] == [6, 6] and "mean" not in summary
+
+
+def test_train_split_scores_the_training_views(trained):
+    config, ckpt, root = trained
+    summary = eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(root / "train"),
+                              "--split", "train", "--views", "1,3"])
+    assert [v["image_index"] for v in summary["views"]] == [1, 3]  # the train split comes first (4 views)
 
 
 def test_test_split_metrics(trained):
@@ -129,3 +137,20 @@ def test_a_config_whose_model_differs_says_which_model_renders(trained, capsys):
     assert lines == [f"{ckpt}: this project's checkpoint, 3 steps trained; its model (FlexibleNeRFModel 2x16 + fine "
                      "2x16) differs from the config's (FlexibleNeRFModel 2x32 + fine 2x32): using the checkpoint's"]
     assert summary["num_views"] == 1  # and it rendered with the checkpoint's model
+
+
+def test_eval_renders_through_the_pixel_points_the_run_trained_with(trained, capsys):
+    config, ckpt, root = trained  # trained through the pixels' corners (the default)
+    same = eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(root / "corners"),
+                           "--split", "test", "--views", "0"])
+    assert "pixel_center" not in capsys.readouterr().out
+    other = eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(root / "centres"),
+                            "--split", "test", "--views", "0", "--set", "dataset.pixel_center=true"])
+    assert (f"{ckpt}: trained with dataset.pixel_center=false, the config says true: using the checkpoint's"
+            in capsys.readouterr().out)
+    assert other["mean"]["psnr"] == same["mean"]["psnr"]
+    fake = torch.load(ckpt, weights_only=True)
+    fake["config"]["dataset"]["pixel_center"] = "yes"
+    torch.save(fake, root / "bad.ckpt")
+    with pytest.raises(SystemExit, match="'dataset.pixel_center' is 'yes'; expected true or false"):
+        eval_nerf.main(["--config", config, "--checkpoint", str(root / "bad.ckpt"), "--savedir", str(root / "bad")])

@@ -114,6 +114,22 @@ def test_voxel_seen_cells_and_loss_terms():
     plain, plain_mse = photometric_loss(out, target)
     torch.testing.assert_close(loss, plain + 0.5 * method.coarse.total_variation())
     torch.testing.assert_close(mse, plain_mse)
+    with torch.no_grad():
+        method.coarse.feature_grid.normal_(generator=torch.Generator().manual_seed(2))  # fresh features are all 0
+    out = method.render_rays(rays, opts)
+    plain, _ = photometric_loss(out, target)
+    tv = 0.5 * method.coarse.total_variation()
+    method.cfg.voxel_grid.feature_tv_weight = 0.25
+    loss, _ = method.loss(out, target, rays, step=2)
+    assert method.coarse.feature_total_variation() > 1  # about 2 x 3 axes for unit normal features
+    torch.testing.assert_close(loss, plain + tv + 0.25 * method.coarse.feature_total_variation())
+    method.cfg.voxel_grid.tv_every = 2  # both terms on even steps only, weighted twice
+    torch.testing.assert_close(method.loss(out, target, rays, step=2)[0],
+                               plain + 2 * (tv + 0.25 * method.coarse.feature_total_variation()))
+    torch.testing.assert_close(method.loss(out, target, rays, step=3)[0], plain)
+    method.cfg.voxel_grid.tv_every = 1
+    method.cfg.voxel_grid.tv_until = 2  # both TV terms stop at tv_until
+    torch.testing.assert_close(method.loss(out, target, rays, step=2)[0], plain)
 
 
 def test_voxel_background_entropy_term():

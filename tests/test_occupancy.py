@@ -332,7 +332,7 @@ def test_box_warning_for_ndc_views_leaving_the_box():
 
     def scene(poses):
         return types.SimpleNamespace(use_ndc=True, poses=torch.stack(poses), height=16, width=16, focal=14.0,
-                                     near=0.0, far=1.0)
+                                     pixel_offset=0.0, near=0.0, far=1.0)
 
     sampler = _sampler(OccupancyGrid(NDC_AABB, 8))
     assert box_warning(sampler, scene([yaw(0), yaw(3)]), stride=2) is None

@@ -12,6 +12,17 @@ def test_identity_pose_no_half_pixel_offset():
     assert torch.equal(rays_o, torch.zeros(2, 4, 3))
 
 
+def test_pixel_centres_shift_every_ray_by_half_a_pixel():
+    _, corners = get_rays(2, 4, 2.0, torch.eye(4))
+    _, centres = get_rays(2, 4, 2.0, torch.eye(4), offset=0.5)
+    # pixel (row j=0, column i=0) through its centre (0.5, 0.5): ((0.5 - 2)/2, -(0.5 - 1)/2, -1)
+    assert torch.allclose(centres[0, 0], torch.tensor([-0.75, 0.25, -1.0]))
+    torch.testing.assert_close(centres - corners, torch.tensor([0.25, -0.25, 0.0]).expand(2, 4, 3))
+    # an even-sized image: the centre of the middle four pixels is the principal point
+    middle = centres[0:2, 1:3].mean(dim=(0, 1))
+    torch.testing.assert_close(middle, torch.tensor([0.0, 0.0, -1.0]))
+
+
 def test_rotation_and_translation_applied_and_not_normalised():
     angle = torch.tensor(0.3)
     c, s = torch.cos(angle), torch.sin(angle)

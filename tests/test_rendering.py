@@ -2,7 +2,7 @@ import torch
 
 from nerf.config import RenderConfig
 from nerf.models import NeRFModel
-from nerf.rays import prepare_rays
+from nerf.rays import get_rays, prepare_rays
 from nerf.rendering import render_image, render_rays
 
 
@@ -37,3 +37,15 @@ def test_render_image_chunk_size_is_only_a_memory_knob():
     assert small["rgb"].shape == (6, 5, 3) and small["depth"].shape == (6, 5)
     for key in ("rgb", "depth", "disp", "acc"):
         assert torch.allclose(small[key], large[key], atol=1e-6)
+
+
+def test_render_image_through_pixel_centres_renders_the_centre_rays():
+    coarse, fine = _small_models()
+    c2w = torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 4.0]])
+    opts = RenderConfig(perturb=False, num_coarse=8, num_fine=8)
+    image = render_image(coarse, fine, c2w, 6, 5, 5.0, 2.0, 6.0, False, opts, pixel_offset=0.5)
+    rays_o, rays_d = get_rays(6, 5, 5.0, c2w, offset=0.5)
+    expected = render_rays(coarse, fine, prepare_rays(rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), 2.0, 6.0), opts)
+    torch.testing.assert_close(image["rgb"], expected["rgb"].reshape(6, 5, 3))
+    corners = render_image(coarse, fine, c2w, 6, 5, 5.0, 2.0, 6.0, False, opts)
+    assert not torch.allclose(image["rgb"], corners["rgb"])

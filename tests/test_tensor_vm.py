@@ -139,6 +139,14 @@ def test_total_variation_of_the_density_factors():
     # steps of dz = 0.625 (5 over 2.5); the other factors are zero
     expected = 1.0 ** 2 + 2.0 ** 2 + 0.625 ** 2
     assert model.total_variation().item() == pytest.approx(expected, rel=1e-5)
+    assert model.feature_total_variation().item() != pytest.approx(expected)  # the appearance factors are others
+    with torch.no_grad():
+        for mine, density in zip((*model.appearance_planes, *model.appearance_lines),
+                                 (*model.density_planes, *model.density_lines)):
+            mine.zero_()
+            mine[..., :1] = density  # the density's factors in the first component, zeros elsewhere
+    components = model.appearance_planes[0].shape[-1]
+    assert model.feature_total_variation().item() == pytest.approx(expected / components, rel=1e-5)
 
 
 def test_config_keys():

@@ -191,6 +191,31 @@ def test_total_variation_by_hand():
     grid = torch.zeros(2, 2, 2)
     grid[1] = 1.0  # a step of 1 along x only: 4 squared differences of 1, mean 1; none along y and z
     assert total_variation(grid).item() == 1.0
+    features = torch.zeros(2, 3, 2, 4)
+    features[:, 1:, :, :2] = 3.0  # along y: a step of 3 in 2 of 4 channels between y = 0 and 1, none from 1 to 2
+    expected = 9.0 * (2 * 1 * 2 * 2) / (2 * 2 * 2 * 4)  # squared steps over the 2 x 2 x 2 x 4 differences along y
+    assert total_variation(features).item() == pytest.approx(expected)
+
+
+def test_total_variation_of_a_parameter_adds_its_gradient_into_grad():
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(4, 5, 3, 2, generator=g)
+    plain = values.clone().requires_grad_(True)  # not a Parameter: the autograd formula
+    (3.0 * total_variation(plain)).backward()
+    grid = nn.Parameter(values.clone())
+    earlier = torch.randn(values.shape, generator=g)
+    grid.grad = earlier.clone()  # a reused .grad buffer: the TV gradient is added to what it holds
+    tv = total_variation(grid)
+    torch.testing.assert_close(tv.detach(), total_variation(values))
+    (3.0 * tv).backward()
+    torch.testing.assert_close(grid.grad, earlier + plain.grad)
+    line = nn.Parameter(values[:, 0, 0, 0].clone())  # one lattice axis, as a vm line
+    total_variation(line, 1).backward()
+    expected = torch.zeros(4)
+    steps = torch.diff(values[:, 0, 0, 0])
+    expected[1:] += 2 * steps / 3
+    expected[:-1] -= 2 * steps / 3
+    torch.testing.assert_close(line.grad, expected)
 
 
 def test_growth_schedule_and_resampling_keep_the_field():

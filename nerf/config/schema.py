@@ -45,6 +45,9 @@ class DatasetConfig:
     recenter: bool = True
     spherify: bool = False
     path_zflat: bool = False
+    # Rays through the pixels' centres (i + 0.5, j + 0.5), where the renderer or camera measured them, as
+    # TensoRF, Instant-NGP and nerfacc; false: through their corners, the paper's convention (REFERENCE.md)
+    pixel_center: bool = False
     # Precomputed rays from cache_dataset.py; its manifest must match the settings above.
     cachedir: Optional[str] = None
 
@@ -228,6 +231,12 @@ class VoxelGridConfig:
     masked_adam: bool = False
     tv_weight: float = 0.0  # weight of the density grid's total variation in the loss
     tv_until: int = 0  # the TV term applies before this step only (0: always)
+    # weight of the feature grid's total variation (vm: the appearance planes' and lines'), as Plenoxels' TV
+    # of its colour coefficients; applies before tv_until, as the density's
+    feature_tv_weight: float = 0.0
+    # both TV terms only every tv_every-th step, with their weights times tv_every (the same mean gradient): a
+    # dense pass over the grids costs more than a step of the CPU presets (DVGO has tv_every too)
+    tv_every: int = 1
     distortion_weight: float = 0.0  # weight of the distortion loss (Mip-NeRF 360 eq. 15; DVGO v2 uses 0.01)
     sample_rgb_weight: float = 0.0  # weight of DVGO's per-sample colour loss (DVGO uses 0.01)
     background_entropy_weight: float = 0.0  # weight of DVGO's entropy of the last transmittance (DVGO: 0.001)

@@ -80,7 +80,7 @@ def _validate_voxel_grid(cfg: Config, source: str) -> None:
              f"an integer in [8, num_voxels={v.num_voxels}]", v.num_voxels_start)
     _require(all(b > a for a, b in zip(v.grow_steps, v.grow_steps[1:])) and all(s > 0 for s in v.grow_steps),
              source, "voxel_grid.grow_steps", "increasing positive steps", v.grow_steps)
-    for name in ("feature_dim", "hidden_size"):
+    for name in ("feature_dim", "hidden_size", "tv_every"):
         _require(getattr(v, name) >= 1, source, f"voxel_grid.{name}", "an integer >= 1", getattr(v, name))
     for name in ("num_layers", "num_encoding_fn_dir", "tv_until"):
         _require(getattr(v, name) >= 0, source, f"voxel_grid.{name}", "an integer >= 0", getattr(v, name))
@@ -105,12 +105,15 @@ def _validate_voxel_grid(cfg: Config, source: str) -> None:
     _require(v.step_ratio > 0, source, "voxel_grid.step_ratio", "a value > 0", v.step_ratio)
     _require(v.grid_lr > 0, source, "voxel_grid.grid_lr", "a value > 0", v.grid_lr)
     _require(v.tv_weight >= 0, source, "voxel_grid.tv_weight", "a value >= 0", v.tv_weight)
+    _require(v.feature_tv_weight >= 0, source, "voxel_grid.feature_tv_weight", "a value >= 0", v.feature_tv_weight)
     if v.restart_at_shrink:
         _require(v.shrink_box and bool(v.grow_steps) and v.representation == "dense", source,
                  "voxel_grid.restart_at_shrink", "shrink_box, grow_steps and the dense representation with it",
                  v.restart_at_shrink)
     if v.masked_adam:  # their gradients reach vertices that no lookup marked: masked Adam would drop them
         _require(v.tv_weight == 0, source, "voxel_grid.tv_weight", "0 with voxel_grid.masked_adam", v.tv_weight)
+        _require(v.feature_tv_weight == 0, source, "voxel_grid.feature_tv_weight", "0 with voxel_grid.masked_adam",
+                 v.feature_tv_weight)
         _require(not cfg.runtime.compile, source, "runtime.compile", "false with voxel_grid.masked_adam",
                  cfg.runtime.compile)
     _require(v.distortion_weight >= 0, source, "voxel_grid.distortion_weight", "a value >= 0", v.distortion_weight)

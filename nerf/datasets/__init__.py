@@ -8,6 +8,12 @@ from .scene import DatasetError, Scene
 
 def load_scene(cfg: DatasetConfig, white_background: bool) -> Scene:
     """Load the scene a `dataset` config section describes (images composited as configured)."""
+    scene = _load(cfg, white_background)
+    scene.pixel_offset = 0.5 if cfg.pixel_center else 0.0
+    return scene
+
+
+def _load(cfg: DatasetConfig, white_background: bool) -> Scene:
     if cfg.type == "blender":
         from .blender import load_blender
 

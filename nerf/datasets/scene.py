@@ -31,6 +31,9 @@ class Scene:
     far: float
     use_ndc: bool
     basedir: str
+    # 0: rays through the pixels' corners (the paper's convention), 0.5: through their centres
+    # (dataset.pixel_center); see rays.pixel_directions
+    pixel_offset: float = 0.0
 
     def to(self, device: torch.device) -> "Scene":
         self.images = self.images.to(device)

@@ -107,4 +107,4 @@ class Method:
     def render_image(self, c2w: torch.Tensor, scene, opts: RenderConfig, stride: int = 1) -> dict:
         """An image of `scene`'s camera (its intrinsics, near/far, NDC) from pose c2w; see rendering.render_image."""
         return render_image(*self.runners, c2w, scene.height, scene.width, scene.focal, scene.near, scene.far,
-                            scene.use_ndc, opts, stride=stride, sampler=self.sampler)
+                            scene.use_ndc, opts, stride=stride, sampler=self.sampler, pixel_offset=scene.pixel_offset)

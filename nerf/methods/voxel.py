@@ -88,8 +88,11 @@ class VoxelGridMethod(GridSampledMethod):
     def loss(self, out: dict, target: torch.Tensor, rays: Rays, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         loss, mse = super().loss(out, target, rays, step)
         v = self.cfg.voxel_grid
-        if v.tv_weight > 0 and (v.tv_until == 0 or step < v.tv_until):
-            loss = loss + v.tv_weight * self.coarse.total_variation()
+        if (v.tv_until == 0 or step < v.tv_until) and step % v.tv_every == 0:
+            if v.tv_weight > 0:
+                loss = loss + v.tv_weight * v.tv_every * self.coarse.total_variation()
+            if v.feature_tv_weight > 0:
+                loss = loss + v.feature_tv_weight * v.tv_every * self.coarse.feature_total_variation()
         if v.distortion_weight > 0:
             loss = loss + v.distortion_weight * ray_distortion_loss(out["weights"], out["t"], out["dt"], rays).mean()
         if v.sample_rgb_weight > 0:
