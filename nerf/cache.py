@@ -24,6 +24,7 @@ from .config import Config, ConfigError, DatasetConfig, TrainConfig
 from .datasets.scene import Scene
 from .distributed import SINGLE, World
 from .files import folder_replaced_on_success
+from .rays import pixel_offset
 
 SCHEMA = 1
 
@@ -205,7 +206,7 @@ class RayCache:
         return Scene(images=images, poses=poses, height=m["height"], width=m["width"], focal=m["focal"],
                      i_train=[], i_val=ids, i_test=ids, render_poses=poses, near=m["near"], far=m["far"],
                      use_ndc=m["use_ndc"], basedir=self.folder,
-                     pixel_offset=0.5 if m["dataset"].get("pixel_center") else 0.0)
+                     pixel_offset=pixel_offset(bool(m["dataset"].get("pixel_center"))))
 
 
 class CachedRayBatcher:

@@ -24,6 +24,11 @@ def pixel_directions(i: torch.Tensor, j: torch.Tensor, height: int, width: int, 
     return torch.stack(((i - width * 0.5) / focal, -(j - height * 0.5) / focal, -torch.ones_like(i)), dim=-1)
 
 
+def pixel_offset(pixel_center: bool) -> float:
+    """The offset of pixel_directions for `dataset.pixel_center`: 0.5 (the pixels' centres) or 0 (their corners)."""
+    return 0.5 if pixel_center else 0.0
+
+
 def rays_from_directions(dirs_cam: torch.Tensor, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """rays_d = R d_cam (not normalised, so the ray parameter is camera z-depth); rays_o = t.
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from ..config import DatasetConfig
+from ..rays import pixel_offset
 from .scene import DatasetError, Scene
 
 
 def load_scene(cfg: DatasetConfig, white_background: bool) -> Scene:
     """Load the scene a `dataset` config section describes (images composited as configured)."""
     scene = _load(cfg, white_background)
-    scene.pixel_offset = 0.5 if cfg.pixel_center else 0.0
+    scene.pixel_offset = pixel_offset(cfg.pixel_center)
     return scene
 
 
