@@ -29,7 +29,7 @@ class MaskedAdam(torch.optim.Adam):
     """Adam in which the parameters of a group with "masked_rows" (one row count N per parameter: the rows
     of its leading lattice axes, a grid [X, Y, Z, C] has X Y Z) update only the rows that this step's
     gradient reached, as DVGO's masked Adam. The mask, `param.gradient_rows` [N] bool, is made here and set
-    by the lookups' backward pass (voxel_grid._GatherRows); zero_grad clears it with the rows' gradients.
+    by the lookups' backward pass (voxel_grid._Interpolate); zero_grad clears it with the rows' gradients.
 
     For a flagged row r, with the step count t of the parameter (every step, as Adam's):
         m_r <- beta1 m_r + (1 - beta1) g_r,   v_r <- beta2 v_r + (1 - beta2) g_r^2,
@@ -134,7 +134,7 @@ def keep_configured_groups(optimizer: torch.optim.Optimizer, configured: torch.o
 
 def zero_gradients(optimizer: torch.optim.Optimizer, keep_buffers: bool) -> None:
     """Clear the gradients before a backward pass. keep_buffers (Method.keeps_gradient_buffers): zero the
-    .grad buffers and keep them, not free them: a voxel grid's gathers (voxel_grid._GatherRows) add into
+    .grad buffers and keep them, not free them: a voxel grid's gathers (voxel_grid._Interpolate) add into
     grid.grad, so a step allocates no new dense gradient of millions of values. Otherwise free them
     (set_to_none, PyTorch's default)."""
     optimizer.zero_grad(set_to_none=not keep_buffers)

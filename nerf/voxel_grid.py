@@ -71,33 +71,44 @@ def voxel_edge(aabb: torch.Tensor, resolution: tuple[int, int, int]) -> float:
     return float(spacing.max())
 
 
-class _GatherRows(torch.autograd.Function):
-    """rows = grid.reshape(N, ...).index_select(0, index) over the first `ndim` axes of a grid Parameter; the
-    backward adds the row gradients straight into grid.grad (index_add_) instead of returning a fresh dense
-    [N, ...] gradient, and flags the rows in grid.gradient_rows where masked Adam made one.
+class _Interpolate(torch.autograd.Function):
+    """out[p] = sum_q w[p, q] rows[flat[p, q]] with rows = grid.reshape(N, C), for a grid Parameter: the
+    gather, the weighting and the sum in one kernel (F.embedding_bag, "sum" mode with per-sample weights:
+    bags of the Q corners), no [P, Q, C] temporaries. The backward adds w[p, q] grad_out[p] into the rows
+    flat[p, q] of grid.grad in place (index_add_) instead of returning a fresh dense [N, C] gradient, and
+    flags those rows in grid.gradient_rows where masked Adam made one.
 
-    Same gradient, but a grid of millions of values then costs no new allocation (and page faults) per step:
-    with `zero_grad(set_to_none=False)` its .grad buffer is reused. For `loss.backward()` only: it does not
-    support torch.autograd.grad, create_graph or gradient hooks on the grid (training uses none of them).
+    A grid of millions of values then costs no new allocation (and page faults) per step: with
+    `zero_grad(set_to_none=False)` its .grad buffer is reused. For `loss.backward()` only: it does not
+    support torch.autograd.grad, create_graph, gradient hooks on the grid or a gradient of the weights w
+    (multilinear routes those cases elsewhere; training uses none of them).
     """
 
     @staticmethod
-    def forward(ctx, grid: torch.Tensor, index: torch.Tensor, ndim: int) -> torch.Tensor:
-        ctx.save_for_backward(index)
-        ctx.grid, ctx.ndim = grid, ndim
-        return grid.detach().reshape(-1, *grid.shape[ndim:]).index_select(0, index)
+    def forward(ctx, grid: torch.Tensor, flat: torch.Tensor, w: torch.Tensor, ndim: int) -> torch.Tensor:
+        ctx.save_for_backward(flat, w)
+        ctx.grid = grid
+        rows = grid.detach().reshape(flat_row_count(grid, ndim), -1)  # [N, C]
+        return F.embedding_bag(flat, rows, per_sample_weights=w.to(rows.dtype), mode="sum")  # [P, C]
 
     @staticmethod
-    def backward(ctx, grad_rows: torch.Tensor):
-        (index,) = ctx.saved_tensors
+    def backward(ctx, grad_out: torch.Tensor):
+        flat, w = ctx.saved_tensors
         grid = ctx.grid
         if grid.grad is None:
             grid.grad = torch.zeros_like(grid)
-        grid.grad.view(-1, *grid.shape[ctx.ndim:]).index_add_(0, index, grad_rows.to(grid.dtype))
+        channels = grad_out.shape[-1]
+        contributions = (grad_out[:, None, :] * w[..., None]).reshape(-1, channels)  # [P Q, C]
+        grid.grad.view(-1, channels).index_add_(0, flat.reshape(-1), contributions.to(grid.dtype))
         rows = getattr(grid, "gradient_rows", None)  # made by optimizer.MaskedAdam: the rows it updates
         if rows is not None:
-            rows.index_fill_(0, index, True)
-        return None, None, None
+            rows.index_fill_(0, flat.reshape(-1), True)
+        return None, None, None, None
+
+
+def flat_row_count(values: torch.Tensor, ndim: int) -> int:
+    """N: the vertices of the first ndim (lattice) axes of values."""
+    return math.prod(values.shape[:ndim])
 
 
 def multilinear(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
@@ -109,7 +120,7 @@ def multilinear(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
     With u = (p - lo) / (hi - lo) * (res - 1), i = floor(u) and f = u - i (per axis),
     out = sum over corners c in {0, 1}^A of values[i + c] * prod_axis (f if c = 1 else 1 - f).
     Points outside the box are clamped onto it (and flagged in `inside`). Gradients reach the Q corner
-    vertices of each point (scatter-added; for a grid Parameter directly into its .grad, see _GatherRows).
+    vertices of each point (scatter-added; for a grid Parameter directly into its .grad, see _Interpolate).
     """
     ndim, num_points = points.shape[-1], points.shape[0]
     res, strides, corner_offsets = _lattice_constants(tuple(values.shape[:ndim]), points.device)
@@ -125,15 +136,18 @@ def multilinear(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
         pair = torch.stack((1.0 - frac[:, axis], frac[:, axis]), dim=-1)  # [P, 2]
         w = (w[:, :, None] * pair[:, None, :]).reshape(num_points, 2 ** (axis + 1))  # [P, 2^(axis+1)]
     channels = values.shape[ndim:]
-    if (isinstance(values, nn.Parameter) and values.requires_grad and torch.is_grad_enabled()
-            and not torch.compiler.is_compiling()):  # compiled graphs get the plain, functional gather
-        rows = _GatherRows.apply(values, flat.reshape(-1), ndim)  # [P Q(, C)], gradient into values.grad
+    rows = values.reshape(flat_row_count(values, ndim), -1)  # [N, C] (C = 1 for a lattice of scalars)
+    needs_grad = torch.is_grad_enabled() and (values.requires_grad or w.requires_grad)
+    if torch.compiler.is_compiling() or (needs_grad and (w.requires_grad or not isinstance(values, nn.Parameter))):
+        # compiled graphs get plain ops to fuse; autograd through them for a computed lattice or for points
+        # that need a gradient
+        gathered = rows.index_select(0, flat.reshape(-1)).reshape(num_points, -1, rows.shape[-1])  # [P, Q, C]
+        out = (gathered * w[..., None]).sum(dim=1)  # [P, C]
+    elif needs_grad:
+        out = _Interpolate.apply(values, flat, w, ndim)  # [P, C], gradient into values.grad
     else:
-        rows = values.reshape(-1, *channels).index_select(0, flat.reshape(-1))
-    gathered = rows.reshape(*flat.shape, *channels)  # [P, Q(, C)]
-    if channels:
-        return (gathered * w[..., None]).sum(dim=1), inside
-    return (gathered * w).sum(dim=1), inside
+        out = F.embedding_bag(flat, rows, per_sample_weights=w.to(rows.dtype), mode="sum")  # [P, C]
+    return out.reshape(num_points, *channels), inside
 
 
 def trilinear(values: torch.Tensor, aabb: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,7 +183,7 @@ def total_variation(grid: torch.Tensor, ndim: int = 3) -> torch.Tensor:
 class _TotalVariation(torch.autograd.Function):
     """total_variation of a grid Parameter, whose backward adds g dTV/dgrid into grid.grad in place:
     with D_a = diff(grid, a) of n_a values, dTV/dgrid = sum_a 2 / n_a (D_a on the upper vertices of each
-    pair - D_a on the lower ones). For `loss.backward()` only, as _GatherRows."""
+    pair - D_a on the lower ones). For `loss.backward()` only, as _Interpolate."""
 
     @staticmethod
     def forward(ctx, grid: torch.Tensor, ndim: int) -> torch.Tensor:
