@@ -71,12 +71,24 @@ def voxel_edge(aabb: torch.Tensor, resolution: tuple[int, int, int]) -> float:
     return float(spacing.max())
 
 
+def corner_sum(rows: torch.Tensor, flat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """sum_q w[p, q] rows[flat[p, q]]: rows [N, C], flat and w [P, Q] -> [P, C].
+
+    On the CPU one kernel (F.embedding_bag, "sum" mode with per-sample weights: bags of the Q corners), no
+    [P, Q, C] temporaries; elsewhere, or where rows and w differ in dtype (the product then promotes), a
+    gather into [P, Q, C] and a weighted sum: CUDA's embedding_bag kernel spreads the C channels over the
+    threads of a block, which for the 1 to 12 channels of a grid is unmeasured."""
+    if rows.device.type == "cpu" and rows.dtype == w.dtype:
+        return F.embedding_bag(flat, rows, per_sample_weights=w, mode="sum")  # [P, C]
+    gathered = rows.index_select(0, flat.reshape(-1)).reshape(*flat.shape, rows.shape[-1])  # [P, Q, C]
+    return (gathered * w[..., None]).sum(dim=1)  # [P, C]
+
+
 class _Interpolate(torch.autograd.Function):
-    """out[p] = sum_q w[p, q] rows[flat[p, q]] with rows = grid.reshape(N, C), for a grid Parameter: the
-    gather, the weighting and the sum in one kernel (F.embedding_bag, "sum" mode with per-sample weights:
-    bags of the Q corners), no [P, Q, C] temporaries. The backward adds w[p, q] grad_out[p] into the rows
-    flat[p, q] of grid.grad in place (index_add_) instead of returning a fresh dense [N, C] gradient, and
-    flags those rows in grid.gradient_rows where masked Adam made one.
+    """out[p] = sum_q w[p, q] rows[flat[p, q]] with rows = grid.reshape(N, C), for a grid Parameter
+    (corner_sum). The backward adds w[p, q] grad_out[p] into the rows flat[p, q] of grid.grad in place
+    (index_add_) instead of returning a fresh dense [N, C] gradient, and flags those rows in
+    grid.gradient_rows where masked Adam made one.
 
     A grid of millions of values then costs no new allocation (and page faults) per step: with
     `zero_grad(set_to_none=False)` its .grad buffer is reused. For `loss.backward()` only: it does not
@@ -88,8 +100,7 @@ class _Interpolate(torch.autograd.Function):
     def forward(ctx, grid: torch.Tensor, flat: torch.Tensor, w: torch.Tensor, ndim: int) -> torch.Tensor:
         ctx.save_for_backward(flat, w)
         ctx.grid = grid
-        rows = grid.detach().reshape(flat_row_count(grid, ndim), -1)  # [N, C]
-        return F.embedding_bag(flat, rows, per_sample_weights=w.to(rows.dtype), mode="sum")  # [P, C]
+        return corner_sum(grid.detach().reshape(flat_row_count(grid, ndim), -1), flat, w)  # [P, C]
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -143,10 +154,13 @@ def multilinear(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
         # that need a gradient
         gathered = rows.index_select(0, flat.reshape(-1)).reshape(num_points, -1, rows.shape[-1])  # [P, Q, C]
         out = (gathered * w[..., None]).sum(dim=1)  # [P, C]
+        flags = getattr(values, "gradient_rows", None)  # masked Adam updates the rows flagged before its step
+        if needs_grad and values.requires_grad and flags is not None and not torch.compiler.is_compiling():
+            flags.index_fill_(0, flat.reshape(-1), True)
     elif needs_grad:
         out = _Interpolate.apply(values, flat, w, ndim)  # [P, C], gradient into values.grad
     else:
-        out = F.embedding_bag(flat, rows, per_sample_weights=w.to(rows.dtype), mode="sum")  # [P, C]
+        out = corner_sum(rows, flat, w)  # [P, C]
     return out.reshape(num_points, *channels), inside
 
 

@@ -17,6 +17,7 @@ from nerf.datasets import load_scene
 from nerf.datasets.demo import generate_demo_scene
 from nerf.models import build_model
 from nerf.occupancy import OccupancyGrid, OccupancySampler, occupancy_samples
+from nerf.optimizer import MaskedAdam
 from nerf.rendering import render_samples
 from nerf.config import OccupancyConfig
 from nerf.rays import prepare_rays
@@ -100,8 +101,9 @@ def _multilinear_written_out(values, lo, hi, points):
 def test_multilinear_equals_the_written_out_formula(shape):
     """Values equal the formula with all Q corners' indices and weights built explicitly (to rounding: the
     fused kernel adds the Q products in its own order), on and off the faces; the grid gradients (added into
-    .grad by the fused lookup's backward) equal the formula's bit for bit; without gradients the lookup gives
-    the same values bit for bit."""
+    .grad by the fused lookup's backward) equal the formula's bit for bit (its advanced-indexing backward
+    made deterministic: on the CPU it adds in a varying order with more than one thread); the lookup without
+    gradients (rendering) gives the values of the lookup in training bit for bit."""
     ndim = min(len(shape), 3)
     generator = torch.Generator().manual_seed(len(shape))
     values = nn.Parameter(torch.randn(shape, generator=generator))
@@ -112,8 +114,13 @@ def test_multilinear_equals_the_written_out_formula(shape):
     upstream = torch.randn(out.shape, generator=generator)
     (out * upstream).sum().backward()
     grad, values.grad = values.grad.clone(), None
-    reference = _multilinear_written_out(values, lo, hi, points)
-    (reference * upstream).sum().backward()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        reference = _multilinear_written_out(values, lo, hi, points)
+        (reference * upstream).sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
     eps = torch.finfo(torch.float32).eps
     torch.testing.assert_close(out, reference.detach(), rtol=4 * eps, atol=4 * eps)
     assert torch.equal(grad, values.grad)
@@ -137,6 +144,22 @@ def test_multilinear_gradients_of_the_points_and_of_a_computed_lattice():
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-12, atol=1e-12)
     assert grads[0][1].abs().sum() > 0
+
+
+def test_a_grid_parameter_at_points_that_need_a_gradient_is_flagged_for_masked_adam():
+    """The autograd path for points that need a gradient still flags the rows it reaches, so masked Adam
+    updates exactly the rows whose gradient is non-zero."""
+    grid = nn.Parameter(torch.randn(4, 5, 6, 2, generator=torch.Generator().manual_seed(3)))
+    before = grid.detach().clone()
+    optimizer = MaskedAdam([{"params": [grid], "masked_rows": [120]}], lr=0.1)
+    points = _points(10).requires_grad_()
+    out, _ = trilinear(grid, BOX, points)
+    (out * torch.tensor([1.0, -2.0])).sum().backward()
+    reached = grid.grad.reshape(120, 2).abs().sum(dim=-1) > 0
+    assert reached.sum() >= 8 and torch.equal(grid.gradient_rows, reached)
+    assert points.grad.abs().sum() > 0
+    optimizer.step()
+    assert torch.equal((grid.detach() - before).reshape(120, 2).abs().sum(dim=-1) > 0, reached)
 
 
 def test_trilinear_is_exact_at_vertices_and_on_linear_functions():
