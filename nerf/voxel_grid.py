@@ -71,17 +71,21 @@ def voxel_edge(aabb: torch.Tensor, resolution: tuple[int, int, int]) -> float:
     return float(spacing.max())
 
 
-def corner_sum(rows: torch.Tensor, flat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """sum_q w[p, q] rows[flat[p, q]]: rows [N, C], flat and w [P, Q] -> [P, C].
+def gathered_sum(rows: torch.Tensor, flat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """sum_q w[p, q] rows[flat[p, q]]: rows [N, C], flat and w [P, Q] -> [P, C], as plain operations
+    (a gather into [P, Q, C] and a weighted sum) that autograd and the compiler see through."""
+    gathered = rows.index_select(0, flat.reshape(-1)).reshape(*flat.shape, rows.shape[-1])  # [P, Q, C]
+    return (gathered * w[..., None]).sum(dim=1)  # [P, C]
 
-    On the CPU one kernel (F.embedding_bag, "sum" mode with per-sample weights: bags of the Q corners), no
-    [P, Q, C] temporaries; elsewhere, or where rows and w differ in dtype (the product then promotes), a
-    gather into [P, Q, C] and a weighted sum: CUDA's embedding_bag kernel spreads the C channels over the
+
+def corner_sum(rows: torch.Tensor, flat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """gathered_sum without gradients. On the CPU one kernel (F.embedding_bag, "sum" mode with per-sample
+    weights: bags of the Q corners), no [P, Q, C] temporaries; elsewhere, or where rows and w differ in dtype
+    (the product then promotes), gathered_sum: CUDA's embedding_bag kernel spreads the C channels over the
     threads of a block, which for the 1 to 12 channels of a grid is unmeasured."""
     if rows.device.type == "cpu" and rows.dtype == w.dtype:
         return F.embedding_bag(flat, rows, per_sample_weights=w, mode="sum")  # [P, C]
-    gathered = rows.index_select(0, flat.reshape(-1)).reshape(*flat.shape, rows.shape[-1])  # [P, Q, C]
-    return (gathered * w[..., None]).sum(dim=1)  # [P, C]
+    return gathered_sum(rows, flat, w)
 
 
 class _Interpolate(torch.autograd.Function):
@@ -97,10 +101,11 @@ class _Interpolate(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, grid: torch.Tensor, flat: torch.Tensor, w: torch.Tensor, ndim: int) -> torch.Tensor:
+    def forward(ctx, grid: torch.Tensor, rows: torch.Tensor, flat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """grid: the Parameter (its .grad receives the gradient); rows: grid's values as [N, C], detached."""
         ctx.save_for_backward(flat, w)
         ctx.grid = grid
-        return corner_sum(grid.detach().reshape(flat_row_count(grid, ndim), -1), flat, w)  # [P, C]
+        return corner_sum(rows, flat, w)  # [P, C]
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -115,11 +120,6 @@ class _Interpolate(torch.autograd.Function):
         if rows is not None:
             rows.index_fill_(0, flat.reshape(-1), True)
         return None, None, None, None
-
-
-def flat_row_count(values: torch.Tensor, ndim: int) -> int:
-    """N: the vertices of the first ndim (lattice) axes of values."""
-    return math.prod(values.shape[:ndim])
 
 
 def multilinear(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
@@ -147,18 +147,18 @@ def multilinear(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
         pair = torch.stack((1.0 - frac[:, axis], frac[:, axis]), dim=-1)  # [P, 2]
         w = (w[:, :, None] * pair[:, None, :]).reshape(num_points, 2 ** (axis + 1))  # [P, 2^(axis+1)]
     channels = values.shape[ndim:]
-    rows = values.reshape(flat_row_count(values, ndim), -1)  # [N, C] (C = 1 for a lattice of scalars)
+    rows = values.reshape(math.prod(values.shape[:ndim]), -1)  # [N, C] (C = 1 for a lattice of scalars)
     needs_grad = torch.is_grad_enabled() and (values.requires_grad or w.requires_grad)
-    if torch.compiler.is_compiling() or (needs_grad and (w.requires_grad or not isinstance(values, nn.Parameter))):
+    compiling = torch.compiler.is_compiling()
+    if needs_grad and isinstance(values, nn.Parameter) and not w.requires_grad and not compiling:
+        out = _Interpolate.apply(values, rows.detach(), flat, w)  # [P, C], gradient into values.grad
+    elif needs_grad or compiling:
         # compiled graphs get plain ops to fuse; autograd through them for a computed lattice or for points
         # that need a gradient
-        gathered = rows.index_select(0, flat.reshape(-1)).reshape(num_points, -1, rows.shape[-1])  # [P, Q, C]
-        out = (gathered * w[..., None]).sum(dim=1)  # [P, C]
+        out = gathered_sum(rows, flat, w)  # [P, C]
         flags = getattr(values, "gradient_rows", None)  # masked Adam updates the rows flagged before its step
-        if needs_grad and values.requires_grad and flags is not None and not torch.compiler.is_compiling():
+        if needs_grad and values.requires_grad and flags is not None and not compiling:
             flags.index_fill_(0, flat.reshape(-1), True)
-    elif needs_grad:
-        out = _Interpolate.apply(values, flat, w, ndim)  # [P, C], gradient into values.grad
     else:
         out = corner_sum(rows, flat, w)  # [P, C]
     return out.reshape(num_points, *channels), inside
