@@ -41,6 +41,7 @@ from torch import nn  # noqa: E402
 
 from bench.machine import speed_factor  # noqa: E402
 from bench.yenchenlin_step import YenchenlinProcess  # noqa: E402
+from nerf import linear  # noqa: E402
 from nerf.batching import RayBatcher  # noqa: E402
 from nerf.compositing import composite_samples, volume_render  # noqa: E402
 from nerf.config import add_set_argument, load_config, overrides_from  # noqa: E402
@@ -53,7 +54,7 @@ from nerf.occupancy import occupancy_samples  # noqa: E402
 from nerf.optimizer import build_optimizer, set_learning_rate, zero_gradients  # noqa: E402
 from nerf.rays import prepare_rays  # noqa: E402
 from nerf.rendering import field_at_samples, has_color_branch, render_samples_split  # noqa: E402
-from nerf.runtime import DTYPES, run_network  # noqa: E402
+from nerf.runtime import DTYPES, cpu_onednn_speedup, run_network  # noqa: E402
 from nerf.sampling import hierarchical_samples, stratified_samples  # noqa: E402
 
 PHASES = ("grid_update", "data", "sampling", "network_forward", "rendering", "backward", "optimizer")
@@ -67,16 +68,22 @@ def network_flops_per_point(model: nn.Module) -> float:
 
 
 def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
-    """Best achieved GFLOP/s of a square matrix multiply on this device and dtype."""
+    """Best achieved GFLOP/s of a square matrix multiply on this device and dtype: torch.matmul, and on the CPU
+    also oneDNN's product (nerf/linear.py), which is faster than MKL's for fp32 on some CPUs; the faster
+    library sets the peak, whichever the networks use."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
+    products = [lambda: torch.matmul(a, b)]
+    if device.type == "cpu" and linear.onednn_available():
+        products.append(lambda: linear.onednn_linear(a, b, None, False))
     best = float("inf")
     for _ in range(repeats + 2):
-        sync(device)
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        sync(device)
-        best = min(best, time.perf_counter() - start)
+        for product in products:
+            sync(device)
+            start = time.perf_counter()
+            product()
+            sync(device)
+            best = min(best, time.perf_counter() - start)
     return 2.0 * size ** 3 / best / 1e9
 
 
@@ -230,6 +237,8 @@ def main(argv=None) -> dict:
     if device.type == "cpu":  # the chunk each network runs in (measured now, or read from the cache)
         result["cpu_network_chunk"] = [runner.cpu_chunk() and runner.chunk_report
                                        for runner in method.runners if runner is not None]
+        result["cpu_layers"] = {"setting": cfg.runtime.cpu_layers, "library": "onednn" if linear.onednn_in_use()
+                                else "aten", "nn_linear_over_onednn_seconds": cpu_onednn_speedup()}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -322,6 +331,10 @@ def main(argv=None) -> dict:
     for k, chunk in enumerate(result.get("cpu_network_chunk", [])):
         print(f"  network chunk   {chunk['chunk']:9d} points ({('coarse', 'fine')[k]}: {chunk['source']}"
               + (f", seconds per candidate {chunk['seconds']})" if "seconds" in chunk else ")"))
+    if "cpu_layers" in result:
+        print(f"  fp32 layers     {result['cpu_layers']['library']:>9} (runtime.cpu_layers "
+              f"{result['cpu_layers']['setting']}; nn.Linear / oneDNN time "
+              f"{result['cpu_layers']['nn_linear_over_onednn_seconds']:.2f})")
     if "reference" in result:
         print(f"  yenchenlin step {result['reference']['seconds_per_step']:9.3f} s   (ours "
               f"{result['reference']['speedup']:.2f}x faster, steps alternating)")
