@@ -31,7 +31,7 @@ from nerf.datasets import Scene, load_scene
 from nerf.device import DeviceError
 from nerf.distributed import (SINGLE, World, average_gradients, broadcast_parameters, check_batch, process_device,
                               quiet_unless_rank_zero, world_size_from)
-from nerf import distributed, linear
+from nerf import distributed
 from nerf.files import remove_stale_temporaries
 from nerf.importers import NATIVE, LoadedModels, detect_format, models_from_checkpoint, stored_models_if_pruned
 from nerf.methods import Method, build_method
@@ -310,20 +310,16 @@ def start_training(args, cfg: Config, scene: Scene, device: torch.device, ckpt, 
 
 def agree_on_cpu_chunks(method: Method, world: World) -> None:
     """On the CPU: measure (or read) each network's chunk now rather than inside the first step, give every
-    rank rank 0's sizes and layer library, and print them (a collective under torchrun: called after the set-up
-    check)."""
+    rank rank 0's sizes, and print them (a collective under torchrun: called after the set-up check)."""
     if method.device.type != "cpu":
         return
     runners = [runner for runner in method.runners if runner is not None]
-    chosen, onednn = world.gather(([runner.cpu_chunk() for runner in runners], linear.onednn_in_use()))[0]
-    linear.use_onednn(onednn)  # rank 0's library too: the ranks' products then round alike
+    chosen = world.gather([runner.cpu_chunk() for runner in runners])[0]
     for runner, chunk in zip(runners, chosen):
         if chunk != runner.cpu_chunk():
             runner.keep_cpu_chunk(chunk, "rank 0's")
     print("CPU network chunk: " + ", ".join(f"{r.chunk_report['chunk']} points ({r.chunk_report['source']})"
-                                            for r in runners)
-          + f"; fp32 layers by {'oneDNN' if linear.onednn_in_use() else 'nn.Linear'} (runtime.cpu_layers "
-          f"{method.cfg.runtime.cpu_layers})")
+                                            for r in runners))
 
 
 class NullWriter:

@@ -41,7 +41,6 @@ from torch import nn  # noqa: E402
 
 from bench.machine import speed_factor  # noqa: E402
 from bench.yenchenlin_step import YenchenlinProcess  # noqa: E402
-from nerf import linear  # noqa: E402
 from nerf.batching import RayBatcher  # noqa: E402
 from nerf.compositing import composite_samples, volume_render  # noqa: E402
 from nerf.config import add_set_argument, load_config, overrides_from  # noqa: E402
@@ -54,7 +53,7 @@ from nerf.occupancy import occupancy_samples  # noqa: E402
 from nerf.optimizer import build_optimizer, set_learning_rate, zero_gradients  # noqa: E402
 from nerf.rays import prepare_rays  # noqa: E402
 from nerf.rendering import field_at_samples, has_color_branch, render_samples_split  # noqa: E402
-from nerf.runtime import DTYPES, cpu_onednn_speedup, run_network  # noqa: E402
+from nerf.runtime import DTYPES, run_network  # noqa: E402
 from nerf.sampling import hierarchical_samples, stratified_samples  # noqa: E402
 
 PHASES = ("grid_update", "data", "sampling", "network_forward", "rendering", "backward", "optimizer")
@@ -67,24 +66,29 @@ def network_flops_per_point(model: nn.Module) -> float:
     return 3.0 * 2.0 * macs
 
 
-def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
-    """Best achieved GFLOP/s of a square matrix multiply on this device and dtype: torch.matmul, and on the CPU
-    also oneDNN's product (nerf/linear.py), which is faster than MKL's for fp32 on some CPUs; the faster
-    library sets the peak, whichever the networks use."""
+def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 10,
+                       onednn: bool = False) -> float:
+    """Best achieved GFLOP/s of a square matrix multiply on this device and dtype: torch.matmul, or with onednn
+    oneDNN's product called directly (on the CPU, fp32 torch.matmul is MKL's sgemm, which some CPUs run well
+    below oneDNN's speed; bf16 already goes to oneDNN)."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    products = [lambda: torch.matmul(a, b)]
-    if device.type == "cpu" and linear.onednn_available():
-        products.append(lambda: linear.onednn_linear(a, b, None, False))
+    product = ((lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")) if onednn
+               else (lambda: torch.matmul(a, b)))
     best = float("inf")
     for _ in range(repeats + 2):
-        for product in products:
-            sync(device)
-            start = time.perf_counter()
-            product()
-            sync(device)
-            best = min(best, time.perf_counter() - start)
+        sync(device)
+        start = time.perf_counter()
+        product()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
     return 2.0 * size ** 3 / best / 1e9
+
+
+def onednn_peak_available(device: torch.device) -> bool:
+    """Whether oneDNN's product can be timed beside torch.matmul's: on the CPU of a build that has it."""
+    return (device.type == "cpu" and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 def sync(device: torch.device) -> None:
@@ -237,14 +241,12 @@ def main(argv=None) -> dict:
     if device.type == "cpu":  # the chunk each network runs in (measured now, or read from the cache)
         result["cpu_network_chunk"] = [runner.cpu_chunk() and runner.chunk_report
                                        for runner in method.runners if runner is not None]
-        result["cpu_layers"] = {"setting": cfg.runtime.cpu_layers, "library": "onednn" if linear.onednn_in_use()
-                                else "aten", "nn_linear_over_onednn_seconds": cpu_onednn_speedup()}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     reference = YenchenlinProcess(args.reference_yenchenlin, cfg, opts) if args.reference_yenchenlin else None
     dtype = DTYPES[cfg.runtime.precision]
-    steps, reference_seconds, peaks = [], [], []
+    steps, reference_seconds, peaks, onednn_peaks = [], [], [], []
     for k in range(args.warmup + args.iters):
         if method.sampler is None:
             steps.append(timed_step(k, batcher, scene, method, optimizer, opts, device))
@@ -252,9 +254,12 @@ def main(argv=None) -> dict:
             steps.append(timed_occupancy_step(k, batcher, scene, method, optimizer, opts, cfg.occupancy, device))
         # the matmul peak and yenchenlin's step right after ours: all timed on the machine as it is now
         peaks.append(matmul_peak_gflops(device, dtype, repeats=3))
+        if onednn_peak_available(device):
+            onednn_peaks.append(matmul_peak_gflops(device, dtype, repeats=3, onednn=True))
         if reference is not None:
             reference_seconds.append(reference())
     steps, reference_seconds, peaks = steps[args.warmup:], reference_seconds[args.warmup:], peaks[args.warmup:]
+    onednn_peaks = onednn_peaks[args.warmup:]
     totals = [sum(s["times"].values()) for s in steps]
     median_step = statistics.median(totals)
     split = {phase: statistics.median(s["times"][phase] for s in steps) for phase in PHASES}
@@ -287,6 +292,14 @@ def main(argv=None) -> dict:
         "network_fraction_of_peak": statistics.median(fractions),
         "non_network_fraction": 1.0 - network_seconds / median_step,
     })
+    if onednn_peaks:  # the same shares against oneDNN's product, timed beside torch.matmul's
+        result.update({
+            "matmul_peak_onednn_gflops": statistics.median(onednn_peaks),
+            "matmul_peak_onednn_beside_steps_gflops": onednn_peaks,
+            "network_fraction_of_onednn_peak": statistics.median(
+                flops / (s["times"]["network_forward"] + s["times"]["backward"]) / 1e9 / p
+                for s, p in zip(steps, onednn_peaks)),
+        })
     if not args.no_render:
         view = (scene.i_test or scene.i_val)[0]
         for m in models:
@@ -323,6 +336,9 @@ def main(argv=None) -> dict:
           f"{result['matmul_peak_dtype']} matmul peak beside the steps ({100 * result['network_fraction_of_peak']:.0f} %, "
           f"best reading {result['matmul_peak_best_gflops']:.0f}); "
           f"everything else {100 * result['non_network_fraction']:.1f} % of the step")
+    if "matmul_peak_onednn_gflops" in result:
+        print(f"  {'':<15} {100 * result['network_fraction_of_onednn_peak']:9.0f} % of oneDNN's "
+              f"{result['matmul_peak_dtype']} product beside the steps ({result['matmul_peak_onednn_gflops']:.1f} GFLOP/s)")
     if "seconds_per_frame" in result:
         psnr_text = f", PSNR {result['frame_psnr']:.2f} dB" if "frame_psnr" in result else ""
         print(f"  frame {result['frame_resolution'][0]}x{result['frame_resolution'][1]}  "
@@ -331,10 +347,6 @@ def main(argv=None) -> dict:
     for k, chunk in enumerate(result.get("cpu_network_chunk", [])):
         print(f"  network chunk   {chunk['chunk']:9d} points ({('coarse', 'fine')[k]}: {chunk['source']}"
               + (f", seconds per candidate {chunk['seconds']})" if "seconds" in chunk else ")"))
-    if "cpu_layers" in result:
-        print(f"  fp32 layers     {result['cpu_layers']['library']:>9} (runtime.cpu_layers "
-              f"{result['cpu_layers']['setting']}; nn.Linear / oneDNN time "
-              f"{result['cpu_layers']['nn_linear_over_onednn_seconds']:.2f})")
     if "reference" in result:
         print(f"  yenchenlin step {result['reference']['seconds_per_step']:9.3f} s   (ours "
               f"{result['reference']['speedup']:.2f}x faster, steps alternating)")

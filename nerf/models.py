@@ -22,7 +22,6 @@ from torch import nn
 
 from .config import ModelConfig, VoxelGridConfig
 from .encoding import encoding_width, positional_encoding
-from .linear import dense
 from .occupancy import BLENDER_AABB
 from .tensor_vm import TensorVMModel
 from .voxel_grid import VoxelGridModel, density_shift, grid_shape, voxel_edge, voxels_after_growth
@@ -101,24 +100,25 @@ class NeRFModel(EncodedField):
         h = x
         for i, layer in enumerate(self.pts_linears):
             # [gamma(x), h] after a skip layer: points first, as in the official code
-            h = torch.relu_(linear_of_concat(layer, x, h)) if i - 1 in self.skips else dense(layer, h, relu=True)
+            h = linear_of_concat(layer, x, h) if i - 1 in self.skips else layer(h)
+            h = torch.relu_(h)  # in place: the fresh layer output is not kept for backward
         return h
 
     def density(self, points: torch.Tensor) -> torch.Tensor:
         """points: [P, 3] -> sigma_raw: [P], without the view branch (the occupancy grid's query)."""
         h = self.trunk(points)
-        return (dense(self.alpha_linear, h) if self.use_viewdirs else dense(self.output_linear, h)[:, 3:])[:, 0]
+        return (self.alpha_linear(h) if self.use_viewdirs else self.output_linear(h)[:, 3:])[:, 0]
 
     def forward(self, points: torch.Tensor, viewdirs: Optional[torch.Tensor]) -> torch.Tensor:
         """points: [P, 3], viewdirs: [P, 3] unit vectors (or None without viewdirs) -> raw: [P, 4]."""
         h = self.trunk(points)
         if not self.use_viewdirs:
-            return dense(self.output_linear, h)
-        sigma_raw = dense(self.alpha_linear, h)  # [P, 1]
-        feature = dense(self.feature_linear, h)
+            return self.output_linear(h)
+        sigma_raw = self.alpha_linear(h)  # [P, 1]
+        feature = self.feature_linear(h)
         d = positional_encoding(viewdirs, **self.encoding_dir)  # [P, Ed]
         h = torch.relu_(linear_of_concat(self.views_linears[0], feature, d))  # [feature, gamma(d)]
-        return torch.cat((dense(self.rgb_linear, h), sigma_raw), dim=-1)  # [P, 4]
+        return torch.cat((self.rgb_linear(h), sigma_raw), dim=-1)  # [P, 4]
 
 
 class TinyNeRFModel(EncodedField):
@@ -148,10 +148,10 @@ class TinyNeRFModel(EncodedField):
             x = torch.cat((x, positional_encoding(viewdirs, **self.encoding_dir)), dim=-1)  # [P, Ex + Ed]
         h = x
         for i, layer in enumerate(self.pts_linears):
-            h = dense(layer, h, relu=True)
+            h = torch.relu_(layer(h))  # in place: the fresh layer output is not kept for backward
             if i in self.skips:
                 h = torch.cat((x, h), dim=-1)
-        return dense(self.output_linear, h)
+        return self.output_linear(h)
 
 
 class Krrish94NeRFModel(EncodedField):

@@ -19,7 +19,6 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from . import linear
 from .config import RuntimeConfig
 from .files import atomic_write
 
@@ -30,11 +29,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # (1024 to 8192 points for the paper MLP on 2-core machines of one kind), hence tuned_cpu_chunk.
 CPU_NETWORK_CHUNK = 4096
 CPU_CHUNK_CANDIDATES = (1024, 2048, 4096, 8192)
-# Raised when the models' forward code changes the work per point (2: linear_of_concat; 3: the layers'
-# library, nerf/linear.py, in the key), so that chunk sizes measured for the old code are measured again.
-MODELS_CODE_VERSION = 3
-# oneDNN's layers must beat nn.Linear's by this factor to be chosen: where the two are even, the stock path.
-ONEDNN_MARGIN = 1.05
+# Raised when the models' forward code changes the work per point (2: linear_of_concat), so that chunk
+# sizes measured for the old code are measured again.
+MODELS_CODE_VERSION = 2
 TUNING_POINTS = 16384  # points each candidate evaluates (forward and backward) when the chunk is measured
 # Points per density-only call of a grid field on the CPU: its lookups gather from a grid far larger than any
 # cache, so small calls gain nothing and pay the per-call overhead (4096-point calls: 1.3x the time of these).
@@ -188,8 +185,6 @@ def field_runners(coarse: nn.Module, fine: Optional[nn.Module], runtime: Runtime
                   device: torch.device) -> tuple[FieldRunner, Optional[FieldRunner]]:
     """FieldRunners for the coarse and fine models under `runtime` (ValueError if its precision is unsupported)."""
     dtype = autocast_dtype(runtime.precision, device)
-    if device.type == "cpu":
-        linear.use_onednn(cpu_layers_are_onednn(runtime.cpu_layers))
     if dtype == torch.bfloat16 and device.type == "cpu":
         speedup = cpu_bf16_speedup()
         if speedup < 1.0:
@@ -237,9 +232,8 @@ def model_signature(runner: "FieldRunner") -> str:
     """The shapes of the model's Linear layers, the precision and MODELS_CODE_VERSION: what a chunk size is
     tuned for."""
     shapes = [f"{m.in_features}x{m.out_features}" for m in runner.model.modules() if isinstance(m, nn.Linear)]
-    layers = "onednn" if linear.onednn_in_use() else "aten"
     return (f"{type(runner.model).__name__}({','.join(shapes)}) {str(runner.dtype or torch.float32)[6:]} "
-            f"{layers} v{MODELS_CODE_VERSION}")
+            f"v{MODELS_CODE_VERSION}")
 
 
 def measure_cpu_chunks(runner: "FieldRunner", candidates=CPU_CHUNK_CANDIDATES, points: int = TUNING_POINTS,
@@ -309,48 +303,6 @@ def cpu_bf16_speedup(size: int = 4096, width: int = 256) -> float:
     table[key] = round(best(a, b) / best(a.bfloat16(), b.bfloat16()), 3)
     _write_cache(path, table)
     return table[key]
-
-
-def cpu_onednn_speedup(size: int = 4096, width: int = 256, repeats: int = 7) -> float:
-    """Seconds of nn.Linear's layer / seconds of oneDNN's (nerf/linear.py) on this CPU: the forward product of a
-    [size, width] x [width, width] layer with its ReLU, and the input gradient's product, the MLP's shape in
-    fp32; the best of `repeats`, taken in turn. Above 1 where oneDNN is faster. Measured once per machine (a
-    fraction of a second) and cached beside the network chunks; 0 where this build has no oneDNN."""
-    if not linear.onednn_available():
-        return 0.0
-    key = f"{machine_description()} | nn.Linear / oneDNN layer speed"
-    path, table = _read_cache()
-    if isinstance(table.get(key), (int, float)):
-        return float(table[key])
-    generator = torch.Generator().manual_seed(0)
-    x, grad = torch.randn(size, width, generator=generator), torch.randn(size, width, generator=generator)
-    weight, bias = torch.randn(width, width, generator=generator) / width ** 0.5, torch.zeros(width)
-
-    def stock():
-        torch.relu_(torch.nn.functional.linear(x, weight, bias))
-        torch.mm(grad, weight)
-
-    def onednn():
-        linear.onednn_linear(x, weight, bias, True)
-        linear.onednn_linear(grad, weight.t(), None, False)
-
-    seconds = {stock: float("inf"), onednn: float("inf")}
-    for _ in range(repeats):
-        for fn in seconds:
-            start = time.perf_counter()
-            fn()
-            seconds[fn] = min(seconds[fn], time.perf_counter() - start)
-    table[key] = round(seconds[stock] / seconds[onednn], 3)
-    _write_cache(path, table)
-    return table[key]
-
-
-def cpu_layers_are_onednn(setting: str) -> bool:
-    """runtime.cpu_layers -> whether the CPU's fp32 layers run through oneDNN: "onednn" where this build has it,
-    "aten" never, "auto" where cpu_onednn_speedup() exceeds ONEDNN_MARGIN."""
-    if setting == "auto":
-        return cpu_onednn_speedup() > ONEDNN_MARGIN
-    return setting == "onednn" and linear.onednn_available()
 
 
 def tuned_cpu_chunk(runner: "FieldRunner") -> dict:

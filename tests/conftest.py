@@ -26,17 +26,6 @@ def _seed():
     yield
 
 
-@pytest.fixture(autouse=True)
-def _stock_layers():
-    """Each test starts with nn.Linear's layers; one that builds field_runners may switch the process to
-    oneDNN's (nerf/linear.py), which must not reach the next."""
-    from nerf import linear
-
-    linear.use_onednn(False)
-    yield
-    linear.use_onednn(False)
-
-
 def shared_path(*parts):
     """Path under ../shared/data, or skip the test when the benchmark data is absent."""
     path = os.path.join(SHARED_DATA, *parts)

@@ -39,6 +39,12 @@ def test_bench_json_is_consistent(tmp_path):
     beside = result["matmul_peak_beside_steps_gflops"]  # one reading after each timed step
     assert len(beside) == 2 and result["matmul_peak_gflops"] == sum(beside) / 2
     assert result["matmul_peak_best_gflops"] >= max(beside)
+    if "matmul_peak_onednn_gflops" in result:  # oneDNN's product timed beside torch.matmul's, the same share of it
+        onednn = result["matmul_peak_onednn_beside_steps_gflops"]
+        assert len(onednn) == 2 and result["matmul_peak_onednn_gflops"] == sum(onednn) / 2
+        ratios = [result["network_fraction_of_onednn_peak"] * result["matmul_peak_onednn_gflops"],
+                  result["network_fraction_of_peak"] * result["matmul_peak_gflops"]]  # GFLOP/s, about equal
+        assert 0.5 < ratios[0] / ratios[1] < 2
     grid = main(["--config", str(path), "--iters", "2", "--warmup", "1", "--no-render", "--set", "models.fine=null",
                  "--set", "nerf.train.num_fine=0", "--set", "nerf.validation.num_fine=0",
                  "--set", "occupancy.enabled=true", "--set", "occupancy.resolution=8",

@@ -4,7 +4,7 @@ import warnings
 import pytest
 import torch
 
-from nerf import linear, runtime
+from nerf import runtime
 from nerf.config import ConfigError, ModelConfig, RuntimeConfig, load_config
 from nerf.models import NeRFModel, build_model
 from nerf.runtime import (CPU_NETWORK_CHUNK, FieldRunner, autocast_dtype, evaluate_points, field_runners, network_chunk,
@@ -160,14 +160,10 @@ def test_a_configured_cpu_chunk_is_used_without_measuring(monkeypatch):
     assert coarse.chunk_report == {"chunk": 1234, "source": "runtime.cpu_network_chunk"}
 
 
-@pytest.mark.parametrize("dtype,onednn", [(None, False), (None, True), (torch.bfloat16, False)],
-                         ids=["fp32", "fp32-onednn", "bf16"])
-def test_every_candidate_chunk_gives_the_paper_model_the_same_forward_bit_for_bit(dtype, onednn):
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_every_candidate_chunk_gives_the_paper_model_the_same_forward_bit_for_bit(dtype):
     """Whatever size a machine picks, the forward pass (hence rendering and the loss) is the same; only the
-    summation order of the weight gradients depends on it. So with either library for the fp32 layers."""
-    if onednn and not linear.onednn_available():
-        pytest.skip("this PyTorch build has no oneDNN")
-    linear.use_onednn(onednn)
+    summation order of the weight gradients depends on it."""
     model = NeRFModel()
     points, dirs = _inputs(9000)
     whole = FieldRunner(model, dtype)(points, dirs)
@@ -230,31 +226,3 @@ def test_bf16_on_a_cpu_without_a_fast_bf16_path_warns(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         field_runners(NeRFModel(**SMALL), None, RuntimeConfig(precision="bf16"), torch.device("cpu"))
-
-
-def test_the_cpu_layers_are_chosen_by_the_setting_or_by_one_cached_measurement(tmp_path, monkeypatch):
-    monkeypatch.setenv("NERF_CACHE_DIR", str(tmp_path))
-    cpu = torch.device("cpu")
-    if linear.onednn_available():
-        measured = runtime.cpu_onednn_speedup()
-        assert measured > 0
-        monkeypatch.setattr(linear, "onednn_linear", lambda *a: pytest.fail("measured again"))
-        assert runtime.cpu_onednn_speedup() == measured  # read back from the cache
-        assert "oneDNN layer speed" in (tmp_path / "cpu_network_chunk.json").read_text()
-    for speedup, setting, chosen in [(2.0, "auto", True), (1.0, "auto", False), (2.0, "aten", False),
-                                     (1.0, "onednn", True)]:
-        monkeypatch.setattr(runtime, "cpu_onednn_speedup", lambda: speedup)
-        field_runners(NeRFModel(**SMALL), None, RuntimeConfig(cpu_layers=setting), cpu)
-        assert linear.onednn_in_use() == (chosen and linear.onednn_available()), (speedup, setting)
-    # the chunk is measured for the library in use: another library, another cache entry
-    linear.use_onednn(False)
-    stock = runtime.model_signature(FieldRunner(NeRFModel(**SMALL)))
-    linear.use_onednn(True)
-    assert (runtime.model_signature(FieldRunner(NeRFModel(**SMALL))) != stock) == linear.onednn_available()
-
-
-def test_an_unknown_cpu_layers_setting_is_a_config_error(tmp_path):
-    path = tmp_path / "c.yml"
-    path.write_text(f"dataset:\n  basedir: {tmp_path}\nruntime:\n  cpu_layers: mkl\n")
-    with pytest.raises(ConfigError, match="runtime.cpu_layers"):
-        load_config(str(path))

@@ -150,9 +150,6 @@ class RuntimeConfig:
     # Points per network call on the CPU (the cache-sized chunk). 0: measured once per machine, model and
     # precision (a second or two), then read from the user's cache folder (nerf/runtime.py: tuned_cpu_chunk).
     cpu_network_chunk: int = 0
-    # The fp32 MLP layers on the CPU (nerf/linear.py): auto | onednn (oneDNN, bias and ReLU in the product) |
-    # aten (nn.Linear, MKL). auto: oneDNN where it runs the layers faster, measured once per machine and cached.
-    cpu_layers: str = "auto"
 
 
 @dataclass
@@ -260,6 +257,5 @@ class Config:
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-CPU_LAYERS = ("auto", "onednn", "aten")
 MODEL_TYPES = ("PaperNeRFModel", "FlexibleNeRFModel", "TinyNeRFModel", "Krrish94NeRFModel", "VoxelGridModel")
 DATASET_TYPES = ("blender", "llff", "demo")

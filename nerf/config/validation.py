@@ -10,8 +10,8 @@ import dataclasses
 from typing import Any
 
 from ..contraction import CONTRACTED_AABB, CONTRACTIONS
-from .schema import (CPU_LAYERS, DATASET_TYPES, MODEL_TYPES, PRECISIONS, Config, ConfigError, DatasetConfig,
-                     ModelConfig, RenderConfig, VoxelGridConfig)
+from .schema import (DATASET_TYPES, MODEL_TYPES, PRECISIONS, Config, ConfigError, DatasetConfig, ModelConfig,
+                     RenderConfig, VoxelGridConfig)
 
 
 def _require(ok: bool, source: str, key: str, expected: str, value: Any) -> None:
@@ -249,8 +249,6 @@ def _validate_runtime(cfg: Config, source: str) -> None:
              f"fp32 or bf16 on experiment.device {e.device} (fp16 autocast needs CUDA)", rt.precision)
     _require(rt.cpu_network_chunk >= 0, source, "runtime.cpu_network_chunk",
              "a number of points >= 1, or 0 to measure it on this machine", rt.cpu_network_chunk)
-    _require(rt.cpu_layers in CPU_LAYERS, source, "runtime.cpu_layers", "one of " + ", ".join(CPU_LAYERS),
-             rt.cpu_layers)
 
 
 def _validate_occupancy(cfg: Config, source: str) -> None:
