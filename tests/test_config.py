@@ -179,6 +179,8 @@ def test_semantic_errors():
                                            "validation": {"white_background": False}}})
     with pytest.raises(ConfigError, match="experiment.device"):
         config_from_dict({**base, "experiment": {"device": "gpu"}})
+    with pytest.raises(ConfigError, match="scheduler.decay_start"):
+        config_from_dict({**base, "scheduler": {"decay_start": -1}})
     ok = config_from_dict({**base, "models": {"fine": None}, "nerf": {"train": {"num_fine": 0},
                                                                        "validation": {"num_fine": 0}}})
     assert ok.models.fine is None

@@ -23,3 +23,13 @@ def test_non_positive_decay_keeps_lr_constant():
 
 def test_custom_decay_factor():
     assert learning_rate(1000, 2.0, 1, decay_factor=0.5) == pytest.approx(1.0)
+
+
+def test_decay_start_holds_the_full_rate_then_decays_as_from_step_zero():
+    """fern_fast's schedule: lr0 up to step 2000, then a tenth more per 500 steps (0.1 lr0 at 2500)."""
+    assert [learning_rate(k, 1e-3, 0.5, decay_start=2000) for k in (0, 1000, 2000)] == [1e-3] * 3
+    assert learning_rate(2250, 1e-3, 0.5, decay_start=2000) == pytest.approx(1e-3 * 0.1 ** 0.5)
+    assert learning_rate(2500, 1e-3, 0.5, decay_start=2000) == pytest.approx(1e-4)
+    for k in (2001, 2300, 4000):
+        assert learning_rate(k, 1e-3, 0.5, decay_start=2000) == pytest.approx(learning_rate(k - 2000, 1e-3, 0.5))
+    assert learning_rate(3000, 1e-3, 0, decay_start=2000) == 1e-3  # no decay configured: none

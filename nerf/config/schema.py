@@ -127,6 +127,7 @@ class OptimizerConfig:
 class SchedulerConfig:
     lr_decay: float = 250  # thousands of steps per lr_decay_factor; <= 0 keeps the lr constant
     lr_decay_factor: float = 0.1
+    decay_start: int = 0  # steps at the full lr before the decay begins (0: the official schedule)
 
 
 @dataclass

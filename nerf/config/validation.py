@@ -238,6 +238,7 @@ def _validate_optimizer(cfg: Config, source: str) -> None:
     _require(0 <= o.beta1 < 1, source, "optimizer.beta1", "a value in [0, 1)", o.beta1)
     _require(0 <= o.beta2 < 1, source, "optimizer.beta2", "a value in [0, 1)", o.beta2)
     _require(s.lr_decay_factor > 0, source, "scheduler.lr_decay_factor", "a value > 0", s.lr_decay_factor)
+    _require(s.decay_start >= 0, source, "scheduler.decay_start", "a number of steps >= 0", s.decay_start)
 
 
 def _validate_runtime(cfg: Config, source: str) -> None:
