@@ -421,8 +421,8 @@ def run(cfg: Config, world: World, scene: Scene, batcher, num_train: int, ckpt, 
                     disable=not world.is_main)
     try:
         for step in progress:
-            lr = learning_rate(step, cfg.optimizer.lr, cfg.scheduler.lr_decay, cfg.scheduler.lr_decay_factor,
-                               cfg.scheduler.decay_start)
+            lr = learning_rate(step, cfg.optimizer.lr, cfg.scheduler.lr_decay,
+                               decay_factor=cfg.scheduler.lr_decay_factor, decay_start=cfg.scheduler.decay_start)
             lr *= pruning.lr_scale if pruning is not None and step < pruning.end_step else 1.0
             set_learning_rate(optimizer, lr)
             if method.before_step(step):  # new parameters (a grown grid): a fresh Adam

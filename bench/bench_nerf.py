@@ -70,7 +70,7 @@ def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, size: int = 204
                        onednn: bool = False) -> float:
     """Best achieved GFLOP/s of a square matrix multiply on this device and dtype: torch.matmul, or with onednn
     oneDNN's product called directly (on the CPU, fp32 torch.matmul is MKL's sgemm, which some CPUs run well
-    below oneDNN's speed; bf16 already goes to oneDNN)."""
+    below oneDNN's speed; bf16 already goes to oneDNN). oneDNN's linear computes a b^T: the same FLOPs."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     product = ((lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")) if onednn

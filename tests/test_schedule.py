@@ -26,10 +26,27 @@ def test_custom_decay_factor():
 
 
 def test_decay_start_holds_the_full_rate_then_decays_as_from_step_zero():
-    """fern_fast's schedule: lr0 up to step 2000, then a tenth more per 500 steps (0.1 lr0 at 2500)."""
+    """lr0 up to step 2000, then a tenth more per 500 steps (0.1 lr0 at 2500)."""
     assert [learning_rate(k, 1e-3, 0.5, decay_start=2000) for k in (0, 1000, 2000)] == [1e-3] * 3
     assert learning_rate(2250, 1e-3, 0.5, decay_start=2000) == pytest.approx(1e-3 * 0.1 ** 0.5)
     assert learning_rate(2500, 1e-3, 0.5, decay_start=2000) == pytest.approx(1e-4)
     for k in (2001, 2300, 4000):
         assert learning_rate(k, 1e-3, 0.5, decay_start=2000) == pytest.approx(learning_rate(k - 2000, 1e-3, 0.5))
     assert learning_rate(3000, 1e-3, 0, decay_start=2000) == 1e-3  # no decay configured: none
+
+
+def test_fern_fast_ends_at_a_tenth_of_its_rate_after_holding_it_for_1500_steps():
+    """What docs/fast_preset.md says of the preset's schedule, read from its config."""
+    import os
+
+    from nerf.config import load_config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(os.path.join(root, "config", "fern_fast.yml"))
+    s, lr = cfg.scheduler, cfg.optimizer.lr
+
+    def rate(k):
+        return learning_rate(k, lr, s.lr_decay, decay_factor=s.lr_decay_factor, decay_start=s.decay_start)
+
+    assert rate(0) == rate(1500) == lr
+    assert rate(cfg.experiment.train_iters) == pytest.approx(0.1 * lr)
