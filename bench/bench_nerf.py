@@ -277,8 +277,8 @@ def main(argv=None) -> dict:
     # the share of the peak step by step, each against the peak measured right after it: CPUs of this
     # kind change their clock by tens of percent within minutes, and a best reading from another moment
     # (matmul_peak_best_gflops, kept for reference) would compare two different machines
-    fractions = [flops / (s["times"]["network_forward"] + s["times"]["backward"]) / 1e9 / p
-                 for s, p in zip(steps, peaks)]
+    achieved = [flops / (s["times"]["network_forward"] + s["times"]["backward"]) / 1e9 for s in steps]  # GFLOP/s
+    fractions = [a / p for a, p in zip(achieved, peaks)]
     peak, best_peak = statistics.median(peaks), matmul_peak_gflops(device, dtype)
     rays = opts.num_random_rays
     result.update({
@@ -296,9 +296,7 @@ def main(argv=None) -> dict:
         result.update({
             "matmul_peak_onednn_gflops": statistics.median(onednn_peaks),
             "matmul_peak_onednn_beside_steps_gflops": onednn_peaks,
-            "network_fraction_of_onednn_peak": statistics.median(
-                flops / (s["times"]["network_forward"] + s["times"]["backward"]) / 1e9 / p
-                for s, p in zip(steps, onednn_peaks)),
+            "network_fraction_of_onednn_peak": statistics.median(a / p for a, p in zip(achieved, onednn_peaks)),
         })
     if not args.no_render:
         view = (scene.i_test or scene.i_val)[0]

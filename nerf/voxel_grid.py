@@ -88,6 +88,14 @@ def corner_sum(rows: torch.Tensor, flat: torch.Tensor, w: torch.Tensor) -> torch
     return gathered_sum(rows, flat, w)
 
 
+def flag_gradient_rows(grid: torch.Tensor, flat: torch.Tensor) -> None:
+    """Mark the rows flat (any shape) of grid as reached, in grid.gradient_rows [N] where optimizer.MaskedAdam
+    made it: the rows its next step updates."""
+    rows = getattr(grid, "gradient_rows", None)
+    if rows is not None:
+        rows.index_fill_(0, flat.reshape(-1), True)
+
+
 class _Interpolate(torch.autograd.Function):
     """out[p] = sum_q w[p, q] rows[flat[p, q]] with rows = grid.reshape(N, C), for a grid Parameter
     (corner_sum). The backward adds w[p, q] grad_out[p] into the rows flat[p, q] of grid.grad in place
@@ -116,9 +124,7 @@ class _Interpolate(torch.autograd.Function):
         channels = grad_out.shape[-1]
         contributions = (grad_out[:, None, :] * w[..., None]).reshape(-1, channels)  # [P Q, C]
         grid.grad.view(-1, channels).index_add_(0, flat.reshape(-1), contributions.to(grid.dtype))
-        rows = getattr(grid, "gradient_rows", None)  # made by optimizer.MaskedAdam: the rows it updates
-        if rows is not None:
-            rows.index_fill_(0, flat.reshape(-1), True)
+        flag_gradient_rows(grid, flat)
         return None, None, None, None
 
 
@@ -156,9 +162,8 @@ def multilinear(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
         # compiled graphs get plain ops to fuse; autograd through them for a computed lattice or for points
         # that need a gradient
         out = gathered_sum(rows, flat, w)  # [P, C]
-        flags = getattr(values, "gradient_rows", None)  # masked Adam updates the rows flagged before its step
-        if needs_grad and values.requires_grad and flags is not None and not compiling:
-            flags.index_fill_(0, flat.reshape(-1), True)
+        if needs_grad and values.requires_grad and not compiling:
+            flag_gradient_rows(values, flat)
     else:
         out = corner_sum(rows, flat, w)  # [P, C]
     return out.reshape(num_points, *channels), inside
