@@ -226,3 +226,63 @@ def test_bf16_on_a_cpu_without_a_fast_bf16_path_warns(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         field_runners(NeRFModel(**SMALL), None, RuntimeConfig(precision="bf16"), torch.device("cpu"))
+
+
+FAULTS_OF_REALLOCATIONS = """
+import resource, sys, torch
+from nerf import runtime
+if sys.argv[1] == "keep":
+    assert runtime.keep_freed_cpu_memory()
+faults = []
+for _ in range(7):  # 64 MiB: above any mmap threshold glibc adapts to (32 MiB at most)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = torch.empty(16 << 20).fill_(1.0)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    del block
+print(sum(faults[3:]))  # after three rounds, in which the heap grows to hold two of the aligned requests
+"""
+
+
+def _page_faults_of_a_reallocation(mode: str) -> int:
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", FAULTS_OF_REALLOCATIONS, mode], cwd=root, capture_output=True,
+                          text=True, check=True, env={**os.environ, "PYTHONPATH": root})
+    return int(done.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not (runtime.platform.system() == "Linux" and runtime.platform.libc_ver()[0] == "glibc"),
+                    reason="glibc's malloc only")
+def test_kept_cpu_memory_is_reused_without_page_faults():
+    """A 64 MiB tensor freed and asked for again, four times: kept, its pages stay mapped; with glibc's
+    defaults it is unmapped and its 16384 pages of 4 KiB are faulted in each time."""
+    kept = _page_faults_of_a_reallocation("keep")
+    assert kept < 1000
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled", encoding="utf-8") as f:
+            huge_pages_always = "[always]" in f.read()
+    except OSError:
+        huge_pages_always = False
+    if not huge_pages_always:  # 2 MiB pages would fault 32 times only
+        assert _page_faults_of_a_reallocation("system") > 4 * 16000
+
+
+def test_field_runners_keep_cpu_memory_only_when_configured_on_the_cpu(monkeypatch):
+    calls = []
+    monkeypatch.setattr(runtime, "keep_freed_cpu_memory", lambda: calls.append(1) or True)
+    field_runners(NeRFModel(**SMALL), None, RuntimeConfig(keep_cpu_memory=False, cpu_network_chunk=1024),
+                  torch.device("cpu"))
+    assert calls == []
+    field_runners(NeRFModel(**SMALL), None, RuntimeConfig(cpu_network_chunk=1024), torch.device("meta"))
+    assert calls == []
+    field_runners(NeRFModel(**SMALL), None, RuntimeConfig(cpu_network_chunk=1024), torch.device("cpu"))
+    assert calls == [1]
+
+
+def test_keep_cpu_memory_must_be_a_boolean(tmp_path):
+    path = tmp_path / "c.yml"
+    path.write_text("runtime:\n  keep_cpu_memory: 3\n")
+    with pytest.raises(ConfigError, match="keep_cpu_memory"):
+        load_config(str(path))

@@ -151,6 +151,10 @@ class RuntimeConfig:
     # Points per network call on the CPU (the cache-sized chunk). 0: measured once per machine, model and
     # precision (a second or two), then read from the user's cache folder (nerf/runtime.py: tuned_cpu_chunk).
     cpu_network_chunk: int = 0
+    # On the CPU (glibc): keep freed memory in the process for the next step's tensors instead of returning it
+    # to the kernel, which zero-fills it page by page when it is asked again (nerf/runtime.py:
+    # keep_freed_cpu_memory). The process then holds its peak memory. false: glibc's defaults.
+    keep_cpu_memory: bool = True
 
 
 @dataclass
