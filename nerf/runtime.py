@@ -248,8 +248,8 @@ MATMUL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # wha
 
 def machine_description() -> str:
     """The CPU model and its matrix-multiply features (a generic model name is shared by CPUs with and
-    without AVX-512 BF16 or AMX), its core count, the torch version and its thread count: what a
-    measurement depends on."""
+    without AVX-512 BF16 or AMX), its core count, the torch version, its thread count and whether freed
+    memory is kept (keep_freed_cpu_memory): what a measurement depends on."""
     name, flags = platform.processor() or platform.machine(), []
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
