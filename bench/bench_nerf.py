@@ -53,7 +53,7 @@ from nerf.occupancy import occupancy_samples  # noqa: E402
 from nerf.optimizer import build_optimizer, set_learning_rate, zero_gradients  # noqa: E402
 from nerf.rays import prepare_rays  # noqa: E402
 from nerf.rendering import field_at_samples, has_color_branch, render_samples_split  # noqa: E402
-from nerf.runtime import DTYPES, run_network  # noqa: E402
+from nerf.runtime import DTYPES, freed_cpu_memory_kept, run_network  # noqa: E402
 from nerf.sampling import hierarchical_samples, stratified_samples  # noqa: E402
 
 PHASES = ("grid_update", "data", "sampling", "network_forward", "rendering", "backward", "optimizer")
@@ -238,6 +238,7 @@ def main(argv=None) -> dict:
         sync(device)
         result["grid_build_seconds"] = None if stored_grid is not None else time.perf_counter() - start
         result["grid_occupied_fraction"] = method.sampler.grid.occupied_fraction()
+    result["freed_cpu_memory_kept"] = freed_cpu_memory_kept()  # runtime.keep_cpu_memory, where it took effect
     if device.type == "cpu":  # the chunk each network runs in (measured now, or read from the cache)
         result["cpu_network_chunk"] = [runner.cpu_chunk() and runner.chunk_report
                                        for runner in method.runners if runner is not None]

@@ -184,7 +184,9 @@ class FieldRunner(nn.Module):
 
 def field_runners(coarse: nn.Module, fine: Optional[nn.Module], runtime: RuntimeConfig,
                   device: torch.device) -> tuple[FieldRunner, Optional[FieldRunner]]:
-    """FieldRunners for the coarse and fine models under `runtime` (ValueError if its precision is unsupported)."""
+    """FieldRunners for the coarse and fine models under `runtime` (ValueError if its precision is unsupported).
+    On the CPU this is also where runtime.keep_cpu_memory takes effect, for the whole process (every script
+    builds its networks' runners here before it trains or renders)."""
     dtype = autocast_dtype(runtime.precision, device)
     if device.type == "cpu" and runtime.keep_cpu_memory:
         keep_freed_cpu_memory()
@@ -208,22 +210,29 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 _freed_memory_kept = False
 
 
+def has_glibc_malloc() -> bool:
+    """True where the process runs on glibc (Linux distributions other than musl-based ones)."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def keep_freed_cpu_memory() -> bool:
     """Make glibc's malloc keep freed memory in the process for the next allocations: no mmap for large
-    blocks (M_MMAP_MAX = 0) and no return of the heap's free top to the kernel (M_TRIM_THRESHOLD = -1).
+    blocks (M_MMAP_MAX = 0) and no return of the heap's free top to the kernel (M_TRIM_THRESHOLD = -1:
+    never).
 
     Why: PyTorch's CPU allocator asks malloc for every tensor. glibc serves blocks above its mmap threshold
     (128 KiB, raised up to 32 MiB as it sees them freed) with fresh mappings, unmaps them when they are
-    freed, and trims the heap above a few MiB; the next step asks for the same sizes again, and the kernel
-    zero-fills every 4 KiB page on first touch. A voxel-grid step on lego (150k samples) took about 280,000
-    such page faults, about a third of its time; kept, a step takes none once the heap has grown to the
-    step's peak, which the process then holds. Process-wide and not undone (glibc has no way back to its
-    adaptive thresholds). True where applied (glibc), False elsewhere (other C libraries keep their own
-    behaviour)."""
+    freed and trims the heap's top; a training step asks for the same sizes again, and the kernel zero-fills
+    every 4 KiB page on first touch (docs/speed.md has the measurements). Kept, the heap grows once to a
+    step's peak, which the process then holds until it ends, including one-off peaks such as a validation
+    render. Process-wide and not undone (glibc has no way back to its adaptive thresholds); forked children
+    inherit it, spawned ones do not; allocations of worker threads' arenas above 64 MiB are still mapped.
+    With jemalloc or tcmalloc preloaded the call reaches glibc's unused malloc and changes nothing. True
+    where applied (glibc), False elsewhere."""
     global _freed_memory_kept
     if _freed_memory_kept:
         return True
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not has_glibc_malloc():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -231,6 +240,11 @@ def keep_freed_cpu_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _freed_memory_kept = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, -1))
+    return _freed_memory_kept
+
+
+def freed_cpu_memory_kept() -> bool:
+    """Whether keep_freed_cpu_memory has been applied in this process."""
     return _freed_memory_kept
 
 
@@ -260,7 +274,7 @@ def machine_description() -> str:
     except OSError:
         pass
     return (f"{name} [{' '.join(flags)}]; {os.cpu_count()} cores; torch {torch.__version__}; "
-            f"{torch.get_num_threads()} threads{'; freed memory kept' if _freed_memory_kept else ''}")
+            f"{torch.get_num_threads()} threads{'; freed memory kept' if freed_cpu_memory_kept() else ''}")
 
 
 def model_signature(runner: "FieldRunner") -> str:
