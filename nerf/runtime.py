@@ -227,8 +227,10 @@ def keep_freed_cpu_memory() -> bool:
     step's peak, which the process then holds until it ends, including one-off peaks such as a validation
     render. Process-wide and not undone (glibc has no way back to its adaptive thresholds); forked children
     inherit it, spawned ones do not; allocations of worker threads' arenas above 64 MiB are still mapped.
-    With jemalloc or tcmalloc preloaded the call reaches glibc's unused malloc and changes nothing. True
-    where applied (glibc), False elsewhere."""
+    With jemalloc or tcmalloc preloaded the call reaches glibc's unused malloc and changes nothing. It also
+    changes where other libraries of the process get their memory: pycolmap's reconstruction in a process
+    with it failed now and then (imgs2poses.py runs in a process of its own, without it). True where
+    applied (glibc), False elsewhere."""
     global _freed_memory_kept
     if _freed_memory_kept:
         return True

@@ -21,6 +21,16 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
+def _glibc_defaults(monkeypatch):
+    """Keep glibc's malloc defaults in the test process: runtime.keep_cpu_memory is process-wide and not
+    undone, and with it pycolmap's reconstruction in the same process failed now and then (test_imgs2poses).
+    test_runtime checks the setting itself, in child processes and through its internals."""
+    from nerf import runtime
+    monkeypatch.setattr(runtime, "keep_freed_cpu_memory", lambda: False)
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     yield
