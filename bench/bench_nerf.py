@@ -2,7 +2,7 @@
 
     python bench/bench_nerf.py --config config/lego.yml --set dataset.basedir=... [--iters 5] [--warmup 2]
                                [--render-stride 4] [--checkpoint CKPT] [--json out.json]
-                               [--reference-yenchenlin PATH] [--no-speed-factor]
+                               [--reference-yenchenlin PATH] [--compare-precision fp32] [--no-speed-factor]
 
 Prints a table and (with --json) writes JSON: seconds per training iteration (median after warm-up), rays/s
 and network samples/s, the time split (data, sampling, network forward with the positional encoding,
@@ -15,7 +15,11 @@ or the measured best and the seconds of each candidate). The machine's speed fac
 (../shared/tools/machine_speed.py) is measured beside the step, so that seconds compare across machines; with
 --reference-yenchenlin the training step of yenchenlin/nerf-pytorch (bench/yenchenlin_step.py) is timed
 in the same run, one of its steps after each of ours, and the JSON gives our speedup over it (the median
-ratio of neighbouring steps: the machine's speed drifts between the two otherwise).
+ratio of neighbouring steps: the machine's speed drifts between the two otherwise). With --compare-precision
+a step of the same networks in another runtime.precision is timed beside each of ours in the same way (the
+two take turns at going first), with its share of the peak of its own dtype: one run gives the ratio of,
+say, the bf16 and the fp32 step at the same moment (the fp32 matrix-multiply speed of some machines swings
+by a third within seconds while their bf16 speed holds).
 
 The step is the same computation as train_nerf.py (same functions, same order), timed phase by phase with
 device synchronisation, so it runs a little slower than the real loop. With occupancy.enabled the timed
@@ -202,6 +206,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", default=None)
     parser.add_argument("--reference-yenchenlin", default=None, metavar="PATH",
                         help="also time yenchenlin/nerf-pytorch's training step (a clone of it at PATH)")
+    parser.add_argument("--compare-precision", choices=sorted(DTYPES), default=None, metavar="PRECISION",
+                        help="also time a step of the same networks in this runtime.precision after each of ours")
     parser.add_argument("--no-speed-factor", action="store_true", help="skip machine_speed.py")
     args = parser.parse_args(argv)
     args.set = overrides_from(args.set)
@@ -242,25 +248,52 @@ def main(argv=None) -> dict:
     if device.type == "cpu":  # the chunk each network runs in (measured now, or read from the cache)
         result["cpu_network_chunk"] = [runner.cpu_chunk() and runner.chunk_report
                                        for runner in method.runners if runner is not None]
+    compared_runners = None  # the same networks wrapped for --compare-precision
+    if args.compare_precision:
+        ours = method.runners
+        try:
+            method.set_runtime(dataclasses.replace(cfg.runtime, precision=args.compare_precision))
+        except ValueError as err:
+            sys.exit(f"error: --compare-precision: {err}")
+        compared_runners, method.runners = method.runners, ours
+        if device.type == "cpu":  # measured (or read) now, not inside a timed step
+            for runner in compared_runners:
+                if runner is not None:
+                    runner.cpu_chunk()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     reference = YenchenlinProcess(args.reference_yenchenlin, cfg, opts) if args.reference_yenchenlin else None
     dtype = DTYPES[cfg.runtime.precision]
-    steps, reference_seconds, peaks, onednn_peaks = [], [], [], []
-    for k in range(args.warmup + args.iters):
+
+    def one_step(k: int, runners, step_dtype: torch.dtype) -> tuple[dict, float]:
+        """A timed step of `runners` and the matmul peak of `step_dtype` right after it."""
+        method.runners = runners
         if method.sampler is None:
-            steps.append(timed_step(k, batcher, scene, method, optimizer, opts, device))
+            timed = timed_step(k, batcher, scene, method, optimizer, opts, device)
         else:
-            steps.append(timed_occupancy_step(k, batcher, scene, method, optimizer, opts, cfg.occupancy, device))
+            timed = timed_occupancy_step(k, batcher, scene, method, optimizer, opts, cfg.occupancy, device)
+        return timed, matmul_peak_gflops(device, step_dtype, repeats=3)
+
+    our_runners = method.runners
+    steps, reference_seconds, peaks, onednn_peaks, compared = [], [], [], [], []
+    for k in range(args.warmup + args.iters):
+        # the compared precision's step goes first on odd steps, so that neither always follows the other
+        if compared_runners is not None and k % 2 == 1:
+            compared.append(one_step(k, compared_runners, DTYPES[args.compare_precision]))
         # the matmul peak and yenchenlin's step right after ours: all timed on the machine as it is now
-        peaks.append(matmul_peak_gflops(device, dtype, repeats=3))
+        timed, peak = one_step(k, our_runners, dtype)
+        steps.append(timed)
+        peaks.append(peak)
         if onednn_peak_available(device):
             onednn_peaks.append(matmul_peak_gflops(device, dtype, repeats=3, onednn=True))
+        if compared_runners is not None and k % 2 == 0:
+            compared.append(one_step(k, compared_runners, DTYPES[args.compare_precision]))
         if reference is not None:
             reference_seconds.append(reference())
+    method.runners = our_runners
     steps, reference_seconds, peaks = steps[args.warmup:], reference_seconds[args.warmup:], peaks[args.warmup:]
-    onednn_peaks = onednn_peaks[args.warmup:]
+    onednn_peaks, compared = onednn_peaks[args.warmup:], compared[args.warmup:]
     totals = [sum(s["times"].values()) for s in steps]
     median_step = statistics.median(totals)
     split = {phase: statistics.median(s["times"][phase] for s in steps) for phase in PHASES}
@@ -278,7 +311,10 @@ def main(argv=None) -> dict:
     # the share of the peak step by step, each against the peak measured right after it: CPUs of this
     # kind change their clock by tens of percent within minutes, and a best reading from another moment
     # (matmul_peak_best_gflops, kept for reference) would compare two different machines
-    achieved = [flops / (s["times"]["network_forward"] + s["times"]["backward"]) / 1e9 for s in steps]  # GFLOP/s
+    def network_gflops(step: dict) -> float:
+        return flops / (step["times"]["network_forward"] + step["times"]["backward"]) / 1e9
+
+    achieved = [network_gflops(s) for s in steps]  # GFLOP/s
     fractions = [a / p for a, p in zip(achieved, peaks)]
     peak, best_peak = statistics.median(peaks), matmul_peak_gflops(device, dtype)
     rays = opts.num_random_rays
@@ -299,6 +335,17 @@ def main(argv=None) -> dict:
             "matmul_peak_onednn_beside_steps_gflops": onednn_peaks,
             "network_fraction_of_onednn_peak": statistics.median(a / p for a, p in zip(achieved, onednn_peaks)),
         })
+    if compared:
+        compared_totals = [sum(s["times"].values()) for s, _ in compared]
+        result["compared_precision"] = {
+            "precision": args.compare_precision, "seconds_per_step": statistics.median(compared_totals),
+            "split_seconds": {phase: statistics.median(s["times"][phase] for s, _ in compared) for phase in PHASES},
+            "matmul_peak_dtype": str(DTYPES[args.compare_precision]).replace("torch.", ""),
+            "matmul_peak_beside_steps_gflops": [p for _, p in compared],
+            "network_fraction_of_peak": statistics.median(network_gflops(s) / p for s, p in compared),
+            # how many times faster our precision's step is: the median ratio of neighbouring steps
+            "speedup": statistics.median(other / ours for other, ours in zip(compared_totals, totals)),
+        }
     if not args.no_render:
         view = (scene.i_test or scene.i_val)[0]
         for m in models:
@@ -346,6 +393,11 @@ def main(argv=None) -> dict:
     for k, chunk in enumerate(result.get("cpu_network_chunk", [])):
         print(f"  network chunk   {chunk['chunk']:9d} points ({('coarse', 'fine')[k]}: {chunk['source']}"
               + (f", seconds per candidate {chunk['seconds']})" if "seconds" in chunk else ")"))
+    if "compared_precision" in result:
+        other = result["compared_precision"]
+        print(f"  {other['precision']} step {other['seconds_per_step']:12.3f} s   ({100 * other['network_fraction_of_peak']:.0f} % "
+              f"of its {other['matmul_peak_dtype']} peak; {result['precision']} {other['speedup']:.2f}x faster, "
+              "steps alternating)")
     if "reference" in result:
         print(f"  yenchenlin step {result['reference']['seconds_per_step']:9.3f} s   (ours "
               f"{result['reference']['speedup']:.2f}x faster, steps alternating)")

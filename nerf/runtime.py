@@ -30,9 +30,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # (1024 to 8192 points for the paper MLP on 2-core machines of one kind), hence tuned_cpu_chunk.
 CPU_NETWORK_CHUNK = 4096
 CPU_CHUNK_CANDIDATES = (1024, 2048, 4096, 8192)
-# Raised when the models' forward code changes the work per point (2: linear_of_concat), so that chunk
-# sizes measured for the old code are measured again.
-MODELS_CODE_VERSION = 2
+# Raised when the models' forward code changes the work per point (2: linear_of_concat) or the measurement
+# changes (3: autocast entered per chunk, as in training), so that chunk sizes measured before are measured again.
+MODELS_CODE_VERSION = 3
 TUNING_POINTS = 16384  # points each candidate evaluates (forward and backward) when the chunk is measured
 # Points per density-only call of a grid field on the CPU: its lookups gather from a grid far larger than any
 # cache, so small calls gain nothing and pay the per-call overhead (4096-point calls: 1.3x the time of these).
@@ -211,8 +211,16 @@ _freed_memory_kept = False
 
 
 def has_glibc_malloc() -> bool:
-    """True where the process runs on glibc (Linux distributions other than musl-based ones)."""
-    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    """True where the process's malloc is glibc's: Linux on glibc (not musl), with no other allocator (jemalloc,
+    tcmalloc, mimalloc, ...) preloaded in its place, i.e. `malloc` as the process resolves it is libc's own."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        process, libc = ctypes.CDLL(None), ctypes.CDLL("libc.so.6")
+        return (ctypes.cast(process.malloc, ctypes.c_void_p).value
+                == ctypes.cast(libc.malloc, ctypes.c_void_p).value)
+    except (OSError, AttributeError):
+        return False
 
 
 def keep_freed_cpu_memory() -> bool:
@@ -227,7 +235,7 @@ def keep_freed_cpu_memory() -> bool:
     step's peak, which the process then holds until it ends, including one-off peaks such as a validation
     render. Process-wide and not undone (glibc has no way back to its adaptive thresholds); forked children
     inherit it, spawned ones do not; allocations of worker threads' arenas above 64 MiB are still mapped.
-    With jemalloc or tcmalloc preloaded the call reaches glibc's unused malloc and changes nothing. It also
+    With jemalloc or tcmalloc preloaded it does nothing (has_glibc_malloc is false) and says so. It also
     changes where other libraries of the process get their memory: pycolmap's reconstruction in a process
     with it failed now and then (imgs2poses.py runs in a process of its own, without it). True where
     applied (glibc), False elsewhere."""
@@ -298,11 +306,15 @@ def measure_cpu_chunks(runner: "FieldRunner", candidates=CPU_CHUNK_CANDIDATES, p
     dirs = torch.nn.functional.normalize(torch.randn(points, 3, generator=generator), dim=-1)  # [P, 3]
     params = [p for p in runner.model.parameters() if p.requires_grad]
 
+    def call(chunk_xyz: torch.Tensor, chunk_dirs: torch.Tensor) -> torch.Tensor:
+        # as FieldRunner.forward: autocast entered per call, so that the weights are cast (and their gradients
+        # cast back) per chunk as in training; the eager model: a compiled one would recompile for every size
+        with runner._autocast(chunk_xyz.device):
+            return runner.model(chunk_xyz, chunk_dirs).float()
+
     def one_pass(chunk: int) -> float:
         start = time.perf_counter()
-        with runner._autocast(xyz.device):  # the eager model: a compiled one would recompile for every size
-            raw = torch.cat([runner.model(xyz[k:k + chunk], dirs[k:k + chunk]).float()
-                             for k in range(0, points, chunk)])  # [P, 4]
+        raw = torch.cat([call(xyz[k:k + chunk], dirs[k:k + chunk]) for k in range(0, points, chunk)])  # [P, 4]
         torch.autograd.grad(raw.square().mean(), params, allow_unused=True)
         return time.perf_counter() - start
 

@@ -188,3 +188,46 @@ def test_the_bench_alternates_its_steps_with_yenchenlins(tmp_path, monkeypatch):
     assert result["reference"]["speedup"] == 10.0  # median of 10, 15, 10; not 30 / 2 = 15
     assert result["reference"]["implementation"] == "yenchenlin/nerf-pytorch"  # recorded by its own process
     assert 0 < result["reference"]["seconds_per_step"] < 10.0  # its real seconds there, not the fake clock
+
+
+def test_the_bench_compares_precisions_step_by_step(tmp_path, monkeypatch):
+    import pytest
+    import torch
+
+    import bench.bench_nerf as bench_nerf
+    from bench.bench_nerf import main, network_flops_per_point
+    from nerf.datasets.demo import generate_demo_scene
+
+    generate_demo_scene(str(tmp_path / "scene"), size=16, num_train=4, num_val=1, num_test=1)
+    config = tmp_path / "cfg.yml"
+    config.write_text(f"dataset:\n  basedir: {tmp_path / 'scene'}\nnerf:\n  train:\n    num_random_rays: 32\n    num_fine: 0\n"
+                      "  validation:\n    num_fine: 0\nmodels:\n  coarse:\n    type: TinyNeRFModel\n  fine: null\n"
+                      "runtime:\n  cpu_network_chunk: 1024\n  precision: bf16\n")
+    with pytest.raises(SystemExit, match="--compare-precision: runtime.precision fp16 needs a CUDA device"):
+        main(["--config", str(config), "--no-render", "--no-speed-factor", "--compare-precision", "fp16"])
+    order, ours = [], bench_nerf.timed_step
+    # (fake clocks) bf16 steps of 1, 2, 3 s, fp32 steps of 4, 3, 9 s: ratios 4, 1.5, 3
+    clocks = {"bf16": iter([1.0, 2.0, 3.0]), "fp32": iter([4.0, 3.0, 9.0])}
+
+    def fake_step(k, batcher, scene, method, *rest):
+        precision = "bf16" if method.runners[0].dtype == torch.bfloat16 else "fp32"
+        order.append((k, precision))
+        return {**ours(k, batcher, scene, method, *rest),
+                "times": {**dict.fromkeys(bench_nerf.PHASES, 0.0), "backward": next(clocks[precision])}}
+
+    monkeypatch.setattr(bench_nerf, "timed_step", fake_step)
+    monkeypatch.setattr(bench_nerf, "matmul_peak_gflops",  # each dtype's peak: bf16 400, fp32 100 GFLOP/s
+                        lambda device, dtype, size=2048, repeats=10, onednn=False: 400.0 if dtype == torch.bfloat16
+                        else 100.0)
+    result = main(["--config", str(config), "--iters", "3", "--warmup", "0", "--no-render", "--no-speed-factor",
+                   "--compare-precision", "fp32"])
+    # the same batch for both, and each goes first in turn
+    assert order == [(0, "bf16"), (0, "fp32"), (1, "fp32"), (1, "bf16"), (2, "bf16"), (2, "fp32")]
+    other = result["compared_precision"]
+    assert result["seconds_per_step"] == 2.0 and other["seconds_per_step"] == 4.0
+    assert other["speedup"] == 3.0  # median of 4, 1.5, 3; not 4 / 2 = 2
+    assert other["matmul_peak_dtype"] == "float32" and other["matmul_peak_beside_steps_gflops"] == [100.0] * 3
+    gflop = result["network_gflop_per_step"]
+    assert gflop == 32 * 64 * network_flops_per_point(build_model(ModelConfig(type="TinyNeRFModel"))) / 1e9
+    assert other["network_fraction_of_peak"] == pytest.approx(gflop / 4.0 / 100.0)  # its own dtype's peak
+    assert result["network_fraction_of_peak"] == pytest.approx(gflop / 2.0 / 400.0)
