@@ -89,9 +89,10 @@ def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, size: int = 204
     return 2.0 * size ** 3 / best / 1e9
 
 
-def onednn_peak_available(device: torch.device) -> bool:
-    """Whether oneDNN's product can be timed beside torch.matmul's: on the CPU of a build that has it."""
-    return (device.type == "cpu" and torch.backends.mkldnn.is_available()
+def onednn_peak_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether oneDNN's product is timed beside torch.matmul's: on the CPU of a build that has it, in fp32 (the
+    dtype where torch.matmul calls MKL instead; bf16 products already are oneDNN's)."""
+    return (device.type == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
@@ -285,7 +286,7 @@ def main(argv=None) -> dict:
         timed, peak = one_step(k, our_runners, dtype)
         steps.append(timed)
         peaks.append(peak)
-        if onednn_peak_available(device):
+        if onednn_peak_available(device, dtype):
             onednn_peaks.append(matmul_peak_gflops(device, dtype, repeats=3, onednn=True))
         if compared_runners is not None and k % 2 == 0:
             compared.append(one_step(k, compared_runners, DTYPES[args.compare_precision]))

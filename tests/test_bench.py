@@ -47,7 +47,7 @@ def test_bench_json_is_consistent(tmp_path, monkeypatch):
     assert len(beside) == 2 and result["matmul_peak_gflops"] == sum(beside) / 2
     assert result["matmul_peak_best_gflops"] >= max(beside)
     # oneDNN's product timed beside torch.matmul's after each timed step, the same shares of it
-    assert ("matmul_peak_onednn_gflops" in result) == onednn_peak_available(torch.device("cpu"))
+    assert ("matmul_peak_onednn_gflops" in result) == onednn_peak_available(torch.device("cpu"), torch.float32)
     if "matmul_peak_onednn_gflops" in result:
         assert result["matmul_peak_onednn_beside_steps_gflops"] == [200.0, 200.0]
         assert result["network_fraction_of_onednn_peak"] == pytest.approx(result["network_fraction_of_peak"] / 2)
@@ -56,6 +56,7 @@ def test_bench_json_is_consistent(tmp_path, monkeypatch):
                  "--set", "occupancy.enabled=true", "--set", "occupancy.resolution=8",
                  "--set", "runtime.precision=bf16", "--no-speed-factor"])
     assert grid["sampler"] == "occupancy" and grid["matmul_peak_dtype"] == "bfloat16"
+    assert "matmul_peak_onednn_gflops" not in grid  # bf16 products are oneDNN's already: one peak
     (chunk,) = grid["cpu_network_chunk"]  # measured for this model in bf16 (the test session's cache folder)
     assert chunk["source"] in ("measured", "cache") and chunk["chunk"] == int(min(chunk["seconds"],
                                                                                   key=chunk["seconds"].get))
