@@ -19,7 +19,7 @@ ratio of neighbouring steps: the machine's speed drifts between the two otherwis
 a step of the same networks in another runtime.precision is timed beside each of ours in the same way (the
 two take turns at going first), with its share of the peak of its own dtype: one run gives the ratio of,
 say, the bf16 and the fp32 step at the same moment (the fp32 matrix-multiply speed of some machines swings
-by a third within seconds while their bf16 speed holds).
+by a third within seconds while their bf16 speed holds). The peak memory then covers the steps of both.
 
 The step is the same computation as train_nerf.py (same functions, same order), timed phase by phase with
 device synchronisation, so it runs a little slower than the real loop. With occupancy.enabled the timed
@@ -36,6 +36,7 @@ import resource
 import statistics
 import sys
 import time
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -195,6 +196,42 @@ def timed_occupancy_step(step, batcher, scene, method, optimizer, opts, occ, dev
     return {"times": lap.times, "coarse_points": num_valid, "fine_points": 0, "flop_points": color_points}
 
 
+def timed_step_and_peak(k, batcher, scene, method, runners, optimizer, cfg, device,
+                        dtype: torch.dtype) -> tuple[dict, float]:
+    """Training step k of `method` with `runners` (the networks in one precision), timed phase by phase, and
+    the matmul peak of `dtype` measured right after it."""
+    method.runners = runners
+    if method.sampler is None:
+        timed = timed_step(k, batcher, scene, method, optimizer, cfg.nerf.train, device)
+    else:
+        timed = timed_occupancy_step(k, batcher, scene, method, optimizer, cfg.nerf.train, cfg.occupancy, device)
+    return timed, matmul_peak_gflops(device, dtype, repeats=3)
+
+
+def network_gflops(step: dict, coarse: nn.Module, fine: Optional[nn.Module]) -> float:
+    """GFLOP/s of a timed step's networks: forward + backward FLOPs of the points it evaluated with gradients
+    (those that reached the colour MLP, with the split renderer of a voxel grid) over its network_forward +
+    backward seconds (the backward also holds the volume rendering's; the networks dominate it)."""
+    flops = step.get("flop_points", step["coarse_points"]) * network_flops_per_point(coarse)
+    if step["fine_points"]:
+        flops += step["fine_points"] * network_flops_per_point(fine)
+    return flops / (step["times"]["network_forward"] + step["times"]["backward"]) / 1e9
+
+
+def compared_summary(compared: list, our_totals: list, coarse: nn.Module, fine: Optional[nn.Module]) -> dict:
+    """--compare-precision's figures from its (timed step, matmul peak) pairs, each beside one of our steps
+    (our_totals: their seconds): the median seconds and split, the median share of its own dtype's peak, and
+    speedup = its seconds / ours, the median ratio of neighbouring steps (above 1: ours is faster)."""
+    totals = [sum(s["times"].values()) for s, _ in compared]
+    return {
+        "seconds_per_step": statistics.median(totals),
+        "split_seconds": {phase: statistics.median(s["times"][phase] for s, _ in compared) for phase in PHASES},
+        "matmul_peak_beside_steps_gflops": [p for _, p in compared],
+        "network_fraction_of_peak": statistics.median(network_gflops(s, coarse, fine) / p for s, p in compared),
+        "speedup": statistics.median(theirs / ours for theirs, ours in zip(totals, our_totals)),
+    }
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--config", required=True)
@@ -208,7 +245,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--reference-yenchenlin", default=None, metavar="PATH",
                         help="also time yenchenlin/nerf-pytorch's training step (a clone of it at PATH)")
     parser.add_argument("--compare-precision", choices=sorted(DTYPES), default=None, metavar="PRECISION",
-                        help="also time a step of the same networks in this runtime.precision after each of ours")
+                        help="also time a step of the same networks in this runtime.precision beside each of ours "
+                             "(the two taking turns at going first)")
     parser.add_argument("--no-speed-factor", action="store_true", help="skip machine_speed.py")
     args = parser.parse_args(argv)
     args.set = overrides_from(args.set)
@@ -249,49 +287,39 @@ def main(argv=None) -> dict:
     if device.type == "cpu":  # the chunk each network runs in (measured now, or read from the cache)
         result["cpu_network_chunk"] = [runner.cpu_chunk() and runner.chunk_report
                                        for runner in method.runners if runner is not None]
-    compared_runners = None  # the same networks wrapped for --compare-precision
+    our_runners, compared_runners = method.runners, None  # compared: the same networks for --compare-precision
     if args.compare_precision:
-        ours = method.runners
         try:
             method.set_runtime(dataclasses.replace(cfg.runtime, precision=args.compare_precision))
         except ValueError as err:
             sys.exit(f"error: --compare-precision: {err}")
-        compared_runners, method.runners = method.runners, ours
+        compared_runners = method.runners
         if device.type == "cpu":  # measured (or read) now, not inside a timed step
-            for runner in compared_runners:
-                if runner is not None:
-                    runner.cpu_chunk()
+            compared_chunks = [runner.cpu_chunk() and runner.chunk_report
+                               for runner in compared_runners if runner is not None]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     reference = YenchenlinProcess(args.reference_yenchenlin, cfg, opts) if args.reference_yenchenlin else None
     dtype = DTYPES[cfg.runtime.precision]
 
-    def one_step(k: int, runners, step_dtype: torch.dtype) -> tuple[dict, float]:
-        """A timed step of `runners` and the matmul peak of `step_dtype` right after it."""
-        method.runners = runners
-        if method.sampler is None:
-            timed = timed_step(k, batcher, scene, method, optimizer, opts, device)
-        else:
-            timed = timed_occupancy_step(k, batcher, scene, method, optimizer, opts, cfg.occupancy, device)
-        return timed, matmul_peak_gflops(device, step_dtype, repeats=3)
-
-    our_runners = method.runners
     steps, reference_seconds, peaks, onednn_peaks, compared = [], [], [], [], []
     for k in range(args.warmup + args.iters):
         # the compared precision's step goes first on odd steps, so that neither always follows the other
         if compared_runners is not None and k % 2 == 1:
-            compared.append(one_step(k, compared_runners, DTYPES[args.compare_precision]))
-        # the matmul peak and yenchenlin's step right after ours: all timed on the machine as it is now
-        timed, peak = one_step(k, our_runners, dtype)
+            compared.append(timed_step_and_peak(k, batcher, scene, method, compared_runners, optimizer, cfg, device,
+                                                DTYPES[args.compare_precision]))
+        # the matmul peaks and yenchenlin's step beside ours: all timed on the machine as it is now
+        timed, peak = timed_step_and_peak(k, batcher, scene, method, our_runners, optimizer, cfg, device, dtype)
         steps.append(timed)
         peaks.append(peak)
         if onednn_peak_available(device, dtype):
             onednn_peaks.append(matmul_peak_gflops(device, dtype, repeats=3, onednn=True))
-        if compared_runners is not None and k % 2 == 0:
-            compared.append(one_step(k, compared_runners, DTYPES[args.compare_precision]))
         if reference is not None:
             reference_seconds.append(reference())
+        if compared_runners is not None and k % 2 == 0:
+            compared.append(timed_step_and_peak(k, batcher, scene, method, compared_runners, optimizer, cfg, device,
+                                                DTYPES[args.compare_precision]))
     method.runners = our_runners
     steps, reference_seconds, peaks = steps[args.warmup:], reference_seconds[args.warmup:], peaks[args.warmup:]
     onednn_peaks, compared = onednn_peaks[args.warmup:], compared[args.warmup:]
@@ -312,10 +340,7 @@ def main(argv=None) -> dict:
     # the share of the peak step by step, each against the peak measured right after it: CPUs of this
     # kind change their clock by tens of percent within minutes, and a best reading from another moment
     # (matmul_peak_best_gflops, kept for reference) would compare two different machines
-    def network_gflops(step: dict) -> float:
-        return flops / (step["times"]["network_forward"] + step["times"]["backward"]) / 1e9
-
-    achieved = [network_gflops(s) for s in steps]  # GFLOP/s
+    achieved = [network_gflops(s, coarse, fine) for s in steps]  # GFLOP/s
     fractions = [a / p for a, p in zip(achieved, peaks)]
     peak, best_peak = statistics.median(peaks), matmul_peak_gflops(device, dtype)
     rays = opts.num_random_rays
@@ -337,16 +362,12 @@ def main(argv=None) -> dict:
             "network_fraction_of_onednn_peak": statistics.median(a / p for a, p in zip(achieved, onednn_peaks)),
         })
     if compared:
-        compared_totals = [sum(s["times"].values()) for s, _ in compared]
         result["compared_precision"] = {
-            "precision": args.compare_precision, "seconds_per_step": statistics.median(compared_totals),
-            "split_seconds": {phase: statistics.median(s["times"][phase] for s, _ in compared) for phase in PHASES},
+            "precision": args.compare_precision,
             "matmul_peak_dtype": str(DTYPES[args.compare_precision]).replace("torch.", ""),
-            "matmul_peak_beside_steps_gflops": [p for _, p in compared],
-            "network_fraction_of_peak": statistics.median(network_gflops(s) / p for s, p in compared),
-            # how many times faster our precision's step is: the median ratio of neighbouring steps
-            "speedup": statistics.median(other / ours for other, ours in zip(compared_totals, totals)),
-        }
+            **compared_summary(compared, totals, coarse, fine)}
+        if device.type == "cpu":
+            result["compared_precision"]["cpu_network_chunk"] = compared_chunks
     if not args.no_render:
         view = (scene.i_test or scene.i_val)[0]
         for m in models:
@@ -395,9 +416,12 @@ def main(argv=None) -> dict:
         print(f"  network chunk   {chunk['chunk']:9d} points ({('coarse', 'fine')[k]}: {chunk['source']}"
               + (f", seconds per candidate {chunk['seconds']})" if "seconds" in chunk else ")"))
     if "compared_precision" in result:
-        other = result["compared_precision"]
-        print(f"  {other['precision']} step {other['seconds_per_step']:12.3f} s   ({100 * other['network_fraction_of_peak']:.0f} % "
-              f"of its {other['matmul_peak_dtype']} peak; {result['precision']} {other['speedup']:.2f}x faster, "
+        compared_result = result["compared_precision"]
+        speedup, name = compared_result["speedup"], compared_result["precision"]
+        faster = (f"{result['precision']} {speedup:.2f}x faster" if speedup >= 1
+                  else f"{name} {1 / speedup:.2f}x faster")
+        print(f"  {name + ' step':<15} {compared_result['seconds_per_step']:9.3f} s   "
+              f"({100 * compared_result['network_fraction_of_peak']:.0f} % of its {name} matmul peak; {faster}, "
               "steps alternating)")
     if "reference" in result:
         print(f"  yenchenlin step {result['reference']['seconds_per_step']:9.3f} s   (ours "

@@ -10,6 +10,7 @@ model is the one the optimizer and the checkpoints see). fp16 needs a `torch.amp
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import json
 import os
 import platform
@@ -216,10 +217,11 @@ def has_glibc_malloc() -> bool:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
-        process, libc = ctypes.CDLL(None), ctypes.CDLL("libc.so.6")
+        process = ctypes.CDLL(None)
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")  # libc.so.6.1 on alpha and ia64
         return (ctypes.cast(process.malloc, ctypes.c_void_p).value
                 == ctypes.cast(libc.malloc, ctypes.c_void_p).value)
-    except (OSError, AttributeError):
+    except (OSError, AttributeError):  # a libc that cannot be opened counts as not glibc's: nothing is changed
         return False
 
 

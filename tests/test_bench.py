@@ -170,7 +170,7 @@ def test_the_bench_alternates_its_steps_with_yenchenlins(tmp_path, monkeypatch):
 
     checkout = _fake_checkout_and_scene(tmp_path, monkeypatch)
     config = tmp_path / "cfg.yml"
-    config.write_text(f"dataset:\n  basedir: {tmp_path / 'scene'}\nnerf:\n  train:\n    num_random_rays: 32\n    num_fine: 0\n"
+    config.write_text(f"experiment:\n  device: cpu\ndataset:\n  basedir: {tmp_path / 'scene'}\nnerf:\n  train:\n    num_random_rays: 32\n    num_fine: 0\n"
                       "  validation:\n    num_fine: 0\nmodels:\n  coarse:\n    type: TinyNeRFModel\n  fine: null\nruntime:\n  cpu_network_chunk: 1024\n")
     with pytest.raises(SystemExit, match="no run_nerf.py there"):  # raised in its process, exits ours
         bench_nerf.main(["--config", str(config), "--no-render", "--no-speed-factor",
@@ -201,14 +201,14 @@ def test_the_bench_compares_precisions_step_by_step(tmp_path, monkeypatch):
 
     generate_demo_scene(str(tmp_path / "scene"), size=16, num_train=4, num_val=1, num_test=1)
     config = tmp_path / "cfg.yml"
-    config.write_text(f"dataset:\n  basedir: {tmp_path / 'scene'}\nnerf:\n  train:\n    num_random_rays: 32\n    num_fine: 0\n"
+    config.write_text(f"experiment:\n  device: cpu\ndataset:\n  basedir: {tmp_path / 'scene'}\nnerf:\n  train:\n    num_random_rays: 32\n    num_fine: 0\n"
                       "  validation:\n    num_fine: 0\nmodels:\n  coarse:\n    type: TinyNeRFModel\n  fine: null\n"
                       "runtime:\n  cpu_network_chunk: 1024\n  precision: bf16\n")
     with pytest.raises(SystemExit, match="--compare-precision: runtime.precision fp16 needs a CUDA device"):
         main(["--config", str(config), "--no-render", "--no-speed-factor", "--compare-precision", "fp16"])
     order, ours = [], bench_nerf.timed_step
-    # (fake clocks) bf16 steps of 1, 2, 3 s, fp32 steps of 4, 3, 9 s: ratios 4, 1.5, 3
-    clocks = {"bf16": iter([1.0, 2.0, 3.0]), "fp32": iter([4.0, 3.0, 9.0])}
+    # (fake clocks) after a warm-up step each: bf16 steps of 1, 2, 3 s, fp32 steps of 4, 3, 9 s: ratios 4, 1.5, 3
+    clocks = {"bf16": iter([50.0, 1.0, 2.0, 3.0]), "fp32": iter([70.0, 4.0, 3.0, 9.0])}
 
     def fake_step(k, batcher, scene, method, *rest):
         precision = "bf16" if method.runners[0].dtype == torch.bfloat16 else "fp32"
@@ -220,13 +220,15 @@ def test_the_bench_compares_precisions_step_by_step(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_nerf, "matmul_peak_gflops",  # each dtype's peak: bf16 400, fp32 100 GFLOP/s
                         lambda device, dtype, size=2048, repeats=10, onednn=False: 400.0 if dtype == torch.bfloat16
                         else 100.0)
-    result = main(["--config", str(config), "--iters", "3", "--warmup", "0", "--no-render", "--no-speed-factor",
+    result = main(["--config", str(config), "--iters", "3", "--warmup", "1", "--no-render", "--no-speed-factor",
                    "--compare-precision", "fp32"])
     # the same batch for both, and each goes first in turn
-    assert order == [(0, "bf16"), (0, "fp32"), (1, "fp32"), (1, "bf16"), (2, "bf16"), (2, "fp32")]
+    assert order == [(0, "bf16"), (0, "fp32"), (1, "fp32"), (1, "bf16"), (2, "bf16"), (2, "fp32"), (3, "fp32"),
+                     (3, "bf16")]
     other = result["compared_precision"]
     assert result["seconds_per_step"] == 2.0 and other["seconds_per_step"] == 4.0
-    assert other["speedup"] == 3.0  # median of 4, 1.5, 3; not 4 / 2 = 2
+    assert other["speedup"] == 3.0  # median of 4, 1.5, 3 (the warm-up pair left out); not 4 / 2 = 2
+    assert other["cpu_network_chunk"] == [{"chunk": 1024, "source": "runtime.cpu_network_chunk"}]
     assert other["matmul_peak_dtype"] == "float32" and other["matmul_peak_beside_steps_gflops"] == [100.0] * 3
     gflop = result["network_gflop_per_step"]
     assert gflop == 32 * 64 * network_flops_per_point(build_model(ModelConfig(type="TinyNeRFModel"))) / 1e9
