@@ -37,15 +37,14 @@ def ssim(image: torch.Tensor, target: torch.Tensor, window_size: int = 11, sigma
     x = image.detach().to("cpu", torch.float64).permute(2, 0, 1)[:, None]  # [C, 1, H, W]
     y = target.detach().to("cpu", torch.float64).permute(2, 0, 1)[:, None]
     g = _gaussian_window(window_size, sigma, x.dtype, x.device)
-    window = (g[:, None] * g[None, :])[None, None]  # [1, 1, k, k]
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, window)  # valid: [C, 1, H-k+1, W-k+1]
-
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x ** 2
-    var_y = blur(y * y) - mu_y ** 2
-    cov = blur(x * y) - mu_x * mu_y
+    # the 2-D window is g g^T, so one pass of g along the rows and one along the columns is the same filter
+    # with 2k taps a pixel instead of k^2 (a 2-D float64 window took 8 s at 800x800 on a 2-core CPU)
+    blurred = F.conv2d(F.conv2d(torch.cat((x, y, x * x, y * y, x * y)), g.view(1, 1, 1, -1)),
+                       g.view(1, 1, -1, 1))  # valid: [5C, 1, H-k+1, W-k+1]
+    mu_x, mu_y, xx, yy, xy = blurred.chunk(5)
+    var_x = xx - mu_x ** 2
+    var_y = yy - mu_y ** 2
+    cov = xy - mu_x * mu_y
     c1, c2 = (k1 * max_val) ** 2, (k2 * max_val) ** 2
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
     return float(ssim_map.mean())
