@@ -196,6 +196,11 @@ def timed_occupancy_step(step, batcher, scene, method, optimizer, opts, occ, dev
     return {"times": lap.times, "coarse_points": num_valid, "fine_points": 0, "flop_points": color_points}
 
 
+def chunk_reports(runners) -> list[dict]:
+    """The CPU network chunk of each runner (runner.chunk_report), measured now or read from the cache."""
+    return [runner.cpu_chunk() and runner.chunk_report for runner in runners if runner is not None]
+
+
 def timed_step_and_peak(k, batcher, scene, method, runners, optimizer, cfg, device,
                         dtype: torch.dtype) -> tuple[dict, float]:
     """Training step k of `method` with `runners` (the networks in one precision), timed phase by phase, and
@@ -285,18 +290,17 @@ def main(argv=None) -> dict:
         result["grid_occupied_fraction"] = method.sampler.grid.occupied_fraction()
     result["freed_cpu_memory_kept"] = freed_cpu_memory_kept()  # runtime.keep_cpu_memory, where it took effect
     if device.type == "cpu":  # the chunk each network runs in (measured now, or read from the cache)
-        result["cpu_network_chunk"] = [runner.cpu_chunk() and runner.chunk_report
-                                       for runner in method.runners if runner is not None]
+        result["cpu_network_chunk"] = chunk_reports(method.runners)
     our_runners, compared_runners = method.runners, None  # compared: the same networks for --compare-precision
     if args.compare_precision:
         try:
             method.set_runtime(dataclasses.replace(cfg.runtime, precision=args.compare_precision))
         except ValueError as err:
             sys.exit(f"error: --compare-precision: {err}")
-        compared_runners = method.runners
+        compared_runners, compared_dtype = method.runners, DTYPES[args.compare_precision]
+        method.runners = our_runners
         if device.type == "cpu":  # measured (or read) now, not inside a timed step
-            compared_chunks = [runner.cpu_chunk() and runner.chunk_report
-                               for runner in compared_runners if runner is not None]
+            compared_chunks = chunk_reports(compared_runners)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -308,7 +312,7 @@ def main(argv=None) -> dict:
         # the compared precision's step goes first on odd steps, so that neither always follows the other
         if compared_runners is not None and k % 2 == 1:
             compared.append(timed_step_and_peak(k, batcher, scene, method, compared_runners, optimizer, cfg, device,
-                                                DTYPES[args.compare_precision]))
+                                                compared_dtype))
         # the matmul peaks and yenchenlin's step beside ours: all timed on the machine as it is now
         timed, peak = timed_step_and_peak(k, batcher, scene, method, our_runners, optimizer, cfg, device, dtype)
         steps.append(timed)
@@ -319,7 +323,7 @@ def main(argv=None) -> dict:
             reference_seconds.append(reference())
         if compared_runners is not None and k % 2 == 0:
             compared.append(timed_step_and_peak(k, batcher, scene, method, compared_runners, optimizer, cfg, device,
-                                                DTYPES[args.compare_precision]))
+                                                compared_dtype))
     method.runners = our_runners
     steps, reference_seconds, peaks = steps[args.warmup:], reference_seconds[args.warmup:], peaks[args.warmup:]
     onednn_peaks, compared = onednn_peaks[args.warmup:], compared[args.warmup:]
@@ -364,7 +368,7 @@ def main(argv=None) -> dict:
     if compared:
         result["compared_precision"] = {
             "precision": args.compare_precision,
-            "matmul_peak_dtype": str(DTYPES[args.compare_precision]).replace("torch.", ""),
+            "matmul_peak_dtype": str(compared_dtype).replace("torch.", ""),
             **compared_summary(compared, totals, coarse, fine)}
         if device.type == "cpu":
             result["compared_precision"]["cpu_network_chunk"] = compared_chunks

@@ -274,9 +274,14 @@ print(" ".join(map(str, faults[10:])))
 ALLOCATOR_ENVIRONMENT = ("LD_PRELOAD", "GLIBC_TUNABLES", "THP_MEM_ALLOC_ENABLE")
 
 
+def _environment_without_allocator_settings() -> dict:
+    """This process's environment less what would replace or tune glibc's malloc in a child."""
+    return {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENVIRONMENT and not k.startswith("MALLOC_")}
+
+
 def _page_faults_of_reallocations(mode: str) -> list[int]:
     """Page faults of each of four 64 MiB tensors, each freed before the next (after ten rounds)."""
-    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENVIRONMENT and not k.startswith("MALLOC_")}
+    env = _environment_without_allocator_settings()
     done = subprocess.run([sys.executable, "-c", FAULTS_OF_REALLOCATIONS, mode], cwd=ROOT, capture_output=True,
                           text=True, check=True, env=env)
     return [int(n) for n in done.stdout.split()]
@@ -326,7 +331,7 @@ def test_memory_is_not_said_kept_where_another_malloc_is_preloaded(tmp_path):
                            capture_output=True, text=True)
     if built.returncode != 0:
         pytest.skip(f"could not build a malloc interposer: {built.stderr.strip()[:200]}")
-    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENVIRONMENT}
+    env = _environment_without_allocator_settings()
 
     def report(extra: dict) -> list[str]:
         done = subprocess.run([sys.executable, "-c", REPORT_ALLOCATOR], cwd=ROOT, capture_output=True, text=True,
