@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import json
 import os
 import platform
@@ -211,9 +212,11 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 _freed_memory_kept = False
 
 
+@functools.lru_cache(maxsize=None)
 def has_glibc_malloc() -> bool:
     """True where the process's malloc is glibc's: Linux on glibc (not musl), with no other allocator (jemalloc,
-    tcmalloc, mimalloc, ...) preloaded in its place, i.e. `malloc` as the process resolves it is libc's own."""
+    tcmalloc, mimalloc, ...) preloaded in its place, i.e. `malloc` as the process resolves it is libc's own.
+    Asked once per process (find_library runs a subprocess; the answer is fixed when the process starts)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:

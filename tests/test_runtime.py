@@ -310,6 +310,21 @@ def test_keeping_cpu_memory_is_applied_once_and_only_on_glibc(monkeypatch):
     assert real_keep_freed_cpu_memory() is True
 
 
+def test_the_allocator_is_looked_up_once_per_process(monkeypatch):
+    """find_library runs a subprocess on Linux: the answer, true or false, is cached."""
+    calls = []
+    real_find_library = runtime.ctypes.util.find_library
+    monkeypatch.setattr(runtime.ctypes.util, "find_library",
+                        lambda name: calls.append(name) or real_find_library(name))
+    runtime.has_glibc_malloc.cache_clear()
+    try:
+        first, second = runtime.has_glibc_malloc(), runtime.has_glibc_malloc()
+    finally:
+        runtime.has_glibc_malloc.cache_clear()
+    assert first == second
+    assert len(calls) <= 1
+
+
 MALLOC_INTERPOSER = """
 #include <stddef.h>
 extern void *__libc_malloc(size_t);
