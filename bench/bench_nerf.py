@@ -2,7 +2,8 @@
 
     python bench/bench_nerf.py --config config/lego.yml --set dataset.basedir=... [--iters 5] [--warmup 2]
                                [--render-stride 4] [--checkpoint CKPT] [--json out.json]
-                               [--reference-yenchenlin PATH] [--compare-precision fp32] [--no-speed-factor]
+                               [--reference-yenchenlin PATH] [--compare-precision fp32] [--profile-steps N]
+                               [--no-speed-factor]
 
 Prints a table and (with --json) writes JSON: seconds per training iteration (median after warm-up), rays/s
 and network samples/s, the time split (data, sampling, network forward with the positional encoding,
@@ -22,13 +23,17 @@ say, the bf16 and the fp32 step at the same moment (the fp32 matrix-multiply spe
 by a third within seconds while their bf16 speed holds). The peak memory then covers the steps of both.
 
 The step is the same computation as train_nerf.py (same functions, same order), timed phase by phase with
-device synchronisation, so it runs a little slower than the real loop. With occupancy.enabled the timed
+device synchronisation, so it runs a little slower than the real loop. With --profile-steps N, N steps also
+run as train_nerf.py runs them (the host free to run ahead of the device), timed together, and N more under
+torch.profiler: per step the host's waits for the device and the operators that caused them, the kernel
+launches, the device's busy seconds, the operators that take the host's time (JSON `unsynchronised`). With occupancy.enabled the timed
 steps are taken after the grid warm-up (skipping on), from the grid of --checkpoint when it has one.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import os
@@ -201,6 +206,78 @@ def chunk_reports(runners) -> list[dict]:
     return [runner.cpu_chunk() and runner.chunk_report for runner in runners if runner is not None]
 
 
+# the CUDA runtime calls that make the host wait for the device, and those that launch a kernel
+HOST_WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+KERNEL_LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
+# far past every schedule's one-off events (a voxel grid's growth, the occupancy warm-up): steady-state steps
+STEADY_STEP = 1_000_000
+
+
+def training_step(step: int, batcher, scene, method, optimizer, opts) -> None:
+    """Step `step` of train_nerf.py's loop as it runs there, with no synchronisation between its phases: the
+    method's hooks (occupancy updates), the batch, rendering, loss, backward pass and optimizer step."""
+    method.before_step(step)
+    rays_o, rays_d, target = batcher.batch(step)
+    rays = prepare_rays(rays_o, rays_d, scene.near, scene.far,
+                        (scene.height, scene.width, scene.focal) if scene.use_ndc else None)
+    out = method.render_rays(rays, opts)
+    method.after_render(step, rays, out)
+    loss, _ = method.loss(out, target, rays, step)
+    zero_gradients(optimizer, method.keeps_gradient_buffers)
+    loss.backward()
+    optimizer.step()
+
+
+def _waiting_operator(event) -> str:
+    """Where a profiled event came from: its outermost operator, and the innermost one when they differ
+    ("aten::index > aten::nonzero": a boolean mask's indexing, whose nonzero the host waits for)."""
+    chain, parent = [], event.cpu_parent
+    while parent is not None:
+        chain.append(parent.name)
+        parent = parent.cpu_parent
+    if not chain:
+        return event.name
+    return chain[-1] if len(chain) == 1 else f"{chain[-1]} > {chain[0]}"
+
+
+def unsynchronised_steps(num_steps: int, batcher, scene, method, optimizer, opts, device) -> dict:
+    """num_steps training steps as train_nerf.py runs them, timed together (one synchronisation after the
+    last: the step time of training, where the host runs ahead of the device until something waits), then
+    as many again under torch.profiler. Per step: the host's waits for the device and the operators that
+    caused them (a size or value the host must read: nonzero, item, ...), the kernel launches, the device's
+    busy seconds (the sum of its kernels' times; 0 on the CPU), and the operators that take the host's time.
+    On a GPU, seconds_per_step well above device_busy_seconds_per_step means the step is bound by the host."""
+    sync(device)
+    start = time.perf_counter()
+    for k in range(num_steps):
+        training_step(STEADY_STEP + k, batcher, scene, method, optimizer, opts)
+    sync(device)
+    seconds = (time.perf_counter() - start) / num_steps
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profile:
+        for k in range(num_steps):
+            training_step(STEADY_STEP + num_steps + k, batcher, scene, method, optimizer, opts)
+        sync(device)
+    waits = collections.Counter(_waiting_operator(e) for e in profile.events() if e.name in HOST_WAITS)
+    launches = sum(1 for e in profile.events() if e.name in KERNEL_LAUNCHES)
+    device_us = sum(getattr(e, "device_time_total", 0) or 0 for e in profile.events()
+                    if e.device_type == torch.autograd.DeviceType.CUDA)  # kernels (and copies) on the device
+    operators = sorted(profile.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    return {
+        "steps": num_steps,
+        "seconds_per_step": seconds,
+        "host_waits_per_step": sum(waits.values()) / num_steps,
+        "host_waits_by_operator": {name: n / num_steps for name, n in waits.most_common()},
+        "kernel_launches_per_step": launches / num_steps,
+        "device_busy_seconds_per_step": device_us / 1e6 / num_steps,
+        "host_operators": [{"name": e.key, "calls_per_step": e.count / num_steps,
+                            "self_host_ms_per_step": e.self_cpu_time_total / 1e3 / num_steps}
+                           for e in operators[:15]],
+    }
+
+
 def timed_step_and_peak(k, batcher, scene, method, runners, optimizer, cfg, device,
                         dtype: torch.dtype) -> tuple[dict, float]:
     """Training step k of `method` with `runners` (the networks in one precision), timed phase by phase, and
@@ -252,6 +329,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--compare-precision", choices=sorted(DTYPES), default=None, metavar="PRECISION",
                         help="also time a step of the same networks in this runtime.precision beside each of ours "
                              "(the two taking turns at going first)")
+    parser.add_argument("--profile-steps", type=int, default=0, metavar="N",
+                        help="also run N steps as train_nerf.py does (no synchronisation between phases), timed "
+                             "together, and N more under torch.profiler: host waits, kernel launches, device time")
     parser.add_argument("--no-speed-factor", action="store_true", help="skip machine_speed.py")
     args = parser.parse_args(argv)
     args.set = overrides_from(args.set)
@@ -372,6 +452,9 @@ def main(argv=None) -> dict:
             **compared_summary(compared, totals, coarse, fine)}
         if device.type == "cpu":
             result["compared_precision"]["cpu_network_chunk"] = compared_chunks
+    if args.profile_steps > 0:
+        result["unsynchronised"] = unsynchronised_steps(args.profile_steps, batcher, scene, method, optimizer, opts,
+                                                        device)
     if not args.no_render:
         view = (scene.i_test or scene.i_val)[0]
         for m in models:
@@ -411,6 +494,13 @@ def main(argv=None) -> dict:
     if "matmul_peak_onednn_gflops" in result:
         print(f"  {'':<15} {100 * result['network_fraction_of_onednn_peak']:9.0f} % of oneDNN's "
               f"{result['matmul_peak_dtype']} product beside the steps ({result['matmul_peak_onednn_gflops']:.1f} GFLOP/s)")
+    if "unsynchronised" in result:
+        run = result["unsynchronised"]
+        waits = ", ".join(f"{name} {n:g}" for name, n in list(run["host_waits_by_operator"].items())[:4])
+        print(f"  as in training  {run['seconds_per_step']:9.3f} s   ({run['steps']} steps, no synchronisation "
+              f"between phases; device busy {run['device_busy_seconds_per_step']:.3f} s, "
+              f"{run['kernel_launches_per_step']:.0f} kernel launches, {run['host_waits_per_step']:g} host waits"
+              + (f": {waits}" if waits else "") + ")")
     if "seconds_per_frame" in result:
         psnr_text = f", PSNR {result['frame_psnr']:.2f} dB" if "frame_psnr" in result else ""
         print(f"  frame {result['frame_resolution'][0]}x{result['frame_resolution'][1]}  "

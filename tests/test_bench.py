@@ -234,3 +234,39 @@ def test_the_bench_compares_precisions_step_by_step(tmp_path, monkeypatch):
     assert gflop == 32 * 64 * network_flops_per_point(build_model(ModelConfig(type="TinyNeRFModel"))) / 1e9
     assert other["network_fraction_of_peak"] == pytest.approx(gflop / 4.0 / 100.0)  # its own dtype's peak
     assert result["network_fraction_of_peak"] == pytest.approx(gflop / 2.0 / 400.0)
+
+
+def test_the_unsynchronised_steps_count_operators_per_step(monkeypatch):
+    """A fake training step of known operators: two products and one nonzero per step, whatever the number
+    of steps; on the CPU nothing waits for a device and no kernel is launched."""
+    import torch
+
+    from bench import bench_nerf
+
+    a = torch.randn(64, 64)
+
+    def fake_step(step, batcher, scene, method, optimizer, opts):
+        torch.mm(torch.mm(a, a), a)
+        torch.nonzero(a > 0)
+
+    monkeypatch.setattr(bench_nerf, "training_step", fake_step)
+    run = bench_nerf.unsynchronised_steps(3, None, None, None, None, None, torch.device("cpu"))
+    assert run["steps"] == 3 and run["seconds_per_step"] > 0
+    calls = {op["name"]: op["calls_per_step"] for op in run["host_operators"]}
+    assert calls["aten::mm"] == 2 and calls["aten::nonzero"] == 1
+    assert run["host_waits_per_step"] == 0 and run["host_waits_by_operator"] == {}
+    assert run["kernel_launches_per_step"] == 0 and run["device_busy_seconds_per_step"] == 0
+
+
+def test_a_host_wait_is_named_by_its_outermost_and_innermost_operators():
+    from types import SimpleNamespace
+
+    from bench.bench_nerf import _waiting_operator
+
+    index = SimpleNamespace(name="aten::index", cpu_parent=None)
+    nonzero = SimpleNamespace(name="aten::nonzero", cpu_parent=index)
+    item = SimpleNamespace(name="aten::item", cpu_parent=None)
+    wait = SimpleNamespace(name="cudaStreamSynchronize", cpu_parent=nonzero)
+    assert _waiting_operator(wait) == "aten::index > aten::nonzero"
+    assert _waiting_operator(SimpleNamespace(name="cudaStreamSynchronize", cpu_parent=item)) == "aten::item"
+    assert _waiting_operator(SimpleNamespace(name="cudaDeviceSynchronize", cpu_parent=None)) == "cudaDeviceSynchronize"
