@@ -24,10 +24,11 @@ by a third within seconds while their bf16 speed holds). The peak memory then co
 
 The step is the same computation as train_nerf.py (same functions, same order), timed phase by phase with
 device synchronisation, so it runs a little slower than the real loop. With --profile-steps N, N steps also
-run as train_nerf.py runs them (the host free to run ahead of the device), timed together, and N more under
-torch.profiler: per step the host's waits for the device and the operators that caused them, the kernel
-launches, the device's busy seconds, the operators that take the host's time (JSON `unsynchronised`). With occupancy.enabled the timed
-steps are taken after the grid warm-up (skipping on), from the grid of --checkpoint when it has one.
+run as train_nerf.py runs them (the host free to run ahead of the device), timed together, and the same N
+again under torch.profiler: per step the host's waits for the device and the operators that caused them, the
+kernel launches, the device's busy seconds, the operators that take the host's time (JSON `unsynchronised`).
+With occupancy.enabled the timed steps are taken after the grid warm-up (skipping on), from the grid of
+--checkpoint when it has one.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from nerf.config import add_set_argument, load_config, overrides_from  # noqa: E
 from nerf.datasets import load_scene  # noqa: E402
 from nerf.device import select_device  # noqa: E402
 from nerf.importers import load_models  # noqa: E402
+from nerf.losses import NonFiniteWatch  # noqa: E402
 from nerf.methods import build_method  # noqa: E402
 from nerf.metrics import psnr  # noqa: E402
 from nerf.occupancy import occupancy_samples  # noqa: E402
@@ -211,18 +213,22 @@ HOST_WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchr
 KERNEL_LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
 # far past every schedule's one-off events (a voxel grid's growth, the occupancy warm-up): steady-state steps
 STEADY_STEP = 1_000_000
+BENCH_SYNC = "bench::wait_for_the_last_step"
 
 
-def training_step(step: int, batcher, scene, method, optimizer, opts) -> None:
-    """Step `step` of train_nerf.py's loop as it runs there, with no synchronisation between its phases: the
-    method's hooks (occupancy updates), the batch, rendering, loss, backward pass and optimizer step."""
-    method.before_step(step)
-    rays_o, rays_d, target = batcher.batch(step)
+def training_step(step: int, batcher, scene, method, optimizer, opts, watch: NonFiniteWatch) -> None:
+    """Step `step` of train_nerf.py's loop as it runs there between its logging steps, with no synchronisation
+    between its phases: the method's hooks (occupancy updates), the batch, rendering, loss, the non-finite
+    watch, backward pass and optimizer step."""
+    if method.before_step(step):
+        raise RuntimeError(f"step {step} replaced the parameters (a grid growth): not a steady-state step")
+    rays_o, rays_d, target = batcher.batch(step)  # [R, 3] each
     rays = prepare_rays(rays_o, rays_d, scene.near, scene.far,
                         (scene.height, scene.width, scene.focal) if scene.use_ndc else None)
     out = method.render_rays(rays, opts)
     method.after_render(step, rays, out)
     loss, _ = method.loss(out, target, rays, step)
+    watch.record(loss, step)
     zero_gradients(optimizer, method.keeps_gradient_buffers)
     loss.backward()
     optimizer.step()
@@ -243,27 +249,36 @@ def _waiting_operator(event) -> str:
 def unsynchronised_steps(num_steps: int, batcher, scene, method, optimizer, opts, device) -> dict:
     """num_steps training steps as train_nerf.py runs them, timed together (one synchronisation after the
     last: the step time of training, where the host runs ahead of the device until something waits), then
-    as many again under torch.profiler. Per step: the host's waits for the device and the operators that
-    caused them (a size or value the host must read: nonzero, item, ...), the kernel launches, the device's
-    busy seconds (the sum of its kernels' times; 0 on the CPU), and the operators that take the host's time.
-    On a GPU, seconds_per_step well above device_busy_seconds_per_step means the step is bound by the host."""
+    the same steps again under torch.profiler. Per step: the host's waits for the device and the operators
+    that caused them (a size or value the host must read: nonzero, item, ...), the kernel launches, the
+    device's busy seconds (the sum of its kernels' and copies' times; 0 on the CPU), and the operators that
+    take the host's time. On a GPU, seconds_per_step well above device_busy_seconds_per_step means the step is
+    bound by the host. One untimed step first: it enters the batcher's epoch (a reshuffle of every pixel)."""
+    watch = NonFiniteWatch(device)
+    training_step(STEADY_STEP - 1, batcher, scene, method, optimizer, opts, watch)
     sync(device)
     start = time.perf_counter()
     for k in range(num_steps):
-        training_step(STEADY_STEP + k, batcher, scene, method, optimizer, opts)
+        training_step(STEADY_STEP + k, batcher, scene, method, optimizer, opts, watch)
     sync(device)
     seconds = (time.perf_counter() - start) / num_steps
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as profile:
-        for k in range(num_steps):
-            training_step(STEADY_STEP + num_steps + k, batcher, scene, method, optimizer, opts)
-        sync(device)
-    waits = collections.Counter(_waiting_operator(e) for e in profile.events() if e.name in HOST_WAITS)
-    launches = sum(1 for e in profile.events() if e.name in KERNEL_LAUNCHES)
-    device_us = sum(getattr(e, "device_time_total", 0) or 0 for e in profile.events()
-                    if e.device_type == torch.autograd.DeviceType.CUDA)  # kernels (and copies) on the device
+        for k in range(num_steps):  # the same steps: the same batches and occupancy updates
+            training_step(STEADY_STEP + k, batcher, scene, method, optimizer, opts, watch)
+        with torch.profiler.record_function(BENCH_SYNC):
+            sync(device)
+    events = profile.events()
+    waits = collections.Counter(_waiting_operator(e) for e in events if e.name in HOST_WAITS)
+    for name in [name for name in waits if name.startswith(BENCH_SYNC)]:
+        del waits[name]  # the bench's own wait for the last step
+    launches = sum(1 for e in events if e.name in KERNEL_LAUNCHES)
+    # kernels and copies on the device; not the annotations that span a stretch of them (Optimizer.step#...)
+    device_us = sum(getattr(e, "device_time_total", 0) or 0 for e in events
+                    if e.device_type == torch.autograd.DeviceType.CUDA
+                    and not getattr(e, "is_user_annotation", False))
     operators = sorted(profile.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     return {
         "steps": num_steps,
@@ -274,7 +289,7 @@ def unsynchronised_steps(num_steps: int, batcher, scene, method, optimizer, opts
         "device_busy_seconds_per_step": device_us / 1e6 / num_steps,
         "host_operators": [{"name": e.key, "calls_per_step": e.count / num_steps,
                             "self_host_ms_per_step": e.self_cpu_time_total / 1e3 / num_steps}
-                           for e in operators[:15]],
+                           for e in operators[:15] if e.key != BENCH_SYNC],
     }
 
 
@@ -331,7 +346,8 @@ def main(argv=None) -> dict:
                              "(the two taking turns at going first)")
     parser.add_argument("--profile-steps", type=int, default=0, metavar="N",
                         help="also run N steps as train_nerf.py does (no synchronisation between phases), timed "
-                             "together, and N more under torch.profiler: host waits, kernel launches, device time")
+                             "together, and the same N again under torch.profiler: host waits, kernel launches, "
+                             "device time")
     parser.add_argument("--no-speed-factor", action="store_true", help="skip machine_speed.py")
     args = parser.parse_args(argv)
     args.set = overrides_from(args.set)
@@ -452,9 +468,6 @@ def main(argv=None) -> dict:
             **compared_summary(compared, totals, coarse, fine)}
         if device.type == "cpu":
             result["compared_precision"]["cpu_network_chunk"] = compared_chunks
-    if args.profile_steps > 0:
-        result["unsynchronised"] = unsynchronised_steps(args.profile_steps, batcher, scene, method, optimizer, opts,
-                                                        device)
     if not args.no_render:
         view = (scene.i_test or scene.i_val)[0]
         for m in models:
@@ -469,6 +482,9 @@ def main(argv=None) -> dict:
         if args.checkpoint:
             target = scene.images[view][::args.render_stride, ::args.render_stride].to(device)
             result["frame_psnr"] = psnr(frame["rgb"].clamp(0, 1), target)
+    if args.profile_steps > 0:  # after the frame: its PSNR is of the model as loaded or trained above
+        result["unsynchronised"] = unsynchronised_steps(args.profile_steps, batcher, scene, method, optimizer, opts,
+                                                        device)
     if device.type == "cuda":
         result["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
     else:

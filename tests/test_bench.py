@@ -93,6 +93,62 @@ def test_bench_counts_mlp_flops_only_where_the_voxel_grid_computed_colour(tmp_pa
     assert abs(result["network_gflop_per_step"] * 1e9 - result["mlp_points_per_step"] * flops_per_point) < 1.0
 
 
+def test_the_profiled_steps_are_real_training_steps_in_two_like_windows(tmp_path, monkeypatch):
+    """--profile-steps 3: one untimed step to enter the batcher's epoch, then the same three steps timed and
+    profiled; the real step's products show among the host's operators; on the CPU nothing waits."""
+    import yaml
+
+    from bench import bench_nerf
+    from nerf.datasets.demo import generate_demo_scene
+
+    scene = tmp_path / "scene"
+    generate_demo_scene(str(scene), size=16, num_train=4, num_val=1, num_test=1)
+    cfg = {"experiment": {"device": "cpu"}, "dataset": {"type": "blender", "basedir": str(scene)},
+           "models": {"coarse": {"type": "VoxelGridModel"}, "fine": None},
+           "nerf": {"train": {"num_random_rays": 64, "num_fine": 0, "white_background": True},
+                    "validation": {"num_fine": 0, "white_background": True}},
+           "occupancy": {"enabled": True, "resolution": 8},
+           "voxel_grid": {"num_voxels": 4096, "num_voxels_start": 512, "feature_dim": 4, "hidden_size": 8,
+                          "num_layers": 1}}
+    path = tmp_path / "cfg.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    steps = []
+    real_step = bench_nerf.training_step
+    monkeypatch.setattr(bench_nerf, "training_step", lambda step, *args: steps.append(step) or real_step(step, *args))
+    result = bench_nerf.main(["--config", str(path), "--iters", "1", "--warmup", "0", "--no-render",
+                              "--no-speed-factor", "--profile-steps", "3"])
+    first = bench_nerf.STEADY_STEP
+    assert steps == [first - 1, first, first + 1, first + 2, first, first + 1, first + 2]
+    run = result["unsynchronised"]
+    assert run["steps"] == 3 and run["seconds_per_step"] > 0
+    calls = {op["name"]: op["calls_per_step"] for op in run["host_operators"]}
+    assert calls["Optimizer.step#Adam.step"] == 1  # one optimizer step per training step, per step
+    assert run["host_waits_by_operator"] == {} and run["kernel_launches_per_step"] == 0
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_the_profiled_host_waits_are_named_on_cuda(monkeypatch):
+    """A fake step with one item() and one boolean-mask indexing per step: two waits per step, named by
+    their operators (the bench's own final wait left out), kernels launched, the device's busy time counted."""
+    import torch
+
+    from bench import bench_nerf
+
+    x = torch.randn(1 << 16, device="cuda")
+
+    def fake_step(step, batcher, scene, method, optimizer, opts, watch):
+        (x * 2).sum().item()
+        x[x > 0].sum()
+
+    monkeypatch.setattr(bench_nerf, "training_step", fake_step)
+    run = bench_nerf.unsynchronised_steps(4, None, None, None, None, None, torch.device("cuda"))
+    assert run["host_waits_per_step"] == 2
+    assert any("item" in name for name in run["host_waits_by_operator"])
+    assert any("nonzero" in name or "index" in name for name in run["host_waits_by_operator"])
+    assert run["kernel_launches_per_step"] >= 3
+    assert 0 < run["device_busy_seconds_per_step"]
+
+
 def test_the_speed_factor_comes_from_machine_speed_or_says_why_not(tmp_path, monkeypatch):
     from bench import machine
 
@@ -245,7 +301,7 @@ def test_the_unsynchronised_steps_count_operators_per_step(monkeypatch):
 
     a = torch.randn(64, 64)
 
-    def fake_step(step, batcher, scene, method, optimizer, opts):
+    def fake_step(step, batcher, scene, method, optimizer, opts, watch):
         torch.mm(torch.mm(a, a), a)
         torch.nonzero(a > 0)
 
