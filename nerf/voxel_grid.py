@@ -45,14 +45,18 @@ from .encoding import encoding_width, positional_encoding
 
 
 @functools.lru_cache(maxsize=32)
-def _lattice_constants(shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(vertices per axis [A] long, row-major strides [A] long, the row offset of each corner [Q] long) on
-    device, made once: no copy per call. Corner q = (c_0, ..., c_A-1) in itertools.product order (the first
-    axis slowest) is offset sum_a c_a stride_a from the cell's lower corner."""
+def _lattice_constants(shape: tuple[int, ...], device: torch.device,
+                       dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(last vertex per axis = vertices - 1 [A], last cell = vertices - 2 [A], both in the points' dtype,
+    row-major strides [A] long, the row offset of each corner [Q] long) on device, made once: no copy or
+    arithmetic per call (each a kernel launch on a GPU). Corner q = (c_0, ..., c_A-1) in itertools.product
+    order (the first axis slowest) is offset sum_a c_a stride_a from the cell's lower corner."""
     strides = [math.prod(shape[a + 1:]) for a in range(len(shape))]
     corners = torch.tensor(list(itertools.product((0, 1), repeat=len(shape))))  # [Q, A]
     offsets = (corners * torch.tensor(strides)).sum(dim=-1)  # [Q]
-    return torch.tensor(shape, device=device), torch.tensor(strides, device=device), offsets.to(device)
+    vertices = torch.tensor(shape)
+    return ((vertices - 1).to(device=device, dtype=dtype), (vertices - 2).to(device=device, dtype=dtype),
+            torch.tensor(strides, device=device), offsets.to(device))
 
 
 def grid_shape(aabb: torch.Tensor, num_voxels: int, aspect=(1.0, 1.0, 1.0)) -> tuple[int, int, int]:
@@ -140,11 +144,12 @@ def multilinear(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
     vertices of each point (scatter-added; for a grid Parameter directly into its .grad, see _Interpolate).
     """
     ndim, num_points = points.shape[-1], points.shape[0]
-    res, strides, corner_offsets = _lattice_constants(tuple(values.shape[:ndim]), points.device)
-    u = (points - lo) / (hi - lo) * (res - 1)  # [P, A] in vertex units
-    inside = ((u >= 0) & (u <= res - 1)).all(dim=-1)
-    u = torch.minimum(u.clamp(min=0), (res - 1).to(u.dtype))
-    base = torch.minimum(u.floor(), (res - 2).to(u.dtype))  # [P, A] lower corner, so that base + 1 exists
+    last, last_cell, strides, corner_offsets = _lattice_constants(tuple(values.shape[:ndim]), points.device,
+                                                                  torch.promote_types(points.dtype, lo.dtype))
+    u = (points - lo) / (hi - lo) * last  # [P, A] in vertex units
+    inside = ((u >= 0) & (u <= last)).all(dim=-1)
+    u = torch.minimum(u.clamp(min=0), last)
+    base = torch.minimum(u.floor(), last_cell)  # [P, A] lower corner, so that base + 1 exists
     frac = u - base  # [P, A] in [0, 1]
     flat = (base.long() * strides).sum(dim=-1)[:, None] + corner_offsets  # [P, Q] row-major vertex numbers
     # w[p, q] = prod_axis (f if c = 1 else 1 - f), built axis by axis as outer products (corner order as above)
