@@ -63,12 +63,12 @@ def test_bench_json_is_consistent(tmp_path, monkeypatch):
     assert 0 < grid["network_points_per_step"] <= 32 * 1024
 
 
-def test_bench_counts_mlp_flops_only_where_the_voxel_grid_computed_colour(tmp_path, monkeypatch):
+def _small_voxel_grid_config(tmp_path, occupancy=None, voxel_grid=None):
+    """A config file of a tiny voxel grid (64 rays, 4096 voxels) on a generated 16x16 scene, on the CPU; the
+    occupancy and voxel_grid entries given are added to its own."""
     import yaml
 
-    from bench.bench_nerf import main
     from nerf.datasets.demo import generate_demo_scene
-    from nerf.voxel_grid import VoxelGridModel
 
     scene = tmp_path / "scene"
     generate_demo_scene(str(scene), size=16, num_train=4, num_val=1, num_test=1)
@@ -76,11 +76,20 @@ def test_bench_counts_mlp_flops_only_where_the_voxel_grid_computed_colour(tmp_pa
            "models": {"coarse": {"type": "VoxelGridModel"}, "fine": None},
            "nerf": {"train": {"num_random_rays": 64, "num_fine": 0, "white_background": True},
                     "validation": {"num_fine": 0, "white_background": True}},
-           "occupancy": {"enabled": True, "resolution": 8, "color_weight_threshold": 0.02},
+           "occupancy": {"enabled": True, "resolution": 8, **(occupancy or {})},
            "voxel_grid": {"num_voxels": 4096, "num_voxels_start": 512, "feature_dim": 4, "hidden_size": 8,
-                          "num_layers": 1, "alpha_init": 0.05}}
+                          "num_layers": 1, **(voxel_grid or {})}}
     path = tmp_path / "cfg.yml"
     path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_bench_counts_mlp_flops_only_where_the_voxel_grid_computed_colour(tmp_path, monkeypatch):
+    from bench.bench_nerf import main
+    from nerf.voxel_grid import VoxelGridModel
+
+    path = _small_voxel_grid_config(tmp_path, occupancy={"color_weight_threshold": 0.02},
+                                    voxel_grid={"alpha_init": 0.05})
     rows = []
     color = VoxelGridModel.color
     monkeypatch.setattr(VoxelGridModel, "color", lambda self, p, d: rows.append(len(p)) or color(self, p, d))
@@ -96,22 +105,9 @@ def test_bench_counts_mlp_flops_only_where_the_voxel_grid_computed_colour(tmp_pa
 def test_the_profiled_steps_are_real_training_steps_in_two_like_windows(tmp_path, monkeypatch):
     """--profile-steps 3: one untimed step to enter the batcher's epoch, then the same three steps timed and
     profiled; the real step's products show among the host's operators; on the CPU nothing waits."""
-    import yaml
-
     from bench import bench_nerf
-    from nerf.datasets.demo import generate_demo_scene
 
-    scene = tmp_path / "scene"
-    generate_demo_scene(str(scene), size=16, num_train=4, num_val=1, num_test=1)
-    cfg = {"experiment": {"device": "cpu"}, "dataset": {"type": "blender", "basedir": str(scene)},
-           "models": {"coarse": {"type": "VoxelGridModel"}, "fine": None},
-           "nerf": {"train": {"num_random_rays": 64, "num_fine": 0, "white_background": True},
-                    "validation": {"num_fine": 0, "white_background": True}},
-           "occupancy": {"enabled": True, "resolution": 8},
-           "voxel_grid": {"num_voxels": 4096, "num_voxels_start": 512, "feature_dim": 4, "hidden_size": 8,
-                          "num_layers": 1}}
-    path = tmp_path / "cfg.yml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = _small_voxel_grid_config(tmp_path)
     steps = []
     real_step = bench_nerf.training_step
     monkeypatch.setattr(bench_nerf, "training_step", lambda step, *args: steps.append(step) or real_step(step, *args))
