@@ -216,22 +216,22 @@ STEADY_STEP = 1_000_000
 BENCH_SYNC = "bench::wait_for_the_last_step"
 
 
+def no_laps(phase: str) -> None:
+    """A Laps that neither synchronises nor times: timed_batch and timed_update as training runs them."""
+
+
 def training_step(step: int, batcher, scene, method, optimizer, opts, watch: NonFiniteWatch) -> None:
     """Step `step` of train_nerf.py's loop as it runs there between its logging steps, with no synchronisation
     between its phases: the method's hooks (occupancy updates), the batch, rendering, loss, the non-finite
     watch, backward pass and optimizer step."""
     if method.before_step(step):
         raise RuntimeError(f"step {step} replaced the parameters (a grid growth): not a steady-state step")
-    rays_o, rays_d, target = batcher.batch(step)  # [R, 3] each
-    rays = prepare_rays(rays_o, rays_d, scene.near, scene.far,
-                        (scene.height, scene.width, scene.focal) if scene.use_ndc else None)
+    rays, target = timed_batch(step, batcher, scene, no_laps)
     out = method.render_rays(rays, opts)
     method.after_render(step, rays, out)
     loss, _ = method.loss(out, target, rays, step)
     watch.record(loss, step)
-    zero_gradients(optimizer, method.keeps_gradient_buffers)
-    loss.backward()
-    optimizer.step()
+    timed_update(loss, optimizer, no_laps, method.keeps_gradient_buffers)
 
 
 def _waiting_operator(event) -> str:
