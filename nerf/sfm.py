@@ -23,6 +23,7 @@ from .files import first_line, folder_replaced_on_success
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 DOWNSAMPLE_FACTORS = (2, 4, 8)
+MAPPING_ATTEMPTS = 3  # runs of the incremental mapping at most, when one places fewer than half of the images
 
 
 class PosesError(ValueError):
@@ -162,23 +163,55 @@ def run_colmap(image_dir: str, work_dir: str, sequential: bool, device: str = "a
         pycolmap.match_exhaustive(database, device=where)
     seconds["matching"] = time.time() - start
     start = time.time()
-    sparse = os.path.join(work_dir, "sparse")
-    os.makedirs(sparse, exist_ok=True)
-    models = pycolmap.incremental_mapping(database, image_dir, sparse, options=mapping)
+
+    def map_once(attempt: int):
+        sparse = os.path.join(work_dir, f"sparse_{attempt}")
+        os.makedirs(sparse, exist_ok=True)
+        models = pycolmap.incremental_mapping(database, image_dir, sparse, options=mapping)
+        best = max(models, key=lambda k: (models[k].num_reg_images(), models[k].num_points3D()), default=None)
+        return (models[best], os.path.join(sparse, str(best))) if best is not None else (None, None)
+
+    (model, model_dir), attempts = largest_model(map_once, len(names))
     seconds["mapping"] = time.time() - start
-    best = max(models, key=lambda k: (models[k].num_reg_images(), models[k].num_points3D()), default=None)
-    if best is None or models[best].num_points3D() < 10:
+    if attempts > 1:
+        print(f"Mapping: {attempts} attempts (COLMAP's mapping is random; a run that places fewer than half of the "
+              f"images is repeated, up to {MAPPING_ATTEMPTS} times)")
+    if model is None or model.num_points3D() < 10:
         raise PosesError(f"{source}: no usable reconstruction from the {len(names)} images (the photos do not "
                          "overlap enough, or show too little texture)")
-    if models[best].num_reg_images() < 3:
-        raise PosesError(f"{source}: only {models[best].num_reg_images()} of {len(names)} images could be placed; "
+    if model.num_reg_images() < 3:
+        raise PosesError(f"{source}: only {model.num_reg_images()} of {len(names)} images could be placed; "
                          "the photos do not overlap enough")
     start = time.time()
     undistorted = os.path.join(work_dir, "undistorted")
-    pycolmap.undistort_images(undistorted, os.path.join(sparse, str(best)), image_dir)
+    pycolmap.undistort_images(undistorted, model_dir, image_dir)
     seconds["undistortion"] = time.time() - start
     return pycolmap.Reconstruction(os.path.join(undistorted, "sparse")), os.path.join(undistorted, "images"), names, \
         seconds
+
+
+def largest_model(map_once, num_images: int, attempts: int | None = None) -> tuple:
+    """(the result of map_once(attempt) with the most registered images, number of attempts made).
+
+    COLMAP's incremental mapping is random (RANSAC, multithreaded bundle adjustment): from the same
+    matches, a run that places all 21 frames of a video can, now and then, stop after 5 or find no initial
+    pair. So a run whose model places fewer than half of the images is repeated, up to `attempts` runs
+    (MAPPING_ATTEMPTS), and the largest model is kept. map_once returns (model or None, anything); a model
+    answers num_reg_images() and num_points3D(). Input that cannot reconstruct pays a few fast failures."""
+    attempts = MAPPING_ATTEMPTS if attempts is None else attempts
+
+    def size(result):
+        model = result[0]
+        return (model.num_reg_images(), model.num_points3D()) if model is not None else (-1, -1)
+
+    best = None
+    for attempt in range(attempts):
+        result = map_once(attempt)
+        if best is None or size(result) > size(best):
+            best = result
+        if 2 * size(best)[0] >= num_images:
+            return best, attempt + 1
+    return best, attempts
 
 
 def llff_poses(reconstruction) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:

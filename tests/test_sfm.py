@@ -1,4 +1,5 @@
-"""nerf/sfm.py: the similarity alignment, sharpness, the kind of capture, LLFF's pose layout, photo import."""
+"""nerf/sfm.py: the similarity alignment, sharpness, the kind of capture, LLFF's pose layout, photo import,
+the repeated mapping."""
 
 import math
 
@@ -7,7 +8,7 @@ import pytest
 from PIL import Image
 
 from nerf.datasets.blender import pose_spherical
-from nerf.sfm import PosesError, capture_kind, import_photos, sharpness, umeyama
+from nerf.sfm import PosesError, capture_kind, import_photos, largest_model, sharpness, umeyama
 
 
 def _rotation(axis, degrees):
@@ -110,3 +111,34 @@ def test_bad_photo_folders_are_one_line_errors(tmp_path, case, message):
     with pytest.raises(PosesError, match=message) as err:
         import_photos(str(src), str(tmp_path / "out"))
     assert "\n" not in str(err.value)
+
+
+class _Model:
+    def __init__(self, registered, points):
+        self.registered, self.points = registered, points
+
+    def num_reg_images(self):
+        return self.registered
+
+    def num_points3D(self):
+        return self.points
+
+
+@pytest.mark.parametrize("runs, expected_model, expected_attempts", [
+    ([(21, 2000)], 0, 1),  # the first run places them all: no second run
+    ([(5, 679), (21, 2264)], 1, 2),  # 5 of 21: mapped again, the larger kept
+    ([(10, 900), (12, 800), (21, 2000)], 1, 2),  # 10 of 21 is below half, 12 is not
+    ([None, (4, 0), (3, 40)], 1, 3),  # never half: all attempts, the one with most images kept
+    ([(6, 500), None, (5, 900)], 0, 3),
+])
+def test_mapping_is_repeated_until_half_of_the_images_are_placed(runs, expected_model, expected_attempts):
+    calls = []
+
+    def map_once(attempt):
+        calls.append(attempt)
+        run = runs[attempt]
+        return (_Model(*run) if run else None, f"model {attempt}")
+
+    (model, name), attempts = largest_model(map_once, 21)
+    assert attempts == expected_attempts == len(calls) and calls == list(range(attempts))
+    assert name == f"model {expected_model}"
