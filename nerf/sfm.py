@@ -173,9 +173,10 @@ def run_colmap(image_dir: str, work_dir: str, sequential: bool, device: str = "a
 
     (model, model_dir), attempts = largest_model(map_once, len(names))
     seconds["mapping"] = time.time() - start
-    if attempts > 1:
-        print(f"Mapping: {attempts} attempts (COLMAP's mapping is random; a run that places fewer than half of the "
-              f"images is repeated, up to {MAPPING_ATTEMPTS} times)")
+    if attempts > 1 and model is not None:
+        print(f"Mapping: {attempts} runs (COLMAP's mapping is random; one that places fewer than half of the images "
+              f"is run again, {MAPPING_ATTEMPTS} runs at most); kept the one placing {model.num_reg_images()} of "
+              f"{len(names)}")
     if model is None or model.num_points3D() < 10:
         raise PosesError(f"{source}: no usable reconstruction from the {len(names)} images (the photos do not "
                          "overlap enough, or show too little texture)")
@@ -196,9 +197,11 @@ def largest_model(map_once, num_images: int, attempts: int | None = None) -> tup
     COLMAP's incremental mapping is random (RANSAC, multithreaded bundle adjustment): from the same
     matches, a run that places all 21 frames of a video can, now and then, stop after 5 or find no initial
     pair. So a run whose model places fewer than half of the images is repeated, up to `attempts` runs
-    (MAPPING_ATTEMPTS), and the largest model is kept. map_once returns (model or None, anything); a model
-    answers num_reg_images() and num_points3D(). Input that cannot reconstruct pays a few fast failures."""
-    attempts = MAPPING_ATTEMPTS if attempts is None else attempts
+    (MAPPING_ATTEMPTS), and the largest model is kept (the earlier of two equal ones). map_once returns
+    (model or None, anything); a model answers num_reg_images() and num_points3D(). A capture of which less
+    than half can be placed pays every run: input with nothing to match fails fast, a partial one maps
+    MAPPING_ATTEMPTS times."""
+    attempts = max(1, MAPPING_ATTEMPTS if attempts is None else attempts)
 
     def size(result):
         model = result[0]

@@ -89,10 +89,10 @@ def test_the_output_is_an_llff_scene_that_trains(capture, tmp_path):
     assert metrics["step"] == 3 and np.isfinite(metrics["val_psnr"])
 
 
-def test_a_video_becomes_frames_without_the_blurred_ones(tmp_path):
+def _write_video(video):
+    """A 24-frame pan of the demo scene at 10 fps; frames 5, 11 and 17 motion-blurred."""
     import imageio_ffmpeg
 
-    video = tmp_path / "walk.mp4"
     writer = imageio_ffmpeg.write_frames(str(video), (192, 192), fps=10, quality=9, macro_block_size=16)
     writer.send(None)
     poses = [pose_spherical(-40 + 80 * k / 23, -20 - 10 * math.sin(k / 4), 4.0) for k in range(24)]
@@ -102,11 +102,32 @@ def test_a_video_becomes_frames_without_the_blurred_ones(tmp_path):
             frame = np.mean([np.roll(frame, s, 1) for s in range(-4, 5)], 0).astype(np.uint8)
         writer.send(np.ascontiguousarray(frame))
     writer.close()
+
+
+def test_a_video_becomes_frames_without_the_blurred_ones(tmp_path):
+    video = tmp_path / "walk.mp4"
+    _write_video(video)
     summary = imgs2poses.main([str(video), "--out", str(tmp_path / "scene"), "--fps", "10", "--max-frames", "30"])
     assert summary["capture"] == "forward-facing"
     names = summary["registered"] + summary["failed"]
     assert len(names) == 21 and not any(f"frame_{k:05d}" in " ".join(names) for k in (5, 11, 17))
     assert len(summary["registered"]) >= 18
+
+
+def test_repeated_mapping_runs_keep_the_largest_model(tmp_path, monkeypatch, capsys):
+    """Every mapping run made (as if each placed too few images): the scene comes from the largest model's
+    own folder of its own run."""
+    from nerf import sfm
+
+    real = sfm.largest_model
+    monkeypatch.setattr(sfm, "largest_model", lambda map_once, count: real(map_once, 10 ** 6))
+    video = tmp_path / "walk.mp4"
+    _write_video(video)
+    summary = imgs2poses.main([str(video), "--out", str(tmp_path / "scene"), "--fps", "10", "--max-frames", "30"])
+    assert f"Mapping: {sfm.MAPPING_ATTEMPTS} runs" in capsys.readouterr().out
+    assert len(summary["registered"]) >= 18
+    index, c2w, _, bounds = _recovered(tmp_path / "scene")
+    assert len(index) == len(summary["registered"]) and np.all(bounds[:, 0] > 0)
 
 
 @pytest.mark.parametrize("case", ["no_overlap", "bad_video", "empty"])

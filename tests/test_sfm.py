@@ -124,21 +124,29 @@ class _Model:
         return self.points
 
 
-@pytest.mark.parametrize("runs, expected_model, expected_attempts", [
-    ([(21, 2000)], 0, 1),  # the first run places them all: no second run
-    ([(5, 679), (21, 2264)], 1, 2),  # 5 of 21: mapped again, the larger kept
-    ([(10, 900), (12, 800), (21, 2000)], 1, 2),  # 10 of 21 is below half, 12 is not
-    ([None, (4, 0), (3, 40)], 1, 3),  # never half: all attempts, the one with most images kept
-    ([(6, 500), None, (5, 900)], 0, 3),
+@pytest.mark.parametrize("images, runs, expected_model, expected_attempts", [
+    (21, [(21, 2000)], 0, 1),  # the first run places them all: no second run
+    (21, [(5, 679), (21, 2264)], 1, 2),  # 5 of 21: mapped again, the larger kept
+    (21, [(10, 900), (11, 800), (21, 2000)], 1, 2),  # 10 of 21 is below half, 11 is not
+    (20, [(10, 900), (20, 2000)], 0, 1),  # 10 of 20 is half: enough
+    (21, [None, (4, 0), (3, 40)], 1, 3),  # never half: all runs, the one with most images kept
+    (21, [(6, 500), None, (5, 900)], 0, 3),
+    (21, [(5, 100), (5, 300), (5, 200)], 1, 3),  # equal images: the most points
+    (21, [(5, 100), (5, 100), (4, 9)], 0, 3),  # equal models: the earlier
+    (21, [None, None, None], None, 3),  # no model at all
 ])
-def test_mapping_is_repeated_until_half_of_the_images_are_placed(runs, expected_model, expected_attempts):
+def test_mapping_is_repeated_until_half_of_the_images_are_placed(images, runs, expected_model, expected_attempts):
     calls = []
 
     def map_once(attempt):
         calls.append(attempt)
         run = runs[attempt]
-        return (_Model(*run) if run else None, f"model {attempt}")
+        return (_Model(*run) if run else None, f"model {attempt}" if run else None)
 
-    (model, name), attempts = largest_model(map_once, 21)
+    (model, name), attempts = largest_model(map_once, images)
     assert attempts == expected_attempts == len(calls) and calls == list(range(attempts))
-    assert name == f"model {expected_model}"
+    if expected_model is None:
+        assert model is None and name is None
+    else:
+        assert name == f"model {expected_model}"
+        assert (model.registered, model.points) == runs[expected_model]
