@@ -168,7 +168,7 @@ def run_colmap(image_dir: str, work_dir: str, sequential: bool, device: str = "a
         sparse = os.path.join(work_dir, f"sparse_{attempt}")
         os.makedirs(sparse, exist_ok=True)
         models = pycolmap.incremental_mapping(database, image_dir, sparse, options=mapping)
-        best = max(models, key=lambda k: (models[k].num_reg_images(), models[k].num_points3D()), default=None)
+        best = max(models, key=lambda k: model_size(models[k]), default=None)
         return (models[best], os.path.join(sparse, str(best))) if best is not None else (None, None)
 
     (model, model_dir), attempts = largest_model(map_once, len(names))
@@ -202,19 +202,19 @@ def largest_model(map_once, num_images: int, attempts: int | None = None) -> tup
     than half can be placed pays every run: input with nothing to match fails fast, a partial one maps
     MAPPING_ATTEMPTS times."""
     attempts = max(1, MAPPING_ATTEMPTS if attempts is None else attempts)
-
-    def size(result):
-        model = result[0]
-        return (model.num_reg_images(), model.num_points3D()) if model is not None else (-1, -1)
-
     best = None
     for attempt in range(attempts):
         result = map_once(attempt)
-        if best is None or size(result) > size(best):
+        if best is None or model_size(result[0]) > model_size(best[0]):
             best = result
-        if 2 * size(best)[0] >= num_images:
+        if 2 * model_size(best[0])[0] >= num_images:
             return best, attempt + 1
     return best, attempts
+
+
+def model_size(model) -> tuple[int, int]:
+    """(registered images, sparse points) of a model, (-1, -1) for none: which of two models is larger."""
+    return (model.num_reg_images(), model.num_points3D()) if model is not None else (-1, -1)
 
 
 def llff_poses(reconstruction) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
