@@ -42,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--type", choices=("blender", "llff"), default=None, help="inferred from the folder if omitted")
     parser.add_argument("--halfres", "--blender-half-res", dest="halfres", type=str2bool, default=False,
                         metavar="BOOL", help="Blender: half resolution (default False)")
+    parser.add_argument("--downscale", type=int, default=1,
+                        help="Blender: a further area resize by this factor, after --halfres's 2 (default 1)")
     parser.add_argument("--blender-stride", "--testskip", dest="testskip", type=int, default=1,
                         help="Blender: use every n-th val frame (default 1)")
     parser.add_argument("--llff-downsample-factor", type=int, default=8, help="LLFF: images_<factor> (default 8)")
@@ -80,7 +82,7 @@ def main(argv=None) -> dict:
         else:
             kind = args.type or infer_type(args.datapath)
             dataset = DatasetConfig(type=kind, basedir=args.datapath, half_res=args.halfres, testskip=args.testskip,
-                                    downsample_factor=args.llff_downsample_factor, llffhold=args.llffhold)
+                                    downscale=args.downscale, downsample_factor=args.llff_downsample_factor, llffhold=args.llffhold)
             white = args.white_background if args.white_background is not None else kind == "blender"
         check_savedir(args.savedir, dataset.basedir, args.overwrite)  # before the slow part
         scene = load_scene(dataset, white_background=white)

@@ -50,6 +50,8 @@ def dataset_settings(cfg: DatasetConfig, white_background: bool) -> dict:
                         recenter=cfg.recenter, spherify=cfg.spherify)
     else:
         settings.update(half_res=cfg.half_res, testskip=cfg.testskip)
+        if cfg.downscale != 1:  # recorded only when set, so that caches built before the setting existed match
+            settings["downscale"] = cfg.downscale
     if cfg.pixel_center:  # recorded only when on, so that caches built before the setting existed still match
         settings["pixel_center"] = True
     return settings

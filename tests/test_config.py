@@ -200,6 +200,10 @@ def test_dataset_keys_of_the_other_type_and_ndc_conflicts_are_rejected():
         config_from_dict({"dataset": {"basedir": "x", "type": "blender", "llffhold": 4}})
     with pytest.raises(ConfigError, match="dataset.half_res"):
         config_from_dict({"dataset": {"basedir": "x", "type": "llff", "half_res": True}})
+    with pytest.raises(ConfigError, match="dataset.downscale"):  # LLFF reads images_<downsample_factor>/
+        config_from_dict({"dataset": {"basedir": "x", "type": "llff", "downscale": 2}})
+    with pytest.raises(ConfigError, match="'dataset.downscale' expects an integer >= 1"):
+        config_from_dict({"dataset": {"basedir": "x", "type": "blender", "downscale": 0}})
     with pytest.raises(ConfigError, match="nerf.train.lindisp"):
         config_from_dict({"dataset": {"basedir": "x", "type": "llff"}, "nerf": {"train": {"lindisp": True}}})
     with pytest.raises(ConfigError, match="dataset.spherify"):

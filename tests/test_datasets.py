@@ -56,6 +56,21 @@ def test_blender_half_res_resizes_rgba_before_compositing(tmp_path):
     assert np.allclose(scene.images[0].numpy(), expected, atol=1e-6)
 
 
+def test_blender_downscale_is_a_further_area_resize(tmp_path):
+    images = _write_blender(tmp_path)
+    half = load_blender(str(tmp_path), half_res=True, white_background=False)
+    by_two = load_blender(str(tmp_path), downscale=2, white_background=False)
+    assert (by_two.height, by_two.width, by_two.focal) == (half.height, half.width, half.focal)
+    assert torch.equal(by_two.images, half.images)
+    quarter = load_blender(str(tmp_path), half_res=True, downscale=2, white_background=True)  # 4x4 -> 1x1
+    assert (quarter.height, quarter.width) == (1, 1)
+    assert quarter.focal == pytest.approx(0.5 * 4 / math.tan(0.4) / 4)
+    box = images[("test", 3)].reshape(-1, 4).mean(axis=0)  # the mean RGBA of the whole image, then composited
+    assert np.allclose(quarter.images[-1, 0, 0].numpy(), box[:3] * box[3] + (1 - box[3]), atol=1e-6)
+    with pytest.raises(DatasetError, match=r"r_0.png: image is 4x4, not divisible by 6 \(dataset.downscale"):
+        load_blender(str(tmp_path), half_res=True, downscale=3)
+
+
 def test_blender_testskip_applies_to_val_and_test_only(tmp_path):
     _write_blender(tmp_path, counts=(5, 5, 5))
     scene = load_blender(str(tmp_path), testskip=2)

@@ -33,6 +33,7 @@ class DatasetConfig:
     basedir: str = ""
     # Blender
     half_res: bool = False
+    downscale: int = 1  # a further area resize by this factor (after half_res's 2): 800x800 -> 200x200 with both
     testskip: int = 1  # val/test use every testskip-th frame; train always uses all
     # Near/far planes; None = the dataset's convention (Blender 2/6, LLFF NDC 0/1, LLFF no-NDC from bounds).
     near: Optional[float] = None
@@ -46,7 +47,7 @@ class DatasetConfig:
     spherify: bool = False
     path_zflat: bool = False
     # Rays through the pixels' centres (i + 0.5, j + 0.5), where the renderer or camera measured them, as
-    # TensoRF, Instant-NGP and nerfacc; false: through their corners, the paper's convention (REFERENCE.md)
+    # TensoRF, Instant-NGP and nerfacc; false: through their corners, the paper's convention (docs/conventions.md)
     pixel_center: bool = False
     # Precomputed rays from cache_dataset.py; its manifest must match the settings above.
     cachedir: Optional[str] = None

@@ -152,6 +152,7 @@ def _validate_dataset(cfg: Config, source: str) -> None:
     _require(d.type in DATASET_TYPES, source, "dataset.type", "one of " + ", ".join(DATASET_TYPES), d.type)
     _require(bool(d.basedir), source, "dataset.basedir", "a dataset folder", d.basedir)
     _require(d.testskip >= 0, source, "dataset.testskip", "an integer >= 0", d.testskip)
+    _require(d.downscale >= 1, source, "dataset.downscale", "an integer >= 1", d.downscale)
     _require(d.downsample_factor >= 1, source, "dataset.downsample_factor", "an integer >= 1",
              d.downsample_factor)
     _require(d.llffhold >= 0, source, "dataset.llffhold", "an integer >= 0", d.llffhold)
@@ -163,7 +164,7 @@ def _validate_dataset(cfg: Config, source: str) -> None:
                  d.no_ndc)
         foreign = ("downsample_factor", "llffhold", "bd_factor", "recenter", "spherify", "path_zflat")
     else:
-        foreign = ("half_res", "testskip")
+        foreign = ("half_res", "downscale", "testskip")
         _require(not (d.spherify and not d.no_ndc), source, "dataset.spherify",
                  "false unless dataset.no_ndc is true (spherified 360-degree captures cannot use NDC)", d.spherify)
         use_ndc = not d.no_ndc

@@ -18,13 +18,15 @@ def _load(cfg: DatasetConfig, white_background: bool) -> Scene:
     if cfg.type == "blender":
         from .blender import load_blender
 
-        return load_blender(cfg.basedir, cfg.half_res, cfg.testskip, white_background, cfg.near, cfg.far)
+        return load_blender(cfg.basedir, cfg.half_res, cfg.testskip, white_background, cfg.near, cfg.far,
+                            cfg.downscale)
     if cfg.type == "demo":
         from .blender import load_blender
         from .demo import ensure_demo_scene
 
         ensure_demo_scene(cfg.basedir)
-        return load_blender(cfg.basedir, cfg.half_res, cfg.testskip, white_background, cfg.near, cfg.far)
+        return load_blender(cfg.basedir, cfg.half_res, cfg.testskip, white_background, cfg.near, cfg.far,
+                            cfg.downscale)
     if cfg.type == "llff":
         from .llff import load_llff
 

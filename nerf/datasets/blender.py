@@ -1,5 +1,5 @@
 """Blender (nerf_synthetic) loader with the official conventions: half_res by area resize of the RGBA
-before compositing, testskip on val/test only, focal from camera_angle_x, the spherical render path."""
+before compositing (and a further integer `downscale` the same way), testskip on val/test only, focal from camera_angle_x, the spherical render path."""
 
 from __future__ import annotations
 
@@ -77,11 +77,14 @@ def _frame_pose(frame: dict, json_path: str) -> np.ndarray:
 
 
 def load_blender(basedir: str, half_res: bool = False, testskip: int = 1, white_background: bool = True,
-                 near: Optional[float] = None, far: Optional[float] = None) -> Scene:
-    """Load a Blender-format scene. Images are RGBA/255, area-resized when half_res, then composited
-    (rgb a + (1 - a) on white) or reduced to rgb. near/far default to 2/6."""
+                 near: Optional[float] = None, far: Optional[float] = None, downscale: int = 1) -> Scene:
+    """Load a Blender-format scene. Images are RGBA/255, area-resized by f = 2 (half_res) x downscale, then
+    composited (rgb a + (1 - a) on white) or reduced to rgb; H, W and focal are divided by f. near/far
+    default to 2/6. One area resize by f is the same as resizes by factors whose product is f (means of equal
+    blocks of straight, not premultiplied, RGBA, as the official code's cv2.INTER_AREA)."""
     if not os.path.isdir(basedir):
         raise DatasetError(f"{basedir}: dataset folder not found (dataset.basedir)")
+    factor = (2 if half_res else 1) * downscale
     images, poses, counts = [], [], []
     size = None
     camera_angle_x = None
@@ -100,9 +103,12 @@ def load_blender(basedir: str, half_res: bool = False, testskip: int = 1, white_
             elif rgba.shape[:2] != size:
                 raise DatasetError(f"{image_path}: image is {rgba.shape[1]}x{rgba.shape[0]}, expected "
                                    f"{size[1]}x{size[0]} like the first image")
+            if downscale > 1 and (size[0] % factor or size[1] % factor):
+                raise DatasetError(f"{image_path}: image is {size[1]}x{size[0]}, not divisible by {factor} "
+                                   "(dataset.downscale, times 2 with dataset.half_res)")
             if rgba.shape[2] == 3:
                 rgba = np.concatenate((rgba, np.ones_like(rgba[..., :1])), axis=-1)
-            images.append(_resize_and_composite(rgba, half_res, white_background))
+            images.append(_resize_and_composite(rgba, factor, white_background))
             poses.append(_frame_pose(frame, json_path))
         counts.append(len(frames))
     if counts[0] == 0:
@@ -113,8 +119,7 @@ def load_blender(basedir: str, half_res: bool = False, testskip: int = 1, white_
 
     height, width = size
     focal = 0.5 * width / math.tan(0.5 * camera_angle_x)
-    if half_res:
-        height, width, focal = height // 2, width // 2, focal / 2.0
+    height, width, focal = height // factor, width // factor, focal / factor
     offsets = np.cumsum([0] + counts)
     i_train, i_val, i_test = (list(range(offsets[k], offsets[k + 1])) for k in range(3))
     return Scene(
@@ -128,12 +133,13 @@ def load_blender(basedir: str, half_res: bool = False, testskip: int = 1, white_
     )
 
 
-def _resize_and_composite(rgba: np.ndarray, half_res: bool, white_background: bool) -> np.ndarray:
-    """[H, W, 4] -> [H', W', 3]; the area resize acts on the RGBA before compositing (official order)."""
-    if half_res:
+def _resize_and_composite(rgba: np.ndarray, factor: int, white_background: bool) -> np.ndarray:
+    """[H, W, 4] -> [H / factor, W / factor, 3]; the area resize acts on the RGBA before compositing (official
+    order)."""
+    if factor > 1:
         tensor = torch.from_numpy(rgba).permute(2, 0, 1)[None]  # [1, 4, H, W]
-        size = (rgba.shape[0] // 2, rgba.shape[1] // 2)
-        rgba = F.interpolate(tensor, size=size, mode="area")[0].permute(1, 2, 0).numpy()  # [H/2, W/2, 4]
+        size = (rgba.shape[0] // factor, rgba.shape[1] // factor)
+        rgba = F.interpolate(tensor, size=size, mode="area")[0].permute(1, 2, 0).numpy()  # [H/f, W/f, 4]
     rgb, alpha = rgba[..., :3], rgba[..., 3:]
     if white_background:
         return rgb * alpha + (1.0 - alpha)
