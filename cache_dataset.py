@@ -2,7 +2,7 @@
 
     python cache_dataset.py --config config/lego.yml --savedir cache/lego [--num-random-rays 8192]
                             [--num-variations 50 | --sample-all] [--set section.key=value ...]
-    python cache_dataset.py --datapath cache/nerf_synthetic/lego/ --halfres False --savedir cache/legocache/legofull
+    python cache_dataset.py --datapath data/nerf_synthetic/lego/ --halfres False --savedir cache/legocache/legofull
                             --num-random-rays 8192 --num-variations 50 [--type blender|llff]
 
 With --config every dataset setting (and the background) comes from the YAML; otherwise from the flags,
@@ -51,10 +51,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--white-background", type=str2bool, default=None, metavar="BOOL",
                         help="composite on white (default: True for Blender, False for LLFF)")
     parser.add_argument("--savedir", required=True, help="output folder")
-    parser.add_argument("--num-random-rays", type=int, default=4096, help="rays cached per image and variation")
-    parser.add_argument("--num-variations", type=int, default=1, help="independent random ray sets per image")
+    parser.add_argument("--num-random-rays", type=int, default=4096, help="rays cached per image and variation (default 4096)")
+    parser.add_argument("--num-variations", type=int, default=1, help="independent random ray sets per image (default 1)")
     parser.add_argument("--sample-all", action="store_true", help="cache every pixel of every training image")
-    parser.add_argument("--randomseed", type=int, default=3920)
+    parser.add_argument("--randomseed", type=int, default=3920, help="seed of the cached rays' choice (default 3920)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cache at --savedir")
     args = parser.parse_args(argv)
     if (args.config is None) == (args.datapath is None):
@@ -97,6 +97,8 @@ def main(argv=None) -> dict:
                                args.randomseed, args.overwrite, bar)
         except (FileExistsError, ValueError) as err:
             sys.exit(f"error: {err}")
+        except OSError as err:  # an unwritable folder, a full disk: nothing of the cache is left, an earlier one kept
+            sys.exit(f"error: {args.savedir}: could not be written ({err.strerror or err})")
     print(f"Wrote {args.savedir}: {variations} variation(s) x {len(scene.i_train)} train images x "
           f"{rays or scene.height * scene.width} rays + {len(scene.i_val)} val images; "
           f"{size / 2 ** 20:.1f} MiB on disk in {time.time() - start:.1f} s")

@@ -21,7 +21,11 @@ USAGE = "usage: python caffeine.py [interval]   (interval: seconds between check
 
 
 def parse_interval(argv: list) -> float:
-    """The optional interval argument; ValueError with the usage text on anything else."""
+    """The optional interval argument; ValueError with the usage text on anything else (SystemExit 0 after the
+    usage for -h or --help)."""
+    if argv and argv[0] in ("-h", "--help"):
+        print(f"{USAGE}\n\n{(__doc__ or '').strip()}")
+        raise SystemExit(0)
     if len(argv) > 1:
         raise ValueError(USAGE)
     if not argv:

@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
+import re
 import sys
 import time
 
@@ -35,6 +37,7 @@ from nerf.datasets import DatasetError, load_scene
 from nerf import distributed
 from nerf.device import DeviceError
 from nerf.distributed import SINGLE, World, process_device, quiet_unless_rank_zero
+from nerf.files import atomic_write, os_error_line
 from nerf.importers import load_models
 from nerf.methods import build_method
 from nerf.metrics import LpipsMetric, psnr, ssim
@@ -59,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--views", default=None, help="comma-separated view numbers within the split, e.g. 0,8,16")
     parser.add_argument("--max-views", type=int, default=None, help="render at most N views (evenly spaced)")
     parser.add_argument("--chunksize", type=int, default=None, help="rays per chunk (memory knob)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the frames and metrics of an earlier evaluation in the output folder")
     add_set_argument(parser)
     args = parser.parse_args(argv)
     args.set = overrides_from(args.set)
@@ -92,16 +97,72 @@ def select_views(count: int, views, max_views) -> list:
     return chosen
 
 
+FRAME = re.compile(r"\d{3,}\.(png|npy)")  # 000.png, ...; depth/000.npy
+OUTPUT_FOLDERS = ("compare", "error", "depth", "disparity")
+
+
+def earlier_outputs(out_dir: str) -> list[str]:
+    """The files an earlier evaluation wrote into out_dir: its frames, metrics.json and the frames in its
+    sub-folders. Anything else there is not this script's and is left alone."""
+    if not os.path.isdir(out_dir):
+        return []
+    found = [os.path.join(out_dir, name) for name in sorted(os.listdir(out_dir))
+             if FRAME.fullmatch(name) or name == "metrics.json"]
+    for folder in OUTPUT_FOLDERS:
+        path = os.path.join(out_dir, folder)
+        if os.path.isdir(path):
+            found += [os.path.join(path, name) for name in sorted(os.listdir(path)) if FRAME.fullmatch(name)]
+    return found
+
+
+def clear_output_folder(out_dir: str, overwrite: bool) -> None:
+    """Refuse (ValueError) an output folder that holds an earlier evaluation's files, whose frames would mix
+    with this one's (other views, another size: a GIF of both, a metrics.json of neither); with overwrite,
+    delete those files first."""
+    earlier = earlier_outputs(out_dir)
+    if earlier and not overwrite:
+        raise ValueError(f"{out_dir}: holds the frames of an earlier evaluation ({len(earlier)} files, e.g. "
+                         f"{os.path.relpath(earlier[0], out_dir)}); choose another --savedir or TRIAL, or pass "
+                         "--overwrite to replace them")
+    for path in earlier:
+        os.remove(path)
+    for folder in OUTPUT_FOLDERS:
+        path = os.path.join(out_dir, folder)
+        if os.path.isdir(path) and not os.listdir(path):
+            os.rmdir(path)
+    if earlier:
+        print(f"--overwrite: removed {len(earlier)} files of an earlier evaluation in {out_dir}")
+
+
+def finite_or_none(value):
+    """JSON has no Infinity or NaN (strict parsers refuse them): a PSNR of identical images is written null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [finite_or_none(item) for item in value]
+    return value
+
+
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """[H, W(, C)] float in [0, 1] -> uint8, clamped then rounded (not truncated)."""
     return (image.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).cpu().numpy()
 
 
+def save_frame(save, path: str) -> None:
+    """save(path) into path's folder (made); an OSError (a full disk) raised again naming the file."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        save(path)
+    except OSError as err:
+        raise OSError(err.errno, f"{path}: could not be written ({err.strerror or err})") from None
+
+
 def save_png(array: np.ndarray, path: str) -> None:
     from PIL import Image
 
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(array).save(path)
+    save_frame(lambda target: Image.fromarray(array).save(target), path)
 
 
 def error_image(render: torch.Tensor, target: torch.Tensor, max_error: float = 0.25) -> torch.Tensor:
@@ -177,8 +238,8 @@ def write_metrics(summary: dict, records: list, lpips_metric, out_dir: str) -> N
     else:
         summary["lpips_backbone"] = lpips_metric.backbone
     summary["views"] = records
-    with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    text = json.dumps(finite_or_none(summary), indent=2, allow_nan=False)
+    atomic_write(os.path.join(out_dir, "metrics.json"), lambda f: f.write(text), binary=False, prefix=".metrics-")
 
 
 def main(argv=None) -> dict:
@@ -188,6 +249,8 @@ def main(argv=None) -> dict:
         world = distributed.start(method.device)
         try:
             return evaluate(args, cfg, opts, scene, method, loaded, world)
+        except OSError as err:  # an output folder that cannot be written, a full disk
+            sys.exit(f"error: {os_error_line(err)}")
         finally:
             distributed.finish(world)
 
@@ -195,7 +258,18 @@ def main(argv=None) -> dict:
 def evaluate(args, cfg, opts, scene, method, loaded, world: World = SINGLE) -> dict:
     """Render this rank's share of the selected views, score them, write the frames and (rank 0) metrics.json."""
     out_dir = os.path.join(args.savedir, args.trial) if args.trial else args.savedir
-    os.makedirs(out_dir, exist_ok=True)
+    error = None
+    if world.is_main:
+        try:
+            clear_output_folder(out_dir, args.overwrite)
+            os.makedirs(out_dir, exist_ok=True)
+        except ValueError as err:
+            error = f"error: {err}"
+        except OSError as err:
+            error = f"error: {out_dir}: cannot create the output folder ({err.strerror or err})"
+    error = world.gather(error)[0]  # the others wait for rank 0's check before they write
+    if error:
+        sys.exit(error if world.is_main else 1)
     if args.split == "render":
         poses, targets, ids = scene.render_poses, None, list(range(len(scene.render_poses)))
     else:
@@ -221,8 +295,8 @@ def evaluate(args, cfg, opts, scene, method, loaded, world: World = SINGLE) -> d
             disparities.append((name, out["disp"].cpu()))
         if args.save_depth:
             depth = depth_in_scene_units(out["depth"], scene.use_ndc).cpu()
-            os.makedirs(os.path.join(out_dir, "depth"), exist_ok=True)
-            np.save(os.path.join(out_dir, "depth", name + ".npy"), depth.numpy().astype(np.float32))
+            save_frame(lambda target: np.save(target, depth.numpy().astype(np.float32)),
+                       os.path.join(out_dir, "depth", name + ".npy"))
             depths.append((name, depth))
         if targets is not None:
             target = targets[index][::factor, ::factor].to(device)  # the pixels that were rendered

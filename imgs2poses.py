@@ -24,15 +24,16 @@ from nerf.sfm import (VIDEO_EXTENSIONS, PosesError, default_config, extract_vide
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("input", help="a folder of photos, or a video file")
-    parser.add_argument("--out", required=True, help="the scene folder to write (replaced when it exists)")
-    parser.add_argument("--fps", type=float, default=2.0, help="video: frames taken per second of video")
-    parser.add_argument("--max-frames", type=int, default=100, help="video: at most this many frames")
+    parser.add_argument("--out", required=True, help="the scene folder to write (an earlier output of this script there is replaced; "
+                                                    "any other non-empty folder is refused)")
+    parser.add_argument("--fps", type=float, default=2.0, help="video: frames taken per second of video (default 2)")
+    parser.add_argument("--max-frames", type=int, default=100, help="video: at most this many frames (default 100)")
     parser.add_argument("--blur-threshold", type=float, default=0.6,
-                        help="video: skip frames sharper than less than this fraction of the median frame")
+                        help="video: skip frames whose sharpness is below this fraction of the median frame's (default 0.6)")
     parser.add_argument("--matcher", choices=("auto", "exhaustive", "sequential"), default="auto",
-                        help="auto: sequential for video frames, exhaustive for photos")
+                        help="auto (default): sequential for video frames, exhaustive for photos")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where SIFT and matching run (cuda needs a CUDA build of pycolmap)")
+                        help="where SIFT and matching run (default auto; cuda needs a CUDA build of pycolmap)")
     args = parser.parse_args(argv)
     if args.fps <= 0 or args.max_frames < 3 or not 0 <= args.blur_threshold < 1:
         parser.error("--fps must be > 0, --max-frames >= 3 and --blur-threshold in [0, 1)")

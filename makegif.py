@@ -2,8 +2,9 @@
 
     python makegif.py DIR [TRIAL] [--output NAME] [--fps F | --duration MS] [--mp4]
 
-Frames are the PNG files directly inside DIR (or DIR/TRIAL), in natural order (frame 2 before 10).
-The GIF (and MP4) are written inside that folder.
+Frames are the PNG files directly inside DIR (or DIR/TRIAL), in natural order (frame 2 before 10), all of
+one size. The GIF (and MP4) are written inside that folder, each to a temporary file renamed over the
+output when complete, so that a failed write (a full disk) leaves an earlier GIF intact.
 """
 
 from __future__ import annotations
@@ -12,15 +13,19 @@ import argparse
 import os
 import re
 import sys
+import tempfile
 
 import numpy as np
+
+from nerf.files import atomic_write, default_file_mode, os_error_line
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Turn a folder of PNG frames into a looping GIF (and MP4).")
     parser.add_argument("folder", help="folder of PNG frames, e.g. the --savedir of eval_nerf.py")
     parser.add_argument("trial", nargs="?", default=None, help="optional sub-folder of FOLDER")
-    parser.add_argument("--output", default="animation.gif", help="file name written inside the folder")
+    parser.add_argument("--output", default="animation.gif",
+                        help="output file, relative to the frames' folder (default animation.gif)")
     timing = parser.add_mutually_exclusive_group()
     timing.add_argument("--fps", type=float, default=None, help="frames per second")
     timing.add_argument("--duration", type=float, default=None, help="milliseconds per frame (default 200)")
@@ -46,24 +51,53 @@ def list_frames(folder: str) -> list:
     return [os.path.join(folder, name) for name in frames]
 
 
+def check_one_size(paths: list) -> None:
+    """A ValueError naming the first frame whose size differs from the first frame's (frames of two
+    evaluations in one folder, say)."""
+    from PIL import Image
+
+    sizes = []
+    for path in paths:
+        with Image.open(path) as image:
+            sizes.append(image.size)
+    odd = next((k for k, size in enumerate(sizes) if size != sizes[0]), None)
+    if odd is not None:
+        raise ValueError(f"{os.path.dirname(paths[0]) or '.'}: frames of different sizes ({os.path.basename(paths[0])} "
+                         f"{sizes[0][0]}x{sizes[0][1]}, {os.path.basename(paths[odd])} {sizes[odd][0]}x"
+                         f"{sizes[odd][1]}): one animation needs one size; render into a folder of its own")
+
+
 def write_gif(paths: list, output: str, duration_ms: float) -> None:
     from PIL import Image
 
     frames = [Image.open(path).convert("RGB") for path in paths]
-    frames[0].save(output, save_all=True, append_images=frames[1:], duration=round(duration_ms), loop=0)
+    atomic_write(output, lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
+                                                  duration=round(duration_ms), loop=0), binary=True, prefix=".gif-")
 
 
 def write_mp4(paths: list, output: str, fps: float) -> None:
     import imageio.v2 as imageio
     from PIL import Image
 
-    with imageio.get_writer(output, fps=fps, codec="libx264", quality=8, macro_block_size=1,
-                            pixelformat="yuv420p") as writer:  # yuv420p: playable everywhere
-        for path in paths:
-            frame = np.asarray(Image.open(path).convert("RGB"))
-            # yuv420p needs even sizes: pad by repeating the last row/column
-            pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
-            writer.append_data(np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge"))
+    # imageio's ffmpeg writer takes a file name, not a file: a temporary one beside the output, renamed over it
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(output)), prefix=".mp4-", suffix=".mp4")
+    os.close(fd)
+    try:
+        with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1,
+                                pixelformat="yuv420p") as writer:  # yuv420p: playable everywhere
+            for path in paths:
+                frame = np.asarray(Image.open(path).convert("RGB"))
+                # yuv420p needs even sizes: pad by repeating the last row/column
+                pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
+                writer.append_data(np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge"))
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, output)
+    except BaseException as err:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(err, OSError):
+            raise OSError(err.errno, f"{output}: could not be written ({err.strerror or err})") from None
+        raise
 
 
 def main(argv=None) -> list:
@@ -71,14 +105,18 @@ def main(argv=None) -> list:
     folder = os.path.join(args.folder, args.trial) if args.trial else args.folder
     try:
         paths = list_frames(folder)
-    except FileNotFoundError as err:
+        check_one_size(paths)
+    except (FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")
     duration = 1000.0 / args.fps if args.fps else (args.duration or 200.0)
     outputs = [os.path.join(folder, args.output if args.output.lower().endswith(".gif") else args.output + ".gif")]
-    write_gif(paths, outputs[0], duration)
-    if args.mp4:
-        outputs.append(os.path.splitext(outputs[0])[0] + ".mp4")
-        write_mp4(paths, outputs[1], 1000.0 / duration)
+    try:
+        write_gif(paths, outputs[0], duration)
+        if args.mp4:
+            outputs.append(os.path.splitext(outputs[0])[0] + ".mp4")
+            write_mp4(paths, outputs[1], 1000.0 / duration)
+    except OSError as err:
+        sys.exit(f"error: {os_error_line(err)}")
     for path in outputs:
         print(f"Wrote {path} ({len(paths)} frames, {duration:.0f} ms per frame)")
     return outputs

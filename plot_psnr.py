@@ -19,6 +19,8 @@ import math
 import os
 import sys
 
+from nerf.files import atomic_write, os_error_line
+
 TAG = "validation/psnr_vs_train_seconds"
 
 
@@ -90,9 +92,11 @@ def plot(curves: list[tuple[str, list]], output: str, title, time_scales: list[f
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    fig.savefig(output)
-    plt.close(fig)
+    extension = os.path.splitext(output)[1][1:] or "png"
+    try:  # to a temporary file renamed over the output: a failed write keeps an earlier plot
+        atomic_write(output, lambda f: fig.savefig(f, format=extension), binary=True, prefix=".plot-")
+    finally:
+        plt.close(fig)
 
 
 def main(argv=None) -> list:
@@ -104,7 +108,10 @@ def main(argv=None) -> list:
             curves.append((label, read_curve(run_dir)))
     except ValueError as err:
         sys.exit(f"error: {err}")
-    plot(curves, args.output, args.title, args.time_scale, args.time_unit)
+    try:
+        plot(curves, args.output, args.title, args.time_scale, args.time_unit)
+    except OSError as err:
+        sys.exit(f"error: {os_error_line(err)}")
     for label, points in curves:
         print(f"{label}: {len(points)} validations, last {points[-1][1]:.2f} dB at {points[-1][0]:.0f} s")
     print(f"Wrote {args.output}")

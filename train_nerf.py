@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import os
 import sys
 import time
@@ -32,7 +33,7 @@ from nerf.device import DeviceError
 from nerf.distributed import (SINGLE, World, average_gradients, broadcast_parameters, check_batch, process_device,
                               quiet_unless_rank_zero, world_size_from)
 from nerf import distributed
-from nerf.files import remove_stale_temporaries
+from nerf.files import os_error_line, remove_stale_temporaries
 from nerf.importers import NATIVE, LoadedModels, detect_format, models_from_checkpoint, stored_models_if_pruned
 from nerf.methods import Method, build_method
 from nerf.losses import NonFiniteLoss, NonFiniteWatch
@@ -125,8 +126,8 @@ def checkpoint_to_load(path: Optional[str], cfg: Config) -> Optional[str]:
     return newest
 
 
-def read_start(path: Optional[str], cfg: Config,
-               config_path: str) -> tuple[Optional[dict], Optional[LoadedModels], Config]:
+def read_start(path: Optional[str], cfg: Config, config_path: str,
+               notes: list) -> tuple[Optional[dict], Optional[LoadedModels], Config]:
     """The checkpoint to start from (or None), the models of another implementation's checkpoint (or None),
     and the config with the models they hold (an imported or pruned architecture)."""
     if not path:
@@ -135,8 +136,13 @@ def read_start(path: Optional[str], cfg: Config,
     if detect_format(ckpt, path) == NATIVE:
         models = stored_models_if_pruned(ckpt, cfg.models)
         if models != cfg.models:
-            print(f"{path}: continuing with the pruned layer sizes stored in the checkpoint")
-        return ckpt, None, dataclasses.replace(cfg, models=models)
+            notes.append(f"{path}: continuing with the pruned layer sizes stored in the checkpoint")
+        cfg = dataclasses.replace(cfg, models=models)
+        changed = changed_settings(ckpt.get("config"), cfg)
+        if changed:
+            notes.append(f"warning: {path} was trained with other settings, which this run changes: "
+                         + "; ".join(changed))
+        return ckpt, None, cfg
     foreign = models_from_checkpoint(ckpt, path, cfg.models)
     if foreign.fine is None and cfg.nerf.train.num_fine > 0:
         raise ValueError(f"{path}: has no fine model but nerf.train.num_fine is {cfg.nerf.train.num_fine}; set it "
@@ -146,15 +152,40 @@ def read_start(path: Optional[str], cfg: Config,
     return ckpt, foreign, cfg
 
 
+# the keys a resumed run may change without comment: how long it runs, what it logs, where it writes
+UNREMARKABLE_CHANGES = ("experiment.id", "experiment.logdir", "experiment.train_iters", "experiment.validate_every",
+                        "experiment.save_every", "experiment.print_every", "experiment.device")
+
+
+def changed_settings(stored: Optional[dict], cfg: Config) -> list[str]:
+    """'key: value (checkpoint: stored value)' for each setting of cfg that differs from the checkpoint's
+    config (stored: its nested dicts; None for a checkpoint without one), but for UNREMARKABLE_CHANGES."""
+    def flat(tree: dict, prefix: str = "") -> dict:
+        items = {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                items.update(flat(value, f"{prefix}{key}."))
+            else:
+                items[f"{prefix}{key}"] = value
+        return items
+
+    if not isinstance(stored, dict):
+        return []
+    now, then = flat(config_to_dict(cfg)), flat(stored)
+    return [f"{key}: {now[key]!r} (checkpoint: {then[key]!r})" for key in now
+            if key in then and now[key] != then[key] and key not in UNREMARKABLE_CHANGES]
+
+
 def resume(method: Method, optimizer, scaler, ckpt: Optional[dict], foreign: Optional[LoadedModels],
-           path: Optional[str]) -> int:
-    """Load the training state to continue from; returns the step to start at (0 for a fresh run)."""
+           path: Optional[str], notes: list) -> int:
+    """Load the training state to continue from; returns the step to start at (0 for a fresh run). What it
+    tells the user goes to `notes`, printed once the set-up has succeeded."""
     if foreign is not None:
         # another implementation's run continues at the step after its last update, with its Adam moments
         # when they fit our parameters (our hyperparameters, e.g. eps 1e-7, replace the stored ones)
         kept = import_optimizer_state(optimizer, ckpt.get("optimizer_state_dict"), method.cfg.optimizer)
-        print(f"Starting from {foreign.description}; continuing at step {foreign.step} with "
-              f"{'its Adam state' if kept else 'a fresh Adam state (the stored one does not fit)'}")
+        notes.append(f"Starting from {foreign.description}; continuing at step {foreign.step} with "
+                     f"{'its Adam state' if kept else 'a fresh Adam state (the stored one does not fit)'}")
         method.start(foreign.step, None)
         return foreign.step
     if ckpt is None:
@@ -163,7 +194,7 @@ def resume(method: Method, optimizer, scaler, ckpt: Optional[dict], foreign: Opt
     start_step = restore_training_state(ckpt, path, method.coarse, method.fine, optimizer)
     if method.world.size > 1 and "rng_state" in ckpt:
         set_process_device_rng_state(ckpt["rng_state"], method.device)
-    print(f"Resumed from {path} at step {start_step}")
+    notes.append(f"Resumed from {path} at step {start_step}")
     method.start(start_step, ckpt, path)
     if scaler.is_enabled() and ckpt.get("grad_scaler"):
         scaler.load_state_dict(ckpt["grad_scaler"])
@@ -177,14 +208,27 @@ def new_optimizer(method: Method) -> torch.optim.Adam:
 
 def run_folder(cfg: Config, start_step: int, resumed: bool, overwrite: bool) -> str:
     """The run folder, made, with the resolved config saved; refused (ValueError) when the run would overwrite
-    checkpoints of another run: any, for a fresh run; those after the start step, for a resumed one."""
+    checkpoints of another run: any, for a fresh run; those after the start step, for a resumed one. With
+    overwrite those checkpoints are deleted (and a fresh run's TensorBoard events too), so that the folder holds
+    one run: `--load-checkpoint auto` and plot_psnr.py would otherwise take the earlier run's files."""
     run_dir = os.path.join(cfg.experiment.logdir, cfg.experiment.id)
     at_risk = [name for name in list_checkpoints(run_dir) if not resumed or checkpoint_step(name) > start_step]
     if at_risk and not overwrite:
         raise ValueError(f"{run_dir} already holds checkpoints of another run ({at_risk[-1]}) that this run would "
                          "overwrite; pick another experiment.id (--set experiment.id=NAME), resume from its last "
                          "checkpoint, or pass --overwrite")
-    os.makedirs(run_dir, exist_ok=True)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"experiment.logdir {cfg.experiment.logdir}: cannot create the run folder {run_dir} "
+                         f"({err.strerror or err})") from None
+    if overwrite:
+        events = [] if resumed else sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*")))
+        for path in [os.path.join(run_dir, name) for name in at_risk] + events:
+            os.remove(path)
+        if at_risk or events:
+            print(f"--overwrite: removed {len(at_risk)} checkpoint(s) and {len(events)} TensorBoard event file(s) "
+                  f"of the earlier run in {run_dir}")
     stale = remove_stale_temporaries(run_dir)
     if stale:
         print(f"{run_dir}: removed {len(stale)} temporary file(s) of interrupted saves ({', '.join(stale)})")
@@ -284,18 +328,19 @@ def prune_event(run: PruningRun, pruned: dict, method: Method, optimizer, cfg: C
     return optimizer, cfg
 
 
-def start_training(args, cfg: Config, scene: Scene, device: torch.device, ckpt, foreign, world: World) -> tuple:
+def start_training(args, cfg: Config, scene: Scene, device: torch.device, ckpt, foreign, world: World,
+                   notes: list) -> tuple:
     """(method, optimizer, grad scaler, start step, pruning run or None, the models it prunes) of a fresh,
-    resumed or imported run."""
+    resumed or imported run; what it tells the user goes to `notes`."""
     method = build_method(cfg, scene.use_ndc, device, (foreign.coarse, foreign.fine) if foreign else None,
                           world=world)
     if ckpt is not None and foreign is None:
         method.prepare_to_load(ckpt)
     warning = method.scene_warning(scene)
     if warning:
-        print(warning)
+        notes.append(warning)
     scaler, optimizer = grad_scaler(cfg.runtime, device), new_optimizer(method)
-    start_step = resume(method, optimizer, scaler, ckpt, foreign, args.load_checkpoint)
+    start_step = resume(method, optimizer, scaler, ckpt, foreign, args.load_checkpoint, notes)
     stored_chunks = ckpt.get("cpu_network_chunks") if ckpt is not None and foreign is None else None
     if device.type == "cpu" and stored_chunks and not cfg.runtime.cpu_network_chunk:
         for runner, chunk in zip([r for r in method.runners if r is not None], stored_chunks):
@@ -303,8 +348,7 @@ def start_training(args, cfg: Config, scene: Scene, device: torch.device, ckpt, 
     stored = ckpt.get("pruning") if ckpt is not None and foreign is None else None
     pruning, pruned, lines = start_pruning(args.prune, stored, start_step, cfg, args.load_checkpoint,
                                            method.coarse, method.fine)
-    for line in lines:
-        print(line)
+    notes.extend(lines)
     return method, optimizer, scaler, start_step, pruning, pruned
 
 
@@ -343,16 +387,24 @@ def join_world(cfg: Config) -> tuple[World, torch.device]:
 
 
 def set_up(args, world: World, cfg: Config, device: torch.device) -> tuple:
-    """Data, start checkpoint, method and run folder (rank 0 makes it); ValueError, DeviceError or OSError."""
+    """Data, start checkpoint, method and run folder (rank 0 makes it; None when the checkpoint is at or past
+    experiment.train_iters: nothing to train, nothing written); ValueError, DeviceError or OSError. Its
+    messages are printed once all of it has succeeded, so that a refusal is the only line of a failed start."""
     torch.manual_seed(cfg.experiment.randomseed)
     scene, batcher, num_train = load_data(cfg, args.config, device, world)
     args.load_checkpoint = checkpoint_to_load(args.load_checkpoint, cfg)
-    ckpt, foreign, cfg = read_start(args.load_checkpoint, cfg, args.config)
+    notes = []
+    ckpt, foreign, cfg = read_start(args.load_checkpoint, cfg, args.config, notes)
     method, optimizer, scaler, start_step, pruning, pruned = start_training(args, cfg, scene, device, ckpt, foreign,
-                                                                            world)
+                                                                            world, notes)
     batcher.check_crop(start_step)
-    run_dir = (run_folder(cfg, start_step, ckpt is not None, args.overwrite) if world.is_main else
-               os.path.join(cfg.experiment.logdir, cfg.experiment.id))
+    if ckpt is not None and start_step >= cfg.experiment.train_iters:
+        run_dir = None
+    else:
+        run_dir = (run_folder(cfg, start_step, ckpt is not None, args.overwrite) if world.is_main else
+                   os.path.join(cfg.experiment.logdir, cfg.experiment.id))
+    for note in notes:
+        print(note)
     return cfg, scene, batcher, num_train, ckpt, foreign, method, optimizer, scaler, start_step, pruning, pruned, run_dir
 
 
@@ -394,6 +446,10 @@ def train(args) -> dict:
         failure = set_up_failure(error, start_step, world)
         if failure is not None:
             sys.exit(failure or 1)
+        if run_dir is None:
+            print(f"Nothing to train: {args.load_checkpoint} is at step {start_step} and experiment.train_iters is "
+                  f"{cfg.experiment.train_iters} (raise it to train on); nothing written")
+            return {"step": start_step, "run_dir": None}
         broadcast_parameters(method.parameters(), world)  # every rank starts from rank 0's weights
         agree_on_cpu_chunks(method, world)
         with PreemptionRequest() as preemption:
@@ -481,7 +537,7 @@ def run(cfg: Config, world: World, scene: Scene, batcher, num_train: int, ckpt, 
     except NonFiniteLoss as err:
         stop(progress, writer, f"error: {err}")
     except OSError as err:  # a full disk: the atomic writes leave every earlier file intact
-        what = f"{err.filename}: {err.strerror}" if err.filename else (err.strerror or str(err))
+        what = os_error_line(err)
         newest = newest_checkpoint(run_dir)
         stop(progress, writer, f"error: {what}; the files written before are intact ("
                                + (f"newest checkpoint: {newest})" if newest else "no checkpoint yet)"))

@@ -97,8 +97,12 @@ def load_checkpoint(path: str) -> dict:
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(err)})") from None
+    except Exception as err:  # a file that is not a checkpoint fails in many ways (an IndexError for plain text)
+        reason = first_line(err)
+        if isinstance(err, pickle.UnpicklingError) and reason.startswith("Weights only load failed"):
+            # torch's advice (weights_only=False) would run whatever code the file holds: not ours to give
+            reason = "not a checkpoint, or one holding objects other than tensors and plain data"
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(data).__name__}")
     return data

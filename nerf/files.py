@@ -92,10 +92,10 @@ def atomic_write(path: str, write: Callable, binary: bool, prefix: str) -> None:
     one that the writer reported as another error, is raised again with a message that names `path`.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{prefix}{os.getpid()}-", suffix=".tmp")
-    wrapped = None
+    tmp = wrapped = None
     try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{prefix}{os.getpid()}-", suffix=".tmp")
         os.chmod(tmp, default_file_mode())  # mkstemp creates 0600; give the usual permissions
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             wrapped = _WriteErrors(f)
@@ -104,12 +104,19 @@ def atomic_write(path: str, write: Callable, binary: bool, prefix: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as err:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
         cause = wrapped.error if wrapped is not None and wrapped.error is not None else err
         if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError):
             raise OSError(cause.errno, f"{path}: could not be written ({cause.strerror or cause})") from None
         raise
+
+
+def os_error_line(err: OSError) -> str:
+    """An OSError as one line that names its file: 'path: reason' (atomic_write's errors name it already)."""
+    if err.filename is not None:
+        return f"{err.filename}: {err.strerror or err}"
+    return err.strerror or str(err)
 
 
 def first_line(err: BaseException) -> str:

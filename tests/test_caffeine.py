@@ -11,6 +11,12 @@ def test_interval_parsing():
             caffeine.parse_interval(bad)
 
 
+def test_help_prints_the_usage_and_exits_0(capsys):
+    with pytest.raises(SystemExit) as stop:
+        caffeine.parse_interval(["--help"])
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith("usage: python caffeine.py [interval]")
+
+
 def test_bad_interval_prints_usage_and_exits_2(capsys):
     assert caffeine.main(["soon"]) == 2
     assert "usage: python caffeine.py [interval]" in capsys.readouterr().err

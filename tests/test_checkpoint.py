@@ -69,6 +69,9 @@ def test_unreadable_and_foreign_files(tmp_path):
     junk.write_bytes(b"\x00garbage" * 10)
     with pytest.raises(CheckpointError, match="junk.ckpt: not a readable checkpoint"):
         load_checkpoint(str(junk))
+    junk.write_text("a text file\n")  # torch.load fails with an IndexError on this one
+    with pytest.raises(CheckpointError, match="junk.ckpt: not a readable checkpoint"):
+        load_checkpoint(str(junk))
     foreign = str(tmp_path / "foreign.ckpt")
     torch.save({"iter": 3, "model_coarse_state_dict": {}}, foreign)
     with pytest.raises(CheckpointError, match="not a checkpoint written by this project"):
@@ -82,8 +85,10 @@ class Arbitrary:
 def test_weights_only_refuses_arbitrary_objects(tmp_path):
     path = str(tmp_path / "arbitrary.ckpt")
     torch.save({"obj": Arbitrary()}, path)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError) as err:
         load_checkpoint(path)
+    assert "Re-running" not in str(err.value)  # not torch's advice to load it unsafely
+    assert "holding objects other than tensors and plain data" in str(err.value)
 
 
 def test_interrupted_write_keeps_the_previous_file(tmp_path, monkeypatch):

@@ -124,6 +124,16 @@ def test_malformed_yaml_names_file(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(str(tmp_path / "missing.yml"))
+    path = _write(tmp_path, "experiment:\n  id: a\n  train_iters: 3\n  id: b\ndataset:\n  basedir: x\n")
+    with pytest.raises(ConfigError, match="malformed YAML at line 4: key 'id' appears twice in one mapping"):
+        load_config(path)  # plain YAML would keep the last id, silently
+
+
+def test_a_number_for_a_text_key_says_how_to_quote_it(tmp_path):
+    path = _write(tmp_path, "dataset:\n  basedir: x\n")
+    with pytest.raises(ConfigError, match=r"'experiment.id' expects str, got int 123 \(quote it to mean text: \"123\"\)"):
+        load_config(path, ["experiment.id=123"])
+    assert load_config(path, ['experiment.id="123"']).experiment.id == "123"
 
 
 def test_float_written_without_dot_is_accepted():

@@ -87,6 +87,37 @@ def test_bad_arguments(trained, capsys):
     assert "checkpoint file not found" in str(err.value)
 
 
+def test_an_earlier_evaluation_is_never_mixed_with_a_new_one(trained, capsys):
+    config, ckpt, root = trained
+    out = root / "again"
+    eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(out), "--split", "test", "--views", "0,1"])
+    (out / "notes.txt").write_text("not the script's")
+    before = sorted(os.listdir(out))
+    assert before == ["000.png", "001.png", "compare", "error", "metrics.json", "notes.txt"]
+    with pytest.raises(SystemExit) as err:  # another split at another size would mix with these frames
+        eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(out), "--max-views", "1",
+                        "--downsample", "2"])
+    assert "holds the frames of an earlier evaluation (7 files, e.g. 000.png)" in str(err.value)
+    assert len(str(err.value).splitlines()) == 1 and sorted(os.listdir(out)) == before
+    capsys.readouterr()
+    eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(out), "--max-views", "1",
+                    "--downsample", "2", "--overwrite"])
+    assert "removed 7 files of an earlier evaluation" in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == ["000.png", "notes.txt"]
+    assert Image.open(out / "000.png").size == (6, 6)
+    a_file = root / "a_file"
+    a_file.write_text("")
+    with pytest.raises(SystemExit) as err:
+        eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(a_file), "--max-views", "1"])
+    assert f"error: {a_file}: cannot create the output folder" in str(err.value)
+
+
+def test_metrics_json_holds_no_infinity():
+    summary = {"mean": {"psnr": float("inf"), "ssim": 1.0}, "views": [{"psnr": float("inf")}, {"psnr": 31.5}]}
+    text = json.dumps(eval_nerf.finite_or_none(summary), allow_nan=False)  # allow_nan=False: strict JSON
+    assert json.loads(text) == {"mean": {"psnr": None, "ssim": 1.0}, "views": [{"psnr": None}, {"psnr": 31.5}]}
+
+
 def test_tiny_renders_skip_ssim_and_empty_selections_are_refused(trained):
     config, ckpt, root = trained
     summary = eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(root / "tiny"),

@@ -40,6 +40,31 @@ def test_mp4(tmp_path):
     assert outputs[1].endswith(".mp4") and os.path.getsize(outputs[1]) > 0
 
 
+def test_frames_of_two_sizes_are_refused(tmp_path):
+    _frames(tmp_path, count=2)
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "2.png")
+    with pytest.raises(SystemExit, match=r"frames of different sizes \(0.png 9x7, 2.png 4x4\)"):
+        makegif.main([str(tmp_path)])
+    assert not os.path.exists(tmp_path / "animation.gif")
+
+
+def test_a_failed_write_keeps_the_earlier_gif(tmp_path, monkeypatch):
+    _frames(tmp_path)
+    [gif] = makegif.main([str(tmp_path)])
+    earlier = open(gif, "rb").read()
+
+    def full_disk(self, fp, *args, **kwargs):
+        fp.write(b"GIF89a, then the disk was full")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    with pytest.raises(SystemExit) as err:
+        makegif.main([str(tmp_path)])
+    assert str(err.value) == f"error: {gif}: could not be written (No space left on device)"
+    assert open(gif, "rb").read() == earlier
+    assert sorted(os.listdir(tmp_path)) == ["0.png", "1.png", "2.png", "animation.gif"]  # no temporary left
+
+
 def test_missing_or_empty_folder(tmp_path):
     with pytest.raises(SystemExit, match="folder not found"):
         makegif.main([str(tmp_path / "none")])

@@ -56,3 +56,14 @@ def test_a_folder_without_the_curve_is_a_one_line_error(tmp_path):
         plot_psnr.main([str(tmp_path / "novalidation"), "--output", str(tmp_path / "x.png")])
     assert "experiment.validate_every" in str(err.value)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_an_output_that_cannot_be_written_is_a_one_line_error(tmp_path):
+    _run(tmp_path / "run", [(10.0, 20.0), (20.0, 22.0)])
+    run = str(tmp_path / "run")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(SystemExit) as err:
+        plot_psnr.main([run, "--output", str(a_file / "plot.png")])  # a folder that is a file
+    assert str(err.value).startswith(f"error: {a_file / 'plot.png'}: could not be written (")
+    assert len(str(err.value).splitlines()) == 1

@@ -102,7 +102,15 @@ def test_a_fresh_run_never_overwrites_earlier_checkpoints(tmp_path, scene_dir):
         train_nerf.main(["--config", config])
     assert "already holds checkpoints of another run" in str(err.value)
     assert (tmp_path / "logs" / "run" / "checkpoint000001.ckpt").read_bytes() == first
-    train_nerf.main(["--config", config, "--overwrite", "--set", "experiment.train_iters=2"])
+    run_dir = tmp_path / "logs" / "run"
+    (run_dir / "checkpoint000005.ckpt").write_bytes(first)  # as if the earlier run had gone further
+    train_nerf.main(["--config", config, "--overwrite", "--set", "experiment.train_iters=2", "experiment.save_every=1"])
+    # --overwrite replaced the earlier run: its checkpoints and TensorBoard events are gone, so that
+    # --load-checkpoint auto and plot_psnr.py see this run alone
+    assert sorted(name for name in os.listdir(run_dir) if name.endswith(".ckpt")) == [
+        "checkpoint000001.ckpt", "checkpoint000002.ckpt"]
+    assert (run_dir / "checkpoint000001.ckpt").read_bytes() != first
+    assert len([name for name in os.listdir(run_dir) if name.startswith("events.out.tfevents")]) == 1
     # resuming from step 1 into the same folder would overwrite checkpoint000002: refused too
     with pytest.raises(SystemExit) as err:
         train_nerf.main(["--config", config, "--set", "experiment.train_iters=2", "--load-checkpoint",
@@ -110,6 +118,24 @@ def test_a_fresh_run_never_overwrites_earlier_checkpoints(tmp_path, scene_dir):
     assert "checkpoint000002.ckpt" in str(err.value)
     train_nerf.main(["--config", config, "--set", "experiment.train_iters=3", "--load-checkpoint",
                      str(tmp_path / "logs" / "run" / "checkpoint000002.ckpt")])  # continuing from the last is fine
+
+
+def test_a_resume_names_the_settings_it_changes_and_a_finished_run_trains_nothing(tmp_path, scene_dir, capsys):
+    config = _config(tmp_path, scene_dir, train_iters=3)
+    train_nerf.main(["--config", config])
+    checkpoint = str(tmp_path / "logs" / "run" / "checkpoint000003.ckpt")
+    capsys.readouterr()
+    train_nerf.main(["--config", config, "--load-checkpoint", checkpoint, "--set", "experiment.train_iters=4",
+                     "optimizer.lr=0.001", "nerf.train.num_random_rays=32"])
+    out = capsys.readouterr().out
+    assert (f"warning: {checkpoint} was trained with other settings, which this run changes: "
+            "nerf.train.num_random_rays: 32 (checkpoint: 64); optimizer.lr: 0.001 (checkpoint: 0.005)") in out
+    assert "experiment.train_iters" not in out  # running longer is what resuming is for
+    files = sorted(os.listdir(tmp_path / "logs" / "run"))
+    result = train_nerf.main(["--config", config, "--load-checkpoint", "auto", "--set", "experiment.train_iters=4"])
+    assert result == {"step": 4, "run_dir": None}
+    assert "Nothing to train: " in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "logs" / "run")) == files  # not even config.yml rewritten
 
 
 def test_bad_inputs_exit_with_one_line_errors(tmp_path, scene_dir, capsys):
@@ -130,6 +156,17 @@ def test_bad_inputs_exit_with_one_line_errors(tmp_path, scene_dir, capsys):
     with pytest.raises(SystemExit) as err:
         train_nerf.main(["--config", config, "--load-checkpoint", str(other)])
     assert "checkpoint file not found" in str(err.value)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(SystemExit) as err:
+        train_nerf.main(["--config", config, "--set", f"experiment.logdir={a_file}"])
+    assert f"experiment.logdir {a_file}: cannot create the run folder" in str(err.value)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as err:  # a refused resume prints nothing before its error
+        train_nerf.main(["--config", config, "--set", "experiment.id=small", "--load-checkpoint",
+                         str(tmp_path / "logs" / "small" / "checkpoint000001.ckpt"), "--prune", "coarse"])
+    assert "pruning" in str(err.value)
+    assert "Resumed from" not in capsys.readouterr().out
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit) as err:
             train_nerf.main(["--config", config, "--set", "experiment.device=cuda:0"])

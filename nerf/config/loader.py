@@ -64,8 +64,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return value
     else:  # pragma: no cover - a programming error in the dataclasses above
         raise TypeError(f"unsupported config field type {tp!r}")
+    hint = f" (quote it to mean text: \"{value}\")" if tp is str and isinstance(value, (int, float, bool)) else ""
     raise ConfigError(
-        f"{source}: key '{key}' expects {tp.__name__}, got {type(value).__name__} {value!r}"
+        f"{source}: key '{key}' expects {tp.__name__}, got {type(value).__name__} {value!r}{hint}"
     )
 
 
@@ -161,10 +162,28 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last, silently)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice in one mapping",
+                                                    key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
 def read_yaml(path: str) -> dict:
     try:
         with open(path, "r", encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_StrictLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as err:
