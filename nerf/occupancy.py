@@ -14,6 +14,7 @@ Shape legend: R rays, M marched samples per ray (padded; `valid` marks the real 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -271,20 +272,27 @@ def build_sampler(cfg: OccupancyConfig, use_ndc: bool, device: torch.device) -> 
 
 def box_warning(sampler: OccupancySampler, scene, stride: int = 8) -> Optional[str]:
     """A one-line warning when the rays of the scene's views (every stride-th pixel) leave the grid's box
-    in NDC space, where they would lose samples; None when they stay inside (or outside NDC)."""
+    in NDC space, where they would lose samples, with the smallest box (to 0.05 outward) that holds the box
+    and every ray's segment; None when they stay inside (or outside NDC)."""
     if not scene.use_ndc or not len(scene.poses):
         return None
-    worst = 0.0
+    worst, box = 0.0, sampler.grid.aabb.clone()  # [6]
     for c2w in scene.poses:
         rays_o, rays_d = get_rays(scene.height, scene.width, scene.focal, c2w.to(sampler.grid.device), stride,
                                   scene.pixel_offset)
         rays = prepare_rays(rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), scene.near, scene.far,
                             (scene.height, scene.width, scene.focal))
         worst = max(worst, fraction_of_rays_leaving(sampler.grid.aabb, rays))
+        ends = torch.cat([rays.origins + rays.directions * t[:, None] for t in (rays.near, rays.far)])  # [2R, 3]
+        box = torch.cat((torch.minimum(box[:3], ends.min(0).values), torch.maximum(box[3:], ends.max(0).values)))
     if worst == 0.0:
         return None
+    # outward to 0.05; rounded first, so that a bound on the grid (-1.0) is not pushed out by float error
+    covering = ([math.floor(round(v / 0.05, 6)) * 0.05 for v in box[:3].tolist()]
+                + [math.ceil(round(v / 0.05, 6)) * 0.05 for v in box[3:].tolist()])
     return (f"warning: occupancy.aabb {[round(v, 3) for v in sampler.grid.aabb.tolist()]}: up to {100 * worst:.1f} % "
-            "of a view's NDC rays leave the box and lose their samples there; widen occupancy.aabb")
+            "of a view's NDC rays leave the box and lose their samples there; widen occupancy.aabb, e.g. "
+            f"--set 'occupancy.aabb=[{', '.join(f'{v:.2f}' for v in covering)}]' (holds every view's rays)")
 
 
 def ray_box_interval(origins: torch.Tensor, directions: torch.Tensor, aabb: torch.Tensor) -> tuple:

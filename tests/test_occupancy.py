@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -338,6 +339,12 @@ def test_box_warning_for_ndc_views_leaving_the_box():
     assert box_warning(sampler, scene([yaw(0), yaw(3)]), stride=2) is None
     warning = box_warning(sampler, scene([yaw(0), yaw(20)]), stride=2)
     assert warning is not None and "widen occupancy.aabb" in warning
+    # the box it proposes holds the default box and every ray: with it, no warning
+    proposed = [float(v) for v in re.search(r"--set 'occupancy.aabb=\[(.*)\]'", warning).group(1).split(",")]
+    assert all(a <= b for a, b in zip(proposed[:3], NDC_AABB[:3])) and all(
+        a >= b for a, b in zip(proposed[3:], NDC_AABB[3:]))
+    assert proposed != list(NDC_AABB)
+    assert box_warning(_sampler(OccupancyGrid(proposed, 8)), scene([yaw(0), yaw(20)]), stride=2) is None
 
 
 def test_llff_without_ndc_needs_an_explicit_box():
