@@ -61,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("give either --config FILE or --datapath DIR")
     if args.num_variations < 1:
         parser.error("--num-variations must be >= 1")
+    if args.downscale < 1:
+        parser.error("--downscale must be >= 1")
     return args
 
 
@@ -81,6 +83,9 @@ def main(argv=None) -> dict:
             dataset, white = cfg.dataset, cfg.nerf.train.white_background
         else:
             kind = args.type or infer_type(args.datapath)
+            if kind == "llff" and args.downscale != 1:
+                raise ConfigError("--downscale applies to Blender scenes; LLFF reads images_<factor>/ "
+                                  "(--llff-downsample-factor)")
             dataset = DatasetConfig(type=kind, basedir=args.datapath, half_res=args.halfres, testskip=args.testskip,
                                     downscale=args.downscale, downsample_factor=args.llff_downsample_factor, llffhold=args.llffhold)
             white = args.white_background if args.white_background is not None else kind == "blender"

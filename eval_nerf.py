@@ -99,15 +99,16 @@ def select_views(count: int, views, max_views) -> list:
 
 FRAME = re.compile(r"\d{3,}\.(png|npy)")  # 000.png, ...; depth/000.npy
 OUTPUT_FOLDERS = ("compare", "error", "depth", "disparity")
+EARLIER_FILES = ("metrics.json", "animation.gif", "animation.mp4")  # makegif.py's default outputs: of the frames
 
 
 def earlier_outputs(out_dir: str) -> list[str]:
-    """The files an earlier evaluation wrote into out_dir: its frames, metrics.json and the frames in its
-    sub-folders. Anything else there is not this script's and is left alone."""
+    """The files an earlier evaluation wrote into out_dir: its frames, metrics.json, the frames in its
+    sub-folders, and makegif.py's animation of them under its default name. Anything else there is left alone."""
     if not os.path.isdir(out_dir):
         return []
     found = [os.path.join(out_dir, name) for name in sorted(os.listdir(out_dir))
-             if FRAME.fullmatch(name) or name == "metrics.json"]
+             if FRAME.fullmatch(name) or name in EARLIER_FILES]
     for folder in OUTPUT_FOLDERS:
         path = os.path.join(out_dir, folder)
         if os.path.isdir(path):
@@ -258,27 +259,31 @@ def main(argv=None) -> dict:
 def evaluate(args, cfg, opts, scene, method, loaded, world: World = SINGLE) -> dict:
     """Render this rank's share of the selected views, score them, write the frames and (rank 0) metrics.json."""
     out_dir = os.path.join(args.savedir, args.trial) if args.trial else args.savedir
-    error = None
-    if world.is_main:
-        try:
-            clear_output_folder(out_dir, args.overwrite)
-            os.makedirs(out_dir, exist_ok=True)
-        except ValueError as err:
-            error = f"error: {err}"
-        except OSError as err:
-            error = f"error: {out_dir}: cannot create the output folder ({err.strerror or err})"
-    error = world.gather(error)[0]  # the others wait for rank 0's check before they write
-    if error:
-        sys.exit(error if world.is_main else 1)
     if args.split == "render":
         poses, targets, ids = scene.render_poses, None, list(range(len(scene.render_poses)))
     else:
         ids = {"test": scene.i_test, "val": scene.i_val, "train": scene.i_train}[args.split]
         poses, targets = scene.poses, scene.images
-    try:
+    try:  # before anything in the output folder is touched
         positions = select_views(len(ids), args.views, args.max_views)
     except ValueError as err:
         sys.exit(f"error: {err}")
+    error = None
+    if world.is_main:
+        try:
+            clear_output_folder(out_dir, args.overwrite)
+        except ValueError as err:
+            error = f"error: {err}"
+        except OSError as err:
+            error = f"error: {os_error_line(err)}"
+        if error is None:
+            try:
+                os.makedirs(out_dir, exist_ok=True)
+            except OSError as err:
+                error = f"error: {out_dir}: cannot create the output folder ({err.strerror or err})"
+    error = world.gather(error)[0]  # the others wait for rank 0's check before they write
+    if error:
+        sys.exit(error if world.is_main else 1)
 
     factor, device = args.downsample, method.device
     lpips_metric = LpipsMetric.create(device) if targets is not None else None

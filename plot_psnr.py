@@ -46,7 +46,7 @@ def read_curve(run_dir: str) -> list[tuple[float, float]]:
     when it has no TensorBoard events or no such scalar."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    if not glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
+    if not glob.glob(os.path.join(glob.escape(run_dir), "events.out.tfevents.*")):
         raise ValueError(f"{run_dir}: no TensorBoard event files (is it a train_nerf.py run folder?)")
     events = EventAccumulator(run_dir, size_guidance={"scalars": 0})  # 0: keep every point
     events.Reload()

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
 import glob
 import os
+import re
 import sys
 import time
 from typing import Optional
@@ -116,13 +118,14 @@ def load_data(cfg: Config, config_path: str, device: torch.device, world: World 
     return scene, RayBatcher(scene, train_opts, seed, device, world=world), len(scene.i_train)
 
 
-def checkpoint_to_load(path: Optional[str], cfg: Config) -> Optional[str]:
+def checkpoint_to_load(path: Optional[str], cfg: Config, notes: list) -> Optional[str]:
     """--load-checkpoint: the path given, or for 'auto' the run folder's newest checkpoint (None: none yet)."""
     if path != "auto":
         return path
     run_dir = os.path.join(cfg.experiment.logdir, cfg.experiment.id)
     newest = newest_checkpoint(run_dir)
-    print(f"--load-checkpoint auto: {f'continuing from {newest}' if newest else f'no checkpoint in {run_dir}; starting fresh'}")
+    notes.append(f"--load-checkpoint auto: "
+                 f"{f'continuing from {newest}' if newest else f'no checkpoint in {run_dir}; starting fresh'}")
     return newest
 
 
@@ -152,9 +155,12 @@ def read_start(path: Optional[str], cfg: Config, config_path: str,
     return ckpt, foreign, cfg
 
 
-# the keys a resumed run may change without comment: how long it runs, what it logs, where it writes
+# the keys a resumed run may change without comment: how long it runs, what it logs, where it writes and reads,
+# how it validates, memory knobs, and the pruning schedule (an unfinished pruning run keeps the stored one)
 UNREMARKABLE_CHANGES = ("experiment.id", "experiment.logdir", "experiment.train_iters", "experiment.validate_every",
-                        "experiment.save_every", "experiment.print_every", "experiment.device")
+                        "experiment.save_every", "experiment.print_every", "experiment.device", "dataset.basedir",
+                        "dataset.cachedir", "runtime.compile", "runtime.keep_cpu_memory", "nerf.validation.*",
+                        "pruning.*", "*chunk*")
 
 
 def changed_settings(stored: Optional[dict], cfg: Config) -> list[str]:
@@ -173,7 +179,8 @@ def changed_settings(stored: Optional[dict], cfg: Config) -> list[str]:
         return []
     now, then = flat(config_to_dict(cfg)), flat(stored)
     return [f"{key}: {now[key]!r} (checkpoint: {then[key]!r})" for key in now
-            if key in then and now[key] != then[key] and key not in UNREMARKABLE_CHANGES]
+            if key in then and now[key] != then[key]
+            and not any(fnmatch.fnmatchcase(key, pattern) for pattern in UNREMARKABLE_CHANGES)]
 
 
 def resume(method: Method, optimizer, scaler, ckpt: Optional[dict], foreign: Optional[LoadedModels],
@@ -206,13 +213,30 @@ def new_optimizer(method: Method) -> torch.optim.Adam:
     return build_optimizer(method.parameter_groups(), method.cfg.optimizer, method.device, method.fused_optimizer)
 
 
+def checkpoints_at_risk(run_dir: str, start_step: int, resumed: bool) -> list[str]:
+    """The checkpoints of the run folder that this run would overwrite: any, for a fresh run; those after the
+    start step, for a resumed one."""
+    return [name for name in list_checkpoints(run_dir) if not resumed or checkpoint_step(name) > start_step]
+
+
+def remove_earlier_run(run_dir: str, start_step: int, resumed: bool) -> None:
+    """--overwrite, once every rank has set up: delete the checkpoints this run would overwrite, and for a fresh
+    run the earlier run's TensorBoard events, so that the folder holds one run (`--load-checkpoint auto` and
+    plot_psnr.py would otherwise take the earlier run's files)."""
+    at_risk = checkpoints_at_risk(run_dir, start_step, resumed)
+    events = [] if resumed else sorted(glob.glob(os.path.join(glob.escape(run_dir), "events.out.tfevents.*")))
+    for path in [os.path.join(run_dir, name) for name in at_risk] + events:
+        os.remove(path)
+    if at_risk or events:
+        print(f"--overwrite: removed {len(at_risk)} checkpoint(s) and {len(events)} TensorBoard event file(s) "
+              f"of the earlier run in {run_dir}")
+
+
 def run_folder(cfg: Config, start_step: int, resumed: bool, overwrite: bool) -> str:
     """The run folder, made, with the resolved config saved; refused (ValueError) when the run would overwrite
-    checkpoints of another run: any, for a fresh run; those after the start step, for a resumed one. With
-    overwrite those checkpoints are deleted (and a fresh run's TensorBoard events too), so that the folder holds
-    one run: `--load-checkpoint auto` and plot_psnr.py would otherwise take the earlier run's files."""
+    checkpoints of another run (checkpoints_at_risk) without overwrite."""
     run_dir = os.path.join(cfg.experiment.logdir, cfg.experiment.id)
-    at_risk = [name for name in list_checkpoints(run_dir) if not resumed or checkpoint_step(name) > start_step]
+    at_risk = checkpoints_at_risk(run_dir, start_step, resumed)
     if at_risk and not overwrite:
         raise ValueError(f"{run_dir} already holds checkpoints of another run ({at_risk[-1]}) that this run would "
                          "overwrite; pick another experiment.id (--set experiment.id=NAME), resume from its last "
@@ -222,13 +246,6 @@ def run_folder(cfg: Config, start_step: int, resumed: bool, overwrite: bool) -> 
     except OSError as err:
         raise ValueError(f"experiment.logdir {cfg.experiment.logdir}: cannot create the run folder {run_dir} "
                          f"({err.strerror or err})") from None
-    if overwrite:
-        events = [] if resumed else sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*")))
-        for path in [os.path.join(run_dir, name) for name in at_risk] + events:
-            os.remove(path)
-        if at_risk or events:
-            print(f"--overwrite: removed {len(at_risk)} checkpoint(s) and {len(events)} TensorBoard event file(s) "
-                  f"of the earlier run in {run_dir}")
     stale = remove_stale_temporaries(run_dir)
     if stale:
         print(f"{run_dir}: removed {len(stale)} temporary file(s) of interrupted saves ({', '.join(stale)})")
@@ -237,8 +254,10 @@ def run_folder(cfg: Config, start_step: int, resumed: bool, overwrite: bool) -> 
 
 
 def list_checkpoints(run_dir: str) -> list[str]:
-    """The checkpoint file names in a run folder (none if it does not exist), by step."""
-    names = [name for name in os.listdir(run_dir) if name.endswith(".ckpt")] if os.path.isdir(run_dir) else []
+    """The names of the checkpoints training wrote into a run folder (checkpoint<step>.ckpt; none if the folder
+    does not exist), by step. Other .ckpt files there (one copied in to start from) are not the run's."""
+    names = ([name for name in os.listdir(run_dir) if re.fullmatch(r"checkpoint\d+\.ckpt", name)]
+             if os.path.isdir(run_dir) else [])
     return sorted(names, key=checkpoint_step)
 
 
@@ -392,8 +411,8 @@ def set_up(args, world: World, cfg: Config, device: torch.device) -> tuple:
     messages are printed once all of it has succeeded, so that a refusal is the only line of a failed start."""
     torch.manual_seed(cfg.experiment.randomseed)
     scene, batcher, num_train = load_data(cfg, args.config, device, world)
-    args.load_checkpoint = checkpoint_to_load(args.load_checkpoint, cfg)
     notes = []
+    args.load_checkpoint = checkpoint_to_load(args.load_checkpoint, cfg, notes)
     ckpt, foreign, cfg = read_start(args.load_checkpoint, cfg, args.config, notes)
     method, optimizer, scaler, start_step, pruning, pruned = start_training(args, cfg, scene, device, ckpt, foreign,
                                                                             world, notes)
@@ -446,6 +465,8 @@ def train(args) -> dict:
         failure = set_up_failure(error, start_step, world)
         if failure is not None:
             sys.exit(failure or 1)
+        if args.overwrite and world.is_main and run_dir is not None:
+            remove_earlier_run(run_dir, start_step, ckpt is not None)
         if run_dir is None:
             print(f"Nothing to train: {args.load_checkpoint} is at step {start_step} and experiment.train_iters is "
                   f"{cfg.experiment.train_iters} (raise it to train on); nothing written")

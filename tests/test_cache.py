@@ -142,6 +142,20 @@ def test_halfres_false_means_false_and_flags_are_checked(tmp_path):
         cache_dataset.parse_args(["--datapath", "x", "--halfres", "maybe", "--savedir", "y"])
     with pytest.raises(SystemExit):
         cache_dataset.parse_args(["--savedir", "y"])  # neither --config nor --datapath
+    with pytest.raises(SystemExit):
+        cache_dataset.parse_args(["--datapath", "x", "--downscale", "0", "--savedir", "y"])
+    _write_llff(tmp_path / "llff")
+    with pytest.raises(SystemExit, match="--downscale applies to Blender scenes"):
+        cache_dataset.main(["--datapath", str(tmp_path / "llff"), "--downscale", "2", "--savedir", str(tmp_path / "c")])
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_blender_cache_at_a_downscale(tmp_path, blender_dir):
+    out = tmp_path / "cache"
+    cache_dataset.main(["--datapath", blender_dir, "--downscale", "2", "--savedir", str(out), "--sample-all"])
+    scene = load_scene(DatasetConfig(type="blender", basedir=blender_dir, downscale=2), True)
+    cache = _check_against_uncached(str(out), scene)
+    assert cache.manifest["dataset"]["downscale"] == 2
 
 
 def test_interrupted_build_leaves_nothing(tmp_path, blender_dir, monkeypatch):

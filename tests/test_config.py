@@ -5,7 +5,7 @@ import textwrap
 import pytest
 
 from nerf.config import (Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, load_config,
-                         overrides_from, save_config)
+                         overrides_from, read_yaml, save_config)
 from tests.conftest import ROOT
 
 KRRISH94_LEGO = textwrap.dedent("""
@@ -127,6 +127,22 @@ def test_malformed_yaml_names_file(tmp_path):
     path = _write(tmp_path, "experiment:\n  id: a\n  train_iters: 3\n  id: b\ndataset:\n  basedir: x\n")
     with pytest.raises(ConfigError, match="malformed YAML at line 4: key 'id' appears twice in one mapping"):
         load_config(path)  # plain YAML would keep the last id, silently
+
+
+def test_merge_keys_load_and_an_unhashable_key_is_one_line(tmp_path):
+    text = ("base: &base\n  train_iters: 7\n  id: a\nexperiment:\n  <<: *base\n  id: b\n"
+            "dataset:\n  basedir: x\n")
+    data = read_yaml(_write(tmp_path, text))
+    assert data["experiment"] == {"train_iters": 7, "id": "b"}  # merged, then overridden: not a duplicate
+    with pytest.raises(ConfigError, match="malformed YAML at line 1: found unhashable key"):
+        read_yaml(_write(tmp_path, "? [a, b]\n: 1\n"))
+
+
+def test_experiment_id_must_stay_under_the_logdir():
+    for bad in ("", "./", "..", "../..", "a/../..", "a/..", "/abs"):
+        with pytest.raises(ConfigError, match="'experiment.id' expects a run name"):
+            config_from_dict({"dataset": {"basedir": "x"}, "experiment": {"id": bad}})
+    assert config_from_dict({"dataset": {"basedir": "x"}, "experiment": {"id": "scene/run[1]"}}).experiment.id
 
 
 def test_a_number_for_a_text_key_says_how_to_quote_it(tmp_path):

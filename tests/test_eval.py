@@ -105,6 +105,10 @@ def test_an_earlier_evaluation_is_never_mixed_with_a_new_one(trained, capsys):
     assert "removed 7 files of an earlier evaluation" in capsys.readouterr().out
     assert sorted(os.listdir(out)) == ["000.png", "notes.txt"]
     assert Image.open(out / "000.png").size == (6, 6)
+    with pytest.raises(SystemExit, match="out of range"):  # checked before anything is deleted
+        eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(out), "--views", "99",
+                        "--overwrite"])
+    assert sorted(os.listdir(out)) == ["000.png", "notes.txt"]
     a_file = root / "a_file"
     a_file.write_text("")
     with pytest.raises(SystemExit) as err:

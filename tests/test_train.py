@@ -111,6 +111,13 @@ def test_a_fresh_run_never_overwrites_earlier_checkpoints(tmp_path, scene_dir):
         "checkpoint000001.ckpt", "checkpoint000002.ckpt"]
     assert (run_dir / "checkpoint000001.ckpt").read_bytes() != first
     assert len([name for name in os.listdir(run_dir) if name.startswith("events.out.tfevents")]) == 1
+    # a resumed run with --overwrite deletes only the checkpoints after its start, and keeps the events
+    (run_dir / "lego_800_start.ckpt").write_bytes(first)  # a .ckpt copied in by hand is not the run's
+    train_nerf.main(["--config", config, "--overwrite", "--set", "experiment.train_iters=2", "experiment.save_every=1",
+                     "--load-checkpoint", str(run_dir / "checkpoint000001.ckpt")])
+    assert sorted(name for name in os.listdir(run_dir) if name.endswith(".ckpt")) == [
+        "checkpoint000001.ckpt", "checkpoint000002.ckpt", "lego_800_start.ckpt"]
+    assert len([name for name in os.listdir(run_dir) if name.startswith("events.out.tfevents")]) == 2
     # resuming from step 1 into the same folder would overwrite checkpoint000002: refused too
     with pytest.raises(SystemExit) as err:
         train_nerf.main(["--config", config, "--set", "experiment.train_iters=2", "--load-checkpoint",
@@ -126,11 +133,13 @@ def test_a_resume_names_the_settings_it_changes_and_a_finished_run_trains_nothin
     checkpoint = str(tmp_path / "logs" / "run" / "checkpoint000003.ckpt")
     capsys.readouterr()
     train_nerf.main(["--config", config, "--load-checkpoint", checkpoint, "--set", "experiment.train_iters=4",
-                     "optimizer.lr=0.001", "nerf.train.num_random_rays=32"])
+                     "optimizer.lr=0.001", "nerf.train.num_random_rays=32", "nerf.train.chunksize=999",
+                     "nerf.validation.num_views=1", "pruning.lr_scale=0.5"])
     out = capsys.readouterr().out
     assert (f"warning: {checkpoint} was trained with other settings, which this run changes: "
-            "nerf.train.num_random_rays: 32 (checkpoint: 64); optimizer.lr: 0.001 (checkpoint: 0.005)") in out
-    assert "experiment.train_iters" not in out  # running longer is what resuming is for
+            "nerf.train.num_random_rays: 32 (checkpoint: 64); optimizer.lr: 0.001 (checkpoint: 0.005)\n") in out
+    # running longer is what resuming is for; memory knobs, validation and pruning settings change no model
+    assert "experiment.train_iters" not in out and "chunksize" not in out and "pruning" not in out
     files = sorted(os.listdir(tmp_path / "logs" / "run"))
     result = train_nerf.main(["--config", config, "--load-checkpoint", "auto", "--set", "experiment.train_iters=4"])
     assert result == {"step": 4, "run_dir": None}

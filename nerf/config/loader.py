@@ -7,6 +7,7 @@ the dotted key; nerf/config/validation.py then checks values and cross-key consi
 from __future__ import annotations
 
 import argparse
+import collections.abc
 import copy
 import dataclasses
 import types
@@ -169,7 +170,11 @@ class _StrictLoader(yaml.SafeLoader):
 def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` merges; SafeLoader resolves it below
+            continue
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, collections.abc.Hashable):  # SafeLoader's own error names it below
+            continue
         if key in seen:
             raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice in one mapping",
                                                     key_node.start_mark)

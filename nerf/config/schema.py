@@ -82,7 +82,7 @@ class ModelsConfig:
 @dataclass
 class RenderConfig:
     chunksize: int = 32768  # rays rendered per chunk (memory knob only)
-    netchunk: int = 65536  # points per network call at most (memory knob only; on the CPU see runtime.network_chunk)
+    netchunk: int = 65536  # points per network call at most (memory knob only; on the CPU see runtime.cpu_network_chunk)
     perturb: bool = True  # stratified jitter of the coarse samples; also makes sample_pdf random
     num_coarse: int = 64
     num_fine: int = 128  # 0 disables hierarchical sampling

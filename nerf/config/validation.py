@@ -139,8 +139,9 @@ def _validate_experiment(cfg: Config, source: str) -> None:
     """Check the experiment: section."""
     e = cfg.experiment
     _require(e.train_iters >= 0, source, "experiment.train_iters", "an integer >= 0", e.train_iters)
-    _require(e.id.strip() not in ("", ".", "..") and not os.path.isabs(e.id), source, "experiment.id",
-             "a run name (a folder under experiment.logdir)", e.id)
+    parts = os.path.normpath(e.id).split(os.sep) if e.id.strip() else []
+    _require(bool(parts) and parts != ["."] and ".." not in parts and not os.path.isabs(e.id), source,
+             "experiment.id", "a run name (a folder under experiment.logdir)", e.id)
     for name in ("validate_every", "save_every", "print_every"):
         value = getattr(e, name)
         _require(value >= 0, source, f"experiment.{name}", "an integer >= 0", value)
