@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from nerf.batching import RayBatcher
 from nerf.cache import CachedRayBatcher, RayCache
-from nerf.checkpoint import (import_optimizer_state, load_checkpoint, nonfinite_tensors, restore_training_state,
-                             save_checkpoint, set_process_device_rng_state)
+from nerf.checkpoint import (CheckpointError, import_optimizer_state, load_checkpoint, nonfinite_tensors,
+                             restore_training_state, save_checkpoint, set_process_device_rng_state)
 from nerf.config import (Config, add_set_argument, config_to_dict, load_config, overrides_from, save_config,
                          validate as validate_config)
 from nerf.datasets import Scene, load_scene
@@ -118,24 +118,38 @@ def load_data(cfg: Config, config_path: str, device: torch.device, world: World 
     return scene, RayBatcher(scene, train_opts, seed, device, world=world), len(scene.i_train)
 
 
-def checkpoint_to_load(path: Optional[str], cfg: Config, notes: list) -> Optional[str]:
-    """--load-checkpoint: the path given, or for 'auto' the run folder's newest checkpoint (None: none yet)."""
+def checkpoint_to_load(path: Optional[str], cfg: Config, notes: list,
+                       is_main: bool = True) -> tuple[Optional[str], Optional[dict]]:
+    """--load-checkpoint: (the path given, None), or for 'auto' the run folder's newest readable checkpoint and
+    its contents ((None, None): none yet). An unreadable one (a disk fault; the saves themselves are atomic) is
+    renamed <name>.unreadable by rank 0, its bytes kept, so that a re-queued job continues from the one before
+    instead of failing on it at every start."""
     if path != "auto":
-        return path
+        return path, None
     run_dir = os.path.join(cfg.experiment.logdir, cfg.experiment.id)
-    newest = newest_checkpoint(run_dir)
-    notes.append(f"--load-checkpoint auto: "
-                 f"{f'continuing from {newest}' if newest else f'no checkpoint in {run_dir}; starting fresh'}")
-    return newest
+    for name in reversed(list_checkpoints(run_dir)):
+        candidate = os.path.join(run_dir, name)
+        try:
+            ckpt = load_checkpoint(candidate)
+        except CheckpointError as err:
+            if is_main:
+                os.replace(candidate, candidate + ".unreadable")
+            notes.append(f"warning: {err}; renamed it {name}.unreadable and took the checkpoint before it")
+            continue
+        notes.append(f"--load-checkpoint auto: continuing from {candidate}")
+        return candidate, ckpt
+    notes.append(f"--load-checkpoint auto: no readable checkpoint in {run_dir}; starting fresh")
+    return None, None
 
 
-def read_start(path: Optional[str], cfg: Config, config_path: str,
-               notes: list) -> tuple[Optional[dict], Optional[LoadedModels], Config]:
-    """The checkpoint to start from (or None), the models of another implementation's checkpoint (or None),
-    and the config with the models they hold (an imported or pruned architecture)."""
+def read_start(path: Optional[str], cfg: Config, config_path: str, notes: list,
+               ckpt: Optional[dict] = None) -> tuple[Optional[dict], Optional[LoadedModels], Config]:
+    """The checkpoint to start from (or None; `ckpt`: its contents when already read), the models of another
+    implementation's checkpoint (or None), and the config with the models they hold (an imported or pruned
+    architecture)."""
     if not path:
         return None, None, cfg
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
     if detect_format(ckpt, path) == NATIVE:
         models = stored_models_if_pruned(ckpt, cfg.models)
         if models != cfg.models:
@@ -412,8 +426,8 @@ def set_up(args, world: World, cfg: Config, device: torch.device) -> tuple:
     torch.manual_seed(cfg.experiment.randomseed)
     scene, batcher, num_train = load_data(cfg, args.config, device, world)
     notes = []
-    args.load_checkpoint = checkpoint_to_load(args.load_checkpoint, cfg, notes)
-    ckpt, foreign, cfg = read_start(args.load_checkpoint, cfg, args.config, notes)
+    args.load_checkpoint, ckpt = checkpoint_to_load(args.load_checkpoint, cfg, notes, world.is_main)
+    ckpt, foreign, cfg = read_start(args.load_checkpoint, cfg, args.config, notes, ckpt)
     method, optimizer, scaler, start_step, pruning, pruned = start_training(args, cfg, scene, device, ckpt, foreign,
                                                                             world, notes)
     batcher.check_crop(start_step)

@@ -337,7 +337,23 @@ def test_auto_starts_fresh_without_a_checkpoint(tmp_path, scene_dir, capsys):
     config = _config(tmp_path, scene_dir, train_iters=2, save_every=0, validate_every=0)
     metrics = train_nerf.main(["--config", config, "--load-checkpoint", "auto"])
     assert metrics["step"] == 2
-    assert "no checkpoint in" in capsys.readouterr().out
+    assert "no readable checkpoint in" in capsys.readouterr().out
+
+
+def test_auto_sets_an_unreadable_newest_checkpoint_aside_and_takes_the_one_before(tmp_path, scene_dir, capsys):
+    config = _config(tmp_path, scene_dir, train_iters=4, save_every=2, validate_every=0)
+    train_nerf.main(["--config", config])
+    run_dir = tmp_path / "logs" / "run"
+    newest = run_dir / "checkpoint000004.ckpt"
+    damaged = newest.read_bytes()[:1000]  # a disk fault, say
+    newest.write_bytes(damaged)
+    capsys.readouterr()
+    metrics = train_nerf.main(["--config", config, "--load-checkpoint", "auto"])
+    out = capsys.readouterr().out
+    assert "checkpoint000004.ckpt: not a readable checkpoint" in out and "renamed it checkpoint000004.ckpt.unreadable" in out
+    assert f"continuing from {run_dir / 'checkpoint000002.ckpt'}" in out and metrics["step"] == 4
+    assert (run_dir / "checkpoint000004.ckpt.unreadable").read_bytes() == damaged  # kept, out of the way
+    load_checkpoint(str(newest))  # the step-4 checkpoint written again by the resumed run
 
 
 def test_sigterm_to_torchrun_reaches_every_rank_and_they_save_together(tmp_path, scene_dir):
