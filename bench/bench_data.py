@@ -21,9 +21,10 @@ import torch  # noqa: E402
 from bench.bench_nerf import sync, write_json  # noqa: E402
 from nerf.batching import RayBatcher  # noqa: E402
 from nerf.cache import CachedRayBatcher, RayCache  # noqa: E402
-from nerf.config import add_set_argument, load_config, overrides_from  # noqa: E402
-from nerf.datasets import load_scene  # noqa: E402
-from nerf.device import select_device  # noqa: E402
+from nerf.checkpoint import CheckpointError  # noqa: E402
+from nerf.config import ConfigError, add_set_argument, load_config, overrides_from  # noqa: E402
+from nerf.datasets import DatasetError, load_scene  # noqa: E402
+from nerf.device import DeviceError, select_device  # noqa: E402
 
 
 def time_batches(batcher, steps: int, device: torch.device) -> float:
@@ -38,7 +39,7 @@ def time_batches(batcher, steps: int, device: torch.device) -> float:
     return statistics.median(times[steps // 10:])
 
 
-def main(argv=None) -> dict:
+def run_bench(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--cachedir", required=True)
@@ -46,6 +47,8 @@ def main(argv=None) -> dict:
     add_set_argument(parser)
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error("--steps must be >= 1")
     cfg = load_config(args.config, overrides_from(args.set) + [f"dataset.cachedir={args.cachedir}"])
     device = select_device(cfg.experiment.device)
     opts = cfg.nerf.train
@@ -71,6 +74,14 @@ def main(argv=None) -> dict:
     if args.json:
         write_json(result, args.json)
     return result
+
+
+def main(argv=None) -> dict:
+    """The bench. Bad input (a config, a key, a scene, a checkpoint, a file) is a one-line error."""
+    try:
+        return run_bench(argv)
+    except (ConfigError, DatasetError, CheckpointError, DeviceError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

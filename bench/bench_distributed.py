@@ -43,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.set = overrides_from(args.set)
     if not args.bytes and not args.config:
         parser.error("--config or --bytes is required")
+    if args.steps < 1 or min(args.nproc) < 1:
+        parser.error("--steps and every --nproc must be >= 1")
     return args
 
 
@@ -82,7 +84,12 @@ def time_run(config: str, nproc: int, steps: int, overrides: list, logdir: str) 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.bytes:
-        rows = {config: gradient_bytes(config, args.set) for config in args.bytes}
+        from nerf.config import ConfigError
+
+        try:
+            rows = {config: gradient_bytes(config, args.set) for config in args.bytes}
+        except ConfigError as err:
+            sys.exit(f"error: {err}")
         for config, row in rows.items():
             print(f"{config}: {row['parameters']:,} parameters, {row['bytes'] / 1e6:.1f} MB all-reduced per step")
         return rows

@@ -54,9 +54,10 @@ from bench.machine import speed_factor  # noqa: E402
 from bench.yenchenlin_step import YenchenlinProcess  # noqa: E402
 from nerf.batching import RayBatcher  # noqa: E402
 from nerf.compositing import composite_samples, volume_render  # noqa: E402
-from nerf.config import add_set_argument, load_config, overrides_from  # noqa: E402
-from nerf.datasets import load_scene  # noqa: E402
-from nerf.device import select_device  # noqa: E402
+from nerf.checkpoint import CheckpointError  # noqa: E402
+from nerf.config import ConfigError, add_set_argument, load_config, overrides_from  # noqa: E402
+from nerf.datasets import DatasetError, load_scene  # noqa: E402
+from nerf.device import DeviceError, select_device  # noqa: E402
 from nerf.importers import load_models  # noqa: E402
 from nerf.losses import NonFiniteWatch  # noqa: E402
 from nerf.methods import build_method  # noqa: E402
@@ -332,7 +333,7 @@ def compared_summary(compared: list, our_totals: list, coarse: nn.Module, fine: 
     }
 
 
-def main(argv=None) -> dict:
+def run_bench(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--config", required=True)
     add_set_argument(parser)
@@ -353,6 +354,8 @@ def main(argv=None) -> dict:
                              "device time")
     parser.add_argument("--no-speed-factor", action="store_true", help="skip machine_speed.py")
     args = parser.parse_args(argv)
+    if args.iters < 1 or args.warmup < 0 or args.render_stride < 1 or args.profile_steps < 0:
+        parser.error("--iters and --render-stride must be >= 1, --warmup and --profile-steps >= 0")
     args.set = overrides_from(args.set)
 
     cfg = load_config(args.config, args.set)
@@ -545,6 +548,14 @@ def main(argv=None) -> dict:
     if args.json:
         write_json(result, args.json)
     return result
+
+
+def main(argv=None) -> dict:
+    """The bench. Bad input (a config, a key, a scene, a checkpoint, a file) is a one-line error."""
+    try:
+        return run_bench(argv)
+    except (ConfigError, DatasetError, CheckpointError, DeviceError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

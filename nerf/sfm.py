@@ -245,9 +245,10 @@ def llff_poses(reconstruction) -> tuple[list, np.ndarray, np.ndarray, np.ndarray
 def capture_kind(poses: np.ndarray) -> str:
     """"360" when the cameras look at the scene from all round, else "forward-facing", from the view
     directions f_i (poses: LLFF [N, 3, 5]) about their mean direction a: all round when some f_i is more
-    than 90 degrees from a (a ring near the horizon), or when every f_i is at least 20 degrees off a and
-    their directions about a leave no gap wider than 90 degrees (a ring looking down at the scene: the
-    cameras circle the axis). A forward-facing capture has views near a, and at most an arc around it."""
+    than 90 degrees from a (a ring near the horizon), or when at least half of the f_i are 20 degrees or more
+    off a and their directions about a leave no gap wider than 90 degrees (a ring looking down at the scene:
+    the cameras circle the axis; a few shots from straight above, near a, do not count against it). A
+    forward-facing capture has views near a, and at most an arc around it."""
     forward = -poses[:, :, 2] / np.linalg.norm(poses[:, :, 2], axis=1, keepdims=True)  # [N, 3] (back = -forward)
     axis = forward.mean(0)
     if np.linalg.norm(axis) < 1e-6:
@@ -260,9 +261,12 @@ def capture_kind(poses: np.ndarray) -> str:
     e1 = np.cross(axis, [1.0, 0.0, 0.0] if abs(axis[0]) < 0.9 else [0.0, 1.0, 0.0])
     e1 = e1 / np.linalg.norm(e1)
     e2 = np.cross(axis, e1)
-    azimuth = np.sort(np.degrees(np.arctan2(side @ e2, side @ e1)))  # [N]
+    ring = off_axis >= 20.0  # [N] the views that look at the scene from a side
+    if 2 * ring.sum() < len(ring):
+        return "forward-facing"
+    azimuth = np.sort(np.degrees(np.arctan2(side[ring] @ e2, side[ring] @ e1)))  # [K]
     widest_gap = np.diff(np.append(azimuth, azimuth[0] + 360.0)).max()
-    return "360" if off_axis.min() >= 20.0 and widest_gap <= 90.0 else "forward-facing"
+    return "360" if widest_gap <= 90.0 else "forward-facing"
 
 
 def reconstruct(image_dir: str, work_dir: str, sequential: bool, device: str = "auto",

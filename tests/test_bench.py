@@ -322,3 +322,17 @@ def test_a_host_wait_is_named_by_its_outermost_and_innermost_operators():
     assert _waiting_operator(wait) == "aten::index > aten::nonzero"
     assert _waiting_operator(SimpleNamespace(name="cudaStreamSynchronize", cpu_parent=item)) == "aten::item"
     assert _waiting_operator(SimpleNamespace(name="cudaDeviceSynchronize", cpu_parent=None)) == "cudaDeviceSynchronize"
+
+
+def test_bad_input_is_a_one_line_error(tmp_path):
+    from bench import bench_data, bench_distributed
+    from bench.bench_nerf import main
+
+    with pytest.raises(SystemExit, match="nope.yml: config file not found"):
+        main(["--config", str(tmp_path / "nope.yml")])
+    with pytest.raises(SystemExit):  # argparse's error: nothing to take a median of
+        main(["--config", str(tmp_path / "nope.yml"), "--iters", "0"])
+    with pytest.raises(SystemExit, match="nope.yml: config file not found"):
+        bench_data.main(["--config", str(tmp_path / "nope.yml"), "--cachedir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="nope.yml: config file not found"):
+        bench_distributed.main(["--bytes", str(tmp_path / "nope.yml")])

@@ -54,9 +54,15 @@ def test_capture_kind_from_the_spread_of_the_views():
     horizon = _llff([pose_spherical(theta, 0, 4.0) for theta in range(0, 360, 30)])
     two_rings = _llff([pose_spherical(7.5 * k, -15.0 if k % 2 == 0 else -35.0, 4.0) for k in range(48)])
     table = _llff([pose_spherical(theta, -60, 4.0) for theta in range(0, 360, 40)])
-    for poses in (forward, wide, wobble):
+    # an orbit 30 degrees down with a few shots from nearly straight above (near the mean direction)
+    with_top = _llff([pose_spherical(theta, -30, 4.0) for theta in range(0, 360, 10)]
+                     + [pose_spherical(60.0 * k, -85, 4.0) for k in range(6)])
+    # forward: fewer than half of the views across the axis (the rule's boundary), the others looking along it
+    cone = _llff([pose_spherical(theta, -90 + 25, 4.0) for theta in range(0, 360, 60)]
+                 + [pose_spherical(60.0 * k, -88, 4.0) for k in range(7)])
+    for poses in (forward, wide, wobble, cone):
         assert capture_kind(poses) == "forward-facing"
-    for poses in (ring, horizon, two_rings, table):
+    for poses in (ring, horizon, two_rings, table, with_top):
         assert capture_kind(poses) == "360"
 
 
