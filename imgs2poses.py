@@ -11,6 +11,7 @@ capture (forward-facing or 360) and the config to train with. See README "Your o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -35,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where SIFT and matching run (default auto; cuda needs a CUDA build of pycolmap)")
     args = parser.parse_args(argv)
-    if args.fps <= 0 or args.max_frames < 3 or not 0 <= args.blur_threshold < 1:
+    if not 0 < args.fps < float("inf") or args.max_frames < 3 or not 0 <= args.blur_threshold < 1:  # nan too
         parser.error("--fps must be > 0, --max-frames >= 3 and --blur-threshold in [0, 1)")
     return args
 
@@ -78,6 +79,8 @@ def main(argv=None) -> dict:
             stages = {"input": time.time() - start}
             sequential = args.matcher == "sequential" or (args.matcher == "auto" and is_video)
             result, undistorted = reconstruct(frames_dir, work, sequential, args.device, args.input)
+            originals = found.get("originals", {})  # name the user's photos, not our PNG copies of them
+            result = dataclasses.replace(result, failed=[originals.get(name, name) for name in result.failed])
             stages.update(result.seconds)
             start = time.time()
             write_llff(result, undistorted, args.out)

@@ -126,7 +126,8 @@ def import_photos(folder: str, out_dir: str) -> dict:
         examples = ", ".join(f"{next(n for n in photos if sizes[n] == s)} {s[0]}x{s[1]}" for s in distinct[:3])
         raise PosesError(f"{folder}: photos of {len(distinct)} different sizes ({examples}); one camera and one size "
                          "are expected: resize them to one size or pass only the photos of one camera")
-    return {"photos": len(photos), "skipped": skipped, "rotated": rotated, "size": distinct[0]}
+    return {"photos": len(photos), "skipped": skipped, "rotated": rotated, "size": distinct[0],
+            "originals": {os.path.splitext(name)[0] + ".png": name for name in photos}}  # our PNG copy -> the photo
 
 
 # ------------------------------------------------------------------------------- reconstruction

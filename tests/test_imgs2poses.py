@@ -206,3 +206,15 @@ def test_an_output_folder_that_would_destroy_data_is_refused_before_any_work(tmp
     assert expected in str(err.value) and "\n" not in str(err.value)
     assert sorted(p.name for p in photos.iterdir()) == ["p0.png", "p1.png", "p2.png"]
     assert case != "other_folder" or (scene / "notes.txt").read_text() == "someone's files"
+
+
+def test_the_images_not_registered_are_named_as_the_user_named_them(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for k, c2w in enumerate(_forward_poses()[:12]):
+        Image.fromarray(_view(c2w)).save(photos / f"IMG_{k:02d}.jpg", quality=95)
+    noise = np.random.default_rng(0).integers(0, 256, _view(_forward_poses()[0]).shape, dtype=np.uint8)
+    Image.fromarray(noise).save(photos / "IMG_99.jpg", quality=95)  # overlaps nothing: never placed
+    summary = imgs2poses.main([str(photos), "--out", str(tmp_path / "scene")])
+    assert summary["failed"] == ["IMG_99.jpg"]  # the user's file, not the PNG copy COLMAP was given
+    assert len(summary["registered"]) == 12

@@ -83,7 +83,8 @@ def test_import_turns_photos_upright_and_skips_other_files(tmp_path):
         _save(src, f"a{k}.jpg", size=(32, 24) if k else (24, 32), orientation=None if k else 6)  # 6: turn 90 degrees
     (src / "notes.txt").write_text("not a photo")
     found = import_photos(str(src), str(tmp_path / "out"))
-    assert found == {"photos": 3, "skipped": ["notes.txt"], "rotated": 1, "size": (32, 24)}
+    assert found == {"photos": 3, "skipped": ["notes.txt"], "rotated": 1, "size": (32, 24),
+                     "originals": {"a0.png": "a0.jpg", "a1.png": "a1.jpg", "a2.png": "a2.jpg"}}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a0.png", "a1.png", "a2.png"]
     assert Image.open(tmp_path / "out" / "a0.png").size == (32, 24)
 
