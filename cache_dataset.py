@@ -22,6 +22,7 @@ from tqdm import tqdm
 from nerf.cache import build_cache, check_savedir, dataset_settings
 from nerf.config import ConfigError, DatasetConfig, add_set_argument, load_config, overrides_from
 from nerf.datasets import DatasetError, load_scene
+from nerf.files import write_error
 
 
 def str2bool(text: str) -> bool:
@@ -103,7 +104,7 @@ def main(argv=None) -> dict:
         except (FileExistsError, ValueError) as err:
             sys.exit(f"error: {err}")
         except OSError as err:  # an unwritable folder, a full disk: nothing of the cache is left, an earlier one kept
-            sys.exit(f"error: {args.savedir}: could not be written ({err.strerror or err})")
+            sys.exit(f"error: {write_error(args.savedir, err).strerror}")
     print(f"Wrote {args.savedir}: {variations} variation(s) x {len(scene.i_train)} train images x "
           f"{rays or scene.height * scene.width} rays + {len(scene.i_val)} val images; "
           f"{size / 2 ** 20:.1f} MiB on disk in {time.time() - start:.1f} s")

@@ -37,7 +37,7 @@ from nerf.datasets import DatasetError, load_scene
 from nerf import distributed
 from nerf.device import DeviceError
 from nerf.distributed import SINGLE, World, process_device, quiet_unless_rank_zero
-from nerf.files import atomic_write, os_error_line
+from nerf.files import atomic_write, os_error_line, write_error
 from nerf.importers import load_models
 from nerf.methods import build_method
 from nerf.metrics import LpipsMetric, psnr, ssim
@@ -157,7 +157,7 @@ def save_frame(save, path: str) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         save(path)
     except OSError as err:
-        raise OSError(err.errno, f"{path}: could not be written ({err.strerror or err})") from None
+        raise write_error(path, err) from None
 
 
 def save_png(array: np.ndarray, path: str) -> None:

@@ -13,11 +13,10 @@ import argparse
 import os
 import re
 import sys
-import tempfile
 
 import numpy as np
 
-from nerf.files import atomic_write, default_file_mode, os_error_line
+from nerf.files import atomic_write, atomic_write_file, os_error_line
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -79,10 +78,7 @@ def write_mp4(paths: list, output: str, fps: float) -> None:
     import imageio.v2 as imageio
     from PIL import Image
 
-    # imageio's ffmpeg writer takes a file name, not a file: a temporary one beside the output, renamed over it
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(output)), prefix=".mp4-", suffix=".mp4")
-    os.close(fd)
-    try:
+    def encode(tmp: str) -> None:  # imageio's ffmpeg writer takes a file name, and its format from the suffix
         with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1,
                                 pixelformat="yuv420p") as writer:  # yuv420p: playable everywhere
             for path in paths:
@@ -90,14 +86,8 @@ def write_mp4(paths: list, output: str, fps: float) -> None:
                 # yuv420p needs even sizes: pad by repeating the last row/column
                 pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
                 writer.append_data(np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge"))
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, output)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(err, OSError):
-            raise OSError(err.errno, f"{output}: could not be written ({err.strerror or err})") from None
-        raise
+
+    atomic_write_file(output, encode, prefix=".mp4-", suffix=".mp4")
 
 
 def main(argv=None) -> list:

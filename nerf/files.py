@@ -85,31 +85,53 @@ class _WriteErrors:
         return getattr(self.file, name)
 
 
-def atomic_write(path: str, write: Callable, binary: bool, prefix: str) -> None:
-    """write(file) into `prefix`-XXXX.tmp beside `path`, flushed to disk, then renamed to `path`.
+def write_error(path: str, err: OSError) -> OSError:
+    """The OSError to raise for a failed write of `path`: one line that names it, with the reason."""
+    return OSError(err.errno, f"{path}: could not be written ({err.strerror or err})")
 
-    On any failure the temporary file is removed and `path` is unchanged; an OSError (a full disk), also
-    one that the writer reported as another error, is raised again with a message that names `path`.
+
+def atomic_write_file(path: str, write_to: Callable[[str], None], prefix: str, suffix: str = ".tmp",
+                      cause: Callable[[BaseException], BaseException] = lambda err: err) -> None:
+    """write_to(name) fills `prefix`<pid>-XXXX`suffix` beside `path` (for writers that take a file name,
+    such as a video encoder, which picks its format from the suffix), which is then renamed to `path`.
+
+    On any failure the temporary file is removed and `path` is unchanged; an OSError (a full disk), or the
+    one that cause(error) finds behind another error, is raised again as write_error(path, ...).
     """
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = wrapped = None
+    tmp = None
     try:
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{prefix}{os.getpid()}-", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{prefix}{os.getpid()}-", suffix=suffix)
+        os.close(fd)
         os.chmod(tmp, default_file_mode())  # mkstemp creates 0600; give the usual permissions
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            wrapped = _WriteErrors(f)
-            write(wrapped)
-            f.flush()
-            os.fsync(f.fileno())
+        write_to(tmp)
         os.replace(tmp, path)
     except BaseException as err:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
-        cause = wrapped.error if wrapped is not None and wrapped.error is not None else err
-        if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError):
-            raise OSError(cause.errno, f"{path}: could not be written ({cause.strerror or cause})") from None
+        reason = cause(err)
+        if isinstance(reason, OSError) and not isinstance(reason, FileNotFoundError):
+            raise write_error(path, reason) from None
         raise
+
+
+def atomic_write(path: str, write: Callable, binary: bool, prefix: str) -> None:
+    """write(file) into `prefix`-XXXX.tmp beside `path`, flushed to disk, then renamed to `path`
+    (atomic_write_file). An OSError that the writer reported as another error (torch.save's zip writer) is
+    found behind it, so that the message names `path` and the reason."""
+    wrapped = []
+
+    def write_to(tmp: str) -> None:
+        with os.fdopen(os.open(tmp, os.O_WRONLY), "wb" if binary else "w",
+                       **({} if binary else {"encoding": "utf-8"})) as f:
+            wrapped.append(_WriteErrors(f))
+            write(wrapped[0])
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_write_file(path, write_to, prefix,
+                      cause=lambda err: wrapped[0].error if wrapped and wrapped[0].error is not None else err)
 
 
 def os_error_line(err: OSError) -> str:
