@@ -18,13 +18,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from bench.bench_nerf import sync, write_json  # noqa: E402
+from bench.bench_nerf import sync, with_one_line_errors, write_json  # noqa: E402
 from nerf.batching import RayBatcher  # noqa: E402
 from nerf.cache import CachedRayBatcher, RayCache  # noqa: E402
-from nerf.checkpoint import CheckpointError  # noqa: E402
-from nerf.config import ConfigError, add_set_argument, load_config, overrides_from  # noqa: E402
-from nerf.datasets import DatasetError, load_scene  # noqa: E402
-from nerf.device import DeviceError, select_device  # noqa: E402
+from nerf.config import add_set_argument, load_config, overrides_from  # noqa: E402
+from nerf.datasets import load_scene  # noqa: E402
+from nerf.device import select_device  # noqa: E402
 
 
 def time_batches(batcher, steps: int, device: torch.device) -> float:
@@ -77,11 +76,7 @@ def run_bench(argv=None) -> dict:
 
 
 def main(argv=None) -> dict:
-    """The bench. Bad input (a config, a key, a scene, a checkpoint, a file) is a one-line error."""
-    try:
-        return run_bench(argv)
-    except (ConfigError, DatasetError, CheckpointError, DeviceError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    return with_one_line_errors(run_bench, argv)
 
 
 if __name__ == "__main__":

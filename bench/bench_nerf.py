@@ -550,12 +550,16 @@ def run_bench(argv=None) -> dict:
     return result
 
 
-def main(argv=None) -> dict:
-    """The bench. Bad input (a config, a key, a scene, a checkpoint, a file) is a one-line error."""
+def with_one_line_errors(run, argv=None) -> dict:
+    """run(argv), where bad input (a config, a key, a scene, a checkpoint, a file) is a one-line error."""
     try:
-        return run_bench(argv)
+        return run(argv)
     except (ConfigError, DatasetError, CheckpointError, DeviceError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
+
+
+def main(argv=None) -> dict:
+    return with_one_line_errors(run_bench, argv)
 
 
 if __name__ == "__main__":
