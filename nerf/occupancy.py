@@ -44,14 +44,16 @@ def default_aabb(cfg: OccupancyConfig, use_ndc: bool) -> tuple:
     return NDC_AABB if use_ndc else BLENDER_AABB
 
 
-def fraction_of_rays_leaving(aabb, rays) -> float:
-    """The fraction of rays whose segment [near, far] leaves the box (their samples outside it are lost);
-    meant for NDC rays, whose segment is finite."""
-    box = torch.as_tensor(aabb, dtype=rays.origins.dtype, device=rays.origins.device)
-    ends = [rays.origins + rays.directions * t[:, None] for t in (rays.near, rays.far)]
-    outside = torch.zeros(len(rays), dtype=torch.bool, device=box.device)
-    for end in ends:
-        outside |= ((end < box[:3] - 1e-4) | (end > box[3:] + 1e-4)).any(dim=-1)
+def segment_ends(rays: Rays) -> torch.Tensor:
+    """[2, R, 3]: o + t d at t = near and t = far; for NDC rays, whose segment is finite."""
+    return torch.stack([rays.origins + rays.directions * t[:, None] for t in (rays.near, rays.far)])
+
+
+def fraction_of_rays_leaving(aabb, ends: torch.Tensor) -> float:
+    """The fraction of rays whose segment (ends [2, R, 3], segment_ends) leaves the box: their samples outside
+    it are lost."""
+    box = torch.as_tensor(aabb, dtype=ends.dtype, device=ends.device)
+    outside = ((ends < box[:3] - 1e-4) | (ends > box[3:] + 1e-4)).any(dim=-1).any(dim=0)  # [R]
     return outside.float().mean().item()
 
 
@@ -282,8 +284,9 @@ def box_warning(sampler: OccupancySampler, scene, stride: int = 8) -> Optional[s
                                   scene.pixel_offset)
         rays = prepare_rays(rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), scene.near, scene.far,
                             (scene.height, scene.width, scene.focal))
-        worst = max(worst, fraction_of_rays_leaving(sampler.grid.aabb, rays))
-        ends = torch.cat([rays.origins + rays.directions * t[:, None] for t in (rays.near, rays.far)])  # [2R, 3]
+        ends = segment_ends(rays)  # [2, R, 3]
+        worst = max(worst, fraction_of_rays_leaving(sampler.grid.aabb, ends))
+        ends = ends.reshape(-1, 3)  # [2R, 3]
         box = torch.cat((torch.minimum(box[:3], ends.min(0).values), torch.maximum(box[3:], ends.max(0).values)))
     if worst == 0.0:
         return None
