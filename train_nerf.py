@@ -64,10 +64,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+CHECKPOINT_NAME = re.compile(r"checkpoint(\d+)\.ckpt")  # what training writes: checkpoint001000.ckpt
+
+
 def checkpoint_step(name: str) -> int:
     """The step in a checkpoint file name (checkpoint001000.ckpt -> 1000); -1 for other names."""
-    digits = "".join(ch for ch in name if ch.isdigit())
-    return int(digits) if digits else -1
+    match = CHECKPOINT_NAME.fullmatch(name)
+    return int(match.group(1)) if match else -1
 
 
 def validation_views(scene: Scene, count: int) -> list:
@@ -270,8 +273,7 @@ def run_folder(cfg: Config, start_step: int, resumed: bool, overwrite: bool) -> 
 def list_checkpoints(run_dir: str) -> list[str]:
     """The names of the checkpoints training wrote into a run folder (checkpoint<step>.ckpt; none if the folder
     does not exist), by step. Other .ckpt files there (one copied in to start from) are not the run's."""
-    names = ([name for name in os.listdir(run_dir) if re.fullmatch(r"checkpoint\d+\.ckpt", name)]
-             if os.path.isdir(run_dir) else [])
+    names = [name for name in os.listdir(run_dir) if checkpoint_step(name) >= 0] if os.path.isdir(run_dir) else []
     return sorted(names, key=checkpoint_step)
 
 
