@@ -26,19 +26,20 @@ import os
 import re
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from nerf.checkpoint import CheckpointError
-from nerf.config import ConfigError, add_set_argument, load_config, overrides_from
+from nerf.config import Config, ConfigError, add_set_argument, load_config, overrides_from
 from nerf.datasets import DatasetError, load_scene
 from nerf import distributed
 from nerf.device import DeviceError
 from nerf.distributed import SINGLE, World, process_device, quiet_unless_rank_zero
 from nerf.files import atomic_write, os_error_line, write_error
-from nerf.importers import load_models
+from nerf.importers import NATIVE, LoadedModels, load_models
 from nerf.methods import build_method
 from nerf.metrics import LpipsMetric, psnr, ssim
 
@@ -180,6 +181,17 @@ def depth_in_scene_units(depth: torch.Tensor, use_ndc: bool) -> torch.Tensor:
     return 1.0 / (1.0 - depth.clamp(max=1.0 - 1e-6))
 
 
+def sampler_note(loaded: LoadedModels, cfg: Config, checkpoint: str) -> Optional[str]:
+    """A line when the config renders this project's checkpoint with another sampler than its training's (a
+    config of another preset): the frames are then not those of the model as trained."""
+    if loaded.source != NATIVE or (loaded.occupancy_grid is not None) == cfg.occupancy.enabled:
+        return None
+    names = {True: "the occupancy grid", False: "coarse/fine sampling"}
+    return (f"note: {checkpoint} was trained with {names[loaded.occupancy_grid is not None]}; the config renders it "
+            f"with {names[cfg.occupancy.enabled]} (occupancy.enabled: {str(cfg.occupancy.enabled).lower()}). The "
+            "config.yml of its run renders it as trained")
+
+
 def set_up(args) -> tuple:
     """(cfg, rendering settings, scene, method, loaded checkpoint); a one-line error for any problem."""
     try:
@@ -207,7 +219,7 @@ def set_up(args) -> tuple:
         described = method.prepare_rendering(loaded.occupancy_grid)
     except ValueError as err:
         sys.exit(f"error: {args.checkpoint}: {err}")
-    for line in (described, method.scene_warning(scene)):
+    for line in (sampler_note(loaded, cfg, args.checkpoint), described, method.scene_warning(scene)):
         if line:
             print(line)
     return cfg, opts, scene, method, loaded

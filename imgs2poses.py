@@ -22,20 +22,27 @@ from nerf.sfm import (VIDEO_EXTENSIONS, PosesError, default_config, extract_vide
                       write_llff)
 
 
+VIDEO_DEFAULTS = {"fps": 2.0, "max_frames": 100, "blur_threshold": 0.6}  # the options that apply to a video only
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("input", help="a folder of photos, or a video file")
     parser.add_argument("--out", required=True, help="the scene folder to write (an earlier output of this script there is replaced; "
                                                     "any other non-empty folder is refused)")
-    parser.add_argument("--fps", type=float, default=2.0, help="video: frames taken per second of video (default 2)")
-    parser.add_argument("--max-frames", type=int, default=100, help="video: at most this many frames (default 100)")
-    parser.add_argument("--blur-threshold", type=float, default=0.6,
+    parser.add_argument("--fps", type=float, default=None,
+                        help="video: frames taken per second of video (default 2; at most the video's own rate)")
+    parser.add_argument("--max-frames", type=int, default=None, help="video: at most this many frames (default 100)")
+    parser.add_argument("--blur-threshold", type=float, default=None,
                         help="video: skip frames whose sharpness is below this fraction of the median frame's (default 0.6)")
     parser.add_argument("--matcher", choices=("auto", "exhaustive", "sequential"), default="auto",
                         help="auto (default): sequential for video frames, exhaustive for photos")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where SIFT and matching run (default auto; cuda needs a CUDA build of pycolmap)")
     args = parser.parse_args(argv)
+    args.video_options = [f"--{name.replace('_', '-')}" for name in VIDEO_DEFAULTS if getattr(args, name) is not None]
+    for name, default in VIDEO_DEFAULTS.items():
+        setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
     if not 0 < args.fps < float("inf") or args.max_frames < 3 or not 0 <= args.blur_threshold < 1:  # nan too
         parser.error("--fps must be > 0, --max-frames >= 3 and --blur-threshold in [0, 1)")
     return args
@@ -66,11 +73,16 @@ def main(argv=None) -> dict:
             start = time.time()
             if is_video:
                 found = extract_video_frames(args.input, frames_dir, args.fps, args.max_frames, args.blur_threshold)
-                print(f"{args.input}: {found['read']} frames at {args.fps:g} fps, {found['blurred']} blurred skipped, "
+                rate = (f"{found['fps']:g} fps (the video's own rate; --fps {args.fps:g} would repeat frames)"
+                        if found["fps"] < args.fps else f"{found['fps']:g} fps")
+                print(f"{args.input}: {found['read']} frames at {rate}, {found['blurred']} blurred skipped, "
                       f"{found['kept']} kept")
                 if found["kept"] < 3:
                     raise PosesError(f"{args.input}: {found['kept']} usable frame(s); at least 3 are needed (raise --fps)")
             else:
+                if args.video_options:  # a folder of photos: every photo is taken
+                    print(f"note: {', '.join(args.video_options)} apply to a video; {args.input} is a folder of "
+                          "photos, all of which are used")
                 found = import_photos(args.input, frames_dir)
                 print(f"{args.input}: {found['photos']} photos of {found['size'][0]}x{found['size'][1]}"
                       + (f", {found['rotated']} turned upright (EXIF)" if found["rotated"] else "")

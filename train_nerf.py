@@ -33,7 +33,7 @@ from nerf.config import (Config, add_set_argument, config_to_dict, load_config, 
 from nerf.datasets import Scene, load_scene
 from nerf.device import DeviceError
 from nerf.distributed import (SINGLE, World, average_gradients, broadcast_parameters, check_batch, process_device,
-                              quiet_unless_rank_zero, world_size_from)
+                              quiet_unless_rank_zero, speaks_for_all, world_size_from)
 from nerf import distributed
 from nerf.files import os_error_line, remove_stale_temporaries
 from nerf.importers import NATIVE, LoadedModels, detect_format, models_from_checkpoint, stored_models_if_pruned
@@ -397,8 +397,9 @@ def agree_on_cpu_chunks(method: Method, world: World) -> None:
     for runner, chunk in zip(runners, chosen):
         if chunk != runner.cpu_chunk():
             runner.keep_cpu_chunk(chunk, "rank 0's")
-    print("CPU network chunk: " + ", ".join(f"{r.chunk_report['chunk']} points ({r.chunk_report['source']})"
-                                            for r in runners))
+    names = ("coarse ", "fine ") if len(runners) == 2 else ("",)
+    print("CPU network chunk: " + ", ".join(f"{name}{r.chunk_report['chunk']} points ({r.chunk_report['source']})"
+                                            for name, r in zip(names, runners)))
 
 
 class NullWriter:
@@ -466,11 +467,11 @@ def main(argv=None) -> dict:
 
 
 def train(args) -> dict:
-    try:  # before the rendezvous: an error here is the same on every rank
+    try:  # before the rendezvous: an error here is the same on every rank, so rank 0 alone prints it
         cfg = load_config(args.config, args.set)
         world, device = join_world(cfg)
     except (ValueError, DeviceError, OSError) as err:  # ConfigError, DatasetError, CheckpointError: ValueErrors
-        sys.exit(f"error: {err}")
+        sys.exit(f"error: {err}" if speaks_for_all() else 1)
     try:
         error = None
         try:  # set-up: every problem is a one-line error before any training output

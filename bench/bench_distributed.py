@@ -14,7 +14,6 @@ The JSON adds the machine's speed factor (../shared/tools/machine_speed.py, when
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -23,6 +22,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.bench_nerf import write_json  # noqa: E402
 from bench.machine import speed_factor  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,8 +77,15 @@ def time_run(config: str, nproc: int, steps: int, overrides: list, logdir: str) 
     result = subprocess.run(launcher + script, cwd=ROOT, capture_output=True, text=True)
     found = STEP_LINE.search(result.stdout)
     if result.returncode != 0 or not found:
-        raise SystemExit(f"error: the {nproc}-process run failed:\n{(result.stdout + result.stderr)[-2000:]}")
+        raise SystemExit(f"error: the {nproc}-process run failed: {failure_reason(result.stdout + result.stderr)}")
     return {"nproc": nproc, "seconds_per_step": float(found.group(4)), "seconds": float(found.group(3))}
+
+
+def failure_reason(output: str) -> str:
+    """train_nerf's own one-line error in a failed run's output (under torchrun it comes before the launcher's
+    traceback, which would otherwise hide it), else the output's last lines."""
+    reason = next((line for line in output.splitlines() if line.startswith("error: ")), None)
+    return reason[len("error: "):] if reason is not None else "\n" + output[-2000:]
 
 
 def main(argv=None) -> dict:
@@ -108,8 +115,7 @@ def main(argv=None) -> dict:
               "gradient": gradient_bytes(args.config, args.set), "machine_speed": speed_factor(),
               "cpu_count": os.cpu_count()}
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
+        write_json(report, args.json)
     return report
 
 

@@ -58,6 +58,7 @@ from nerf.checkpoint import CheckpointError  # noqa: E402
 from nerf.config import ConfigError, add_set_argument, load_config, overrides_from  # noqa: E402
 from nerf.datasets import DatasetError, load_scene  # noqa: E402
 from nerf.device import DeviceError, select_device  # noqa: E402
+from nerf.files import atomic_write, os_error_line  # noqa: E402
 from nerf.importers import load_models  # noqa: E402
 from nerf.losses import NonFiniteWatch  # noqa: E402
 from nerf.methods import build_method  # noqa: E402
@@ -116,8 +117,14 @@ def sync(device: torch.device) -> None:
 
 
 def write_json(result: dict, path: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+    """The results into `path`, atomically; when that fails they are printed, so that the bench's minutes are
+    not lost, and the run ends with a one-line error naming the file."""
+    text = json.dumps(result, indent=2)
+    try:
+        atomic_write(path, lambda f: f.write(text), binary=False, prefix=".bench-")
+    except OSError as err:
+        print(text)
+        sys.exit(f"error: {os_error_line(err)} (the results are printed above)")
 
 
 class Laps:

@@ -96,11 +96,17 @@ def launched_by_torchrun(env: Mapping[str, str] = os.environ) -> bool:
     return all(name in env for name in TORCHRUN_VARIABLES)
 
 
+def speaks_for_all(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether this process prints what every rank would print alike: rank 0 under torchrun (and any rank whose
+    RANK is not a number: world_size_from's error about it is then seen), or the one process without it."""
+    return not launched_by_torchrun(env) or not env["RANK"].strip().isdigit() or int(env["RANK"]) == 0
+
+
 @contextlib.contextmanager
 def quiet_unless_rank_zero(env: Mapping[str, str] = os.environ) -> Iterator[None]:
     """Under torchrun, ranks other than 0 print nothing (stdout to devnull; their errors still reach stderr),
     so that every line appears once."""
-    if not launched_by_torchrun(env) or env["RANK"] == "0":
+    if speaks_for_all(env):
         yield
         return
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):

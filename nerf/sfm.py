@@ -55,9 +55,14 @@ def sharpness(gray: np.ndarray) -> float:
 def extract_video_frames(video: str, out_dir: str, fps: float, max_frames: int, blur_fraction: float) -> dict:
     """Frames of `video` at `fps` into out_dir (frame_00000.png, ...): frames whose sharpness is below
     blur_fraction x the median are skipped as blurred, then at most max_frames evenly spaced are kept.
-    Returns {"read", "blurred", "kept"}; PosesError when the video cannot be read."""
+    Above the video's own frame rate, frames are taken at that rate (more would be copies of the same frames).
+    Returns {"read", "blurred", "kept", "fps" (the rate taken), "video_fps" (0: unknown)}; PosesError when the
+    video cannot be read."""
     from PIL import Image
 
+    video_fps = _video_frame_rate(video)
+    if 0 < video_fps < fps:
+        fps = video_fps
     scores = np.array([sharpness(frame.mean(-1)) for frame in _video_frames(video, fps)])  # pass 1: scores only
     if not len(scores):
         raise PosesError(f"{video}: no frames could be decoded")
@@ -70,7 +75,21 @@ def extract_video_frames(video: str, out_dir: str, fps: float, max_frames: int, 
     for index, frame in enumerate(_video_frames(video, fps)):  # pass 2: write the kept frames (memory: one frame)
         if index in keep:
             Image.fromarray(frame).save(os.path.join(out_dir, f"frame_{index:05d}.png"))
-    return {"read": len(scores), "blurred": blurred, "kept": len(sharp)}
+    return {"read": len(scores), "blurred": blurred, "kept": len(sharp), "fps": fps, "video_fps": video_fps}
+
+
+def _video_frame_rate(video: str) -> float:
+    """The frames per second that the video's header states (0 when it states none); PosesError when the video
+    cannot be read."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(video)
+    try:
+        return float(next(reader).get("fps") or 0.0)
+    except (OSError, RuntimeError, StopIteration, KeyError, ValueError, TypeError) as err:
+        raise PosesError(f"{video}: not a readable video ({first_line(err)[:200]})") from None
+    finally:
+        reader.close()
 
 
 def _video_frames(video: str, fps: float):

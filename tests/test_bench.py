@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from bench.bench_nerf import network_flops_per_point
@@ -13,7 +15,6 @@ def test_flops_per_point_of_the_paper_model():
 
 
 def test_bench_json_is_consistent(tmp_path, monkeypatch):
-    import json
 
     import torch
     import yaml
@@ -336,3 +337,21 @@ def test_bad_input_is_a_one_line_error(tmp_path):
         bench_data.main(["--config", str(tmp_path / "nope.yml"), "--cachedir", str(tmp_path)])
     with pytest.raises(SystemExit, match="nope.yml: config file not found"):
         bench_distributed.main(["--bytes", str(tmp_path / "nope.yml")])
+    with pytest.raises(SystemExit, match=r"^error: the 1-process run failed: .*nope.yml: config file not found$"):
+        bench_distributed.main(["--config", str(tmp_path / "nope.yml"), "--nproc", "1"])
+    # under torchrun the worker's line comes before the launcher's traceback, which must not hide it
+    launcher = "Traceback (most recent call last):\n  ...\ntorch.distributed.elastic.multiprocessing.errors.ChildFailedError"
+    assert bench_distributed.failure_reason(f"[W] warning\nerror: x.yml: bad key\n{launcher}") == "x.yml: bad key"
+    assert bench_distributed.failure_reason(launcher).endswith("ChildFailedError")
+
+
+def test_results_that_cannot_be_written_are_printed_and_the_error_names_the_file(tmp_path, capsys):
+    from bench.bench_nerf import write_json
+
+    write_json({"seconds_per_step": 1.5}, str(tmp_path / "out.json"))
+    assert json.loads((tmp_path / "out.json").read_text()) == {"seconds_per_step": 1.5}
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match=r"^error: .*file.*\(the results are printed above\)$"):
+        write_json({"seconds_per_step": 2.5}, str(tmp_path / "file" / "out.json"))
+    assert json.loads(capsys.readouterr().out) == {"seconds_per_step": 2.5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "out.json"]  # no temporary file left

@@ -152,6 +152,19 @@ def test_a_number_for_a_text_key_says_how_to_quote_it(tmp_path):
     assert load_config(path, ['experiment.id="123"']).experiment.id == "123"
 
 
+def test_only_true_and_false_are_booleans(tmp_path):
+    """YAML 1.1 reads yes / no / on / off as booleans; the loader reads them as text (YAML 1.2), so that a
+    boolean key refuses them and a text key keeps them."""
+    path = _write(tmp_path, "dataset:\n  basedir: x\n  half_res: True\n")
+    assert load_config(path).dataset.half_res is True
+    for word in ("yes", "on", "off", "no", "y"):
+        with pytest.raises(ConfigError, match=rf"'dataset.half_res' expects bool, got str '{word}' \(true or false\)"):
+            load_config(path, [f"dataset.half_res={word}"])
+    with pytest.raises(ConfigError, match="'nerf.train.perturb' expects bool, got str 'off'"):
+        load_config(_write(tmp_path, "dataset:\n  basedir: x\nnerf:\n  train:\n    perturb: off\n", "off.yml"))
+    assert load_config(path, ["experiment.id=no", "dataset.half_res=false"]).experiment.id == "no"
+
+
 def test_float_written_without_dot_is_accepted():
     cfg = config_from_dict({"dataset": {"basedir": "x"}, "optimizer": {"lr": "5e-4"}})
     assert cfg.optimizer.lr == pytest.approx(5e-4)
@@ -205,6 +218,8 @@ def test_semantic_errors():
                                            "validation": {"white_background": False}}})
     with pytest.raises(ConfigError, match="experiment.device"):
         config_from_dict({**base, "experiment": {"device": "gpu"}})
+    with pytest.raises(ConfigError, match=r"'experiment.train_iters' expects an integer >= 1, got 0"):
+        config_from_dict({**base, "experiment": {"train_iters": 0}})
     with pytest.raises(ConfigError, match="scheduler.decay_start"):
         config_from_dict({**base, "scheduler": {"decay_start": -1}})
     ok = config_from_dict({**base, "models": {"fine": None}, "nerf": {"train": {"num_fine": 0},

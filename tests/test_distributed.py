@@ -167,6 +167,11 @@ def test_bad_world_sizes_are_one_line_errors_before_any_work(tmp_path, scene_dir
     assert str(err.value).startswith("error: nerf.train.num_random_rays (64) is the global batch")
     assert "\n" not in str(err.value)
     assert not os.path.exists(tmp_path / "logs")
+    monkeypatch.setenv("RANK", "2")  # the same error on every rank: only rank 0 prints it
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(SystemExit) as err:
+        train_nerf.main(["--config", config])
+    assert err.value.code == 1
 
 
 def test_gradient_buckets_keep_order_and_split_by_size_and_dtype():

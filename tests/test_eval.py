@@ -148,14 +148,22 @@ def test_occupancy_rendering_of_both_kinds_of_checkpoint(trained, capsys):
     summary = eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(root / "occ"),
                               "--split", "test", "--views", "0"] + grid_sets)
     assert summary["sampler"] == "occupancy" and np.isfinite(summary["mean"]["psnr"])
-    assert "filled from the model's density" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "filled from the model's density" in out
+    assert (f"note: {ckpt} was trained with coarse/fine sampling; the config renders it with the occupancy grid "
+            "(occupancy.enabled: true)") in out
     # a checkpoint trained with the grid: its stored grid is used, and must match the config
     single = ["--set", "models.fine=null", "--set", "nerf.train.num_fine=0", "--set", "nerf.validation.num_fine=0"]
     train_nerf.main(["--config", config, "--set", "experiment.id=g"] + single + grid_sets)
     grid_ckpt = str(root / "logs" / "g" / "checkpoint000003.ckpt")
     eval_nerf.main(["--config", config, "--checkpoint", grid_ckpt, "--savedir", str(root / "occ2"), "--split", "test",
                     "--views", "0"] + single + grid_sets)
-    assert "stored in the checkpoint" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "stored in the checkpoint" in out and "note:" not in out  # the sampler it was trained with
+    eval_nerf.main(["--config", config, "--checkpoint", grid_ckpt, "--savedir", str(root / "occ4"), "--split", "test",
+                    "--views", "0"] + single)
+    assert (f"note: {grid_ckpt} was trained with the occupancy grid; the config renders it with coarse/fine sampling "
+            "(occupancy.enabled: false)") in capsys.readouterr().out
     with pytest.raises(SystemExit, match="does not match"):
         eval_nerf.main(["--config", config, "--checkpoint", grid_ckpt, "--savedir", str(root / "occ3"),
                         "--views", "0"] + single + grid_sets + ["--set", "occupancy.resolution=4"])

@@ -114,6 +114,26 @@ def test_a_video_becomes_frames_without_the_blurred_ones(tmp_path):
     assert len(summary["registered"]) >= 18
 
 
+def test_frames_are_taken_at_most_at_the_video_rate_and_video_options_name_a_photo_folder(tmp_path, capsys):
+    from nerf.sfm import extract_video_frames
+
+    video = tmp_path / "walk.mp4"
+    _write_video(video)  # 24 frames at 10 fps
+    found = extract_video_frames(str(video), str(tmp_path / "frames"), 30.0, 100, 0.0)
+    assert (found["read"], found["fps"], found["video_fps"]) == (24, 10.0, 10.0)  # not 72 frames, two of three copies
+    assert len(os.listdir(tmp_path / "frames")) == 24
+    found = extract_video_frames(str(video), str(tmp_path / "half"), 5.0, 100, 0.0)
+    assert (found["read"], found["fps"]) == (12, 5.0)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for k in range(2):
+        Image.fromarray(np.full((32, 32, 3), 40 * k, np.uint8)).save(photos / f"p{k}.png")
+    with pytest.raises(SystemExit, match="2 image"):
+        imgs2poses.main([str(photos), "--out", str(tmp_path / "scene"), "--fps", "5", "--blur-threshold", "0.5"])
+    assert (f"note: --fps, --blur-threshold apply to a video; {photos} is a folder of photos"
+            in capsys.readouterr().out)
+
+
 def test_repeated_mapping_runs_keep_the_largest_model(tmp_path, monkeypatch, capsys):
     """Every mapping run made (as if each placed too few images): the scene comes from the largest model's
     own folder of its own run."""

@@ -10,6 +10,7 @@ import argparse
 import collections.abc
 import copy
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Optional
@@ -66,6 +67,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     else:  # pragma: no cover - a programming error in the dataclasses above
         raise TypeError(f"unsupported config field type {tp!r}")
     hint = f" (quote it to mean text: \"{value}\")" if tp is str and isinstance(value, (int, float, bool)) else ""
+    if tp is bool:
+        hint = " (true or false)"
     raise ConfigError(
         f"{source}: key '{key}' expects {tp.__name__}, got {type(value).__name__} {value!r}{hint}"
     )
@@ -141,7 +144,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise ConfigError(f"--set {text!r}: malformed key {key!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_StrictLoader) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {text!r}: value is not valid YAML ({err})") from None
     return parts, value
@@ -164,7 +167,16 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last, silently)."""
+    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last, silently) and
+    reads only true / false as booleans (YAML 1.2): YAML 1.1's yes, no, on, off stay text, so that a boolean
+    key given one is refused and a text key (experiment.id: no) keeps it."""
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
 
 
 def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:

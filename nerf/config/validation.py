@@ -138,7 +138,7 @@ def _validate_voxel_grid(cfg: Config, source: str) -> None:
 def _validate_experiment(cfg: Config, source: str) -> None:
     """Check the experiment: section."""
     e = cfg.experiment
-    _require(e.train_iters >= 0, source, "experiment.train_iters", "an integer >= 0", e.train_iters)
+    _require(e.train_iters >= 1, source, "experiment.train_iters", "an integer >= 1", e.train_iters)
     parts = os.path.normpath(e.id).split(os.sep) if e.id.strip() else []
     _require(bool(parts) and parts != ["."] and ".." not in parts and not os.path.isabs(e.id), source,
              "experiment.id", "a run name (a folder under experiment.logdir)", e.id)
