@@ -23,6 +23,7 @@ from nerf.cache import build_cache, check_savedir, dataset_settings
 from nerf.config import ConfigError, DatasetConfig, add_set_argument, load_config, overrides_from
 from nerf.datasets import DatasetError, load_scene
 from nerf.files import write_error
+from nerf.preemption import terminated_as_interrupt
 
 
 def str2bool(text: str) -> bool:
@@ -99,8 +100,14 @@ def main(argv=None) -> dict:
     start = time.time()
     with tqdm(total=variations * len(scene.i_train) + len(scene.i_val), desc="caching rays", unit="image") as bar:
         try:
-            size = build_cache(scene, dataset_settings(dataset, white), args.savedir, rays, variations,
-                               args.randomseed, args.overwrite, bar)
+            with terminated_as_interrupt():  # a kill cleans up as Ctrl-C does: the partial cache is deleted
+                size = build_cache(scene, dataset_settings(dataset, white), args.savedir, rays, variations,
+                                   args.randomseed, args.overwrite, bar)
+        except KeyboardInterrupt:
+            bar.close()
+            kept = " (the earlier cache there is kept)" if os.path.isdir(args.savedir) else ""
+            sys.stderr.write(f"\ninterrupted: {args.savedir} not written{kept}\n")
+            raise SystemExit(130) from None
         except (FileExistsError, ValueError) as err:
             sys.exit(f"error: {err}")
         except OSError as err:  # an unwritable folder, a full disk: nothing of the cache is left, an earlier one kept

@@ -74,6 +74,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--max-views must be >= 1")
     if args.chunksize is not None and args.chunksize < 1:
         parser.error("--chunksize must be >= 1")
+    if args.trial is not None:  # --overwrite clears the folder: it must lie under --savedir
+        parts = os.path.normpath(args.trial).split(os.sep)
+        if os.path.isabs(args.trial) or ".." in parts or parts == ["."]:
+            parser.error(f"TRIAL {args.trial!r}: expected a sub-folder name of --savedir (no '..', not absolute)")
     if args.views is not None:
         try:
             args.views = [int(v) for v in args.views.split(",") if v.strip()]
@@ -258,19 +262,28 @@ def write_metrics(summary: dict, records: list, lpips_metric, out_dir: str) -> N
 def main(argv=None) -> dict:
     args = parse_args(argv)
     with quiet_unless_rank_zero():
-        cfg, opts, scene, method, loaded = set_up(args)
-        world = distributed.start(method.device)
         try:
-            return evaluate(args, cfg, opts, scene, method, loaded, world)
-        except OSError as err:  # an output folder that cannot be written, a full disk
-            sys.exit(f"error: {os_error_line(err)}")
-        finally:
-            distributed.finish(world)
+            cfg, opts, scene, method, loaded = set_up(args)
+            world = distributed.start(method.device)
+            try:
+                return evaluate(args, cfg, opts, scene, method, loaded, world)
+            except OSError as err:  # an output folder that cannot be written, a full disk
+                sys.exit(f"error: {os_error_line(err)}")
+            finally:
+                distributed.finish(world)
+        except KeyboardInterrupt:  # Ctrl-C: each frame is written whole, metrics.json only at the end
+            sys.stderr.write(f"\ninterrupted: the frames written so far are in {output_folder(args)}; metrics.json is "
+                             "written by a complete evaluation\n")
+            raise SystemExit(130) from None
+
+
+def output_folder(args) -> str:
+    return os.path.join(args.savedir, args.trial) if args.trial else args.savedir
 
 
 def evaluate(args, cfg, opts, scene, method, loaded, world: World = SINGLE) -> dict:
     """Render this rank's share of the selected views, score them, write the frames and (rank 0) metrics.json."""
-    out_dir = os.path.join(args.savedir, args.trial) if args.trial else args.savedir
+    out_dir = output_folder(args)
     if args.split == "render":
         poses, targets, ids = scene.render_poses, None, list(range(len(scene.render_poses)))
     else:

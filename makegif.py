@@ -30,10 +30,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     timing.add_argument("--duration", type=float, default=None, help="milliseconds per frame (default 200)")
     parser.add_argument("--mp4", action="store_true", help="also write an H.264 MP4 next to the GIF")
     args = parser.parse_args(argv)
-    if args.fps is not None and args.fps <= 0:
-        parser.error("--fps must be > 0")
-    if args.duration is not None and args.duration <= 0:
-        parser.error("--duration must be > 0")
+    # a GIF stores each frame's delay in hundredths of a second: 10 ms (100 fps) is the shortest it can hold
+    if args.fps is not None and not 0 < args.fps <= 100:  # nan too
+        parser.error("--fps must be in (0, 100]: a GIF frame lasts at least 10 ms")
+    if args.duration is not None and not 10 <= args.duration < float("inf"):
+        parser.error("--duration must be at least 10 (milliseconds: a GIF's frame delays are multiples of 10 ms)")
     return args
 
 
@@ -57,8 +58,11 @@ def check_one_size(paths: list) -> None:
 
     sizes = []
     for path in paths:
-        with Image.open(path) as image:
-            sizes.append(image.size)
+        try:
+            with Image.open(path) as image:
+                sizes.append(image.size)
+        except (OSError, SyntaxError) as err:  # not an image at all (PIL's UnidentifiedImageError is an OSError)
+            raise ValueError(f"{path}: not a readable image ({err})") from None
     odd = next((k for k, size in enumerate(sizes) if size != sizes[0]), None)
     if odd is not None:
         raise ValueError(f"{os.path.dirname(paths[0]) or '.'}: frames of different sizes ({os.path.basename(paths[0])} "
@@ -66,23 +70,31 @@ def check_one_size(paths: list) -> None:
                          f"{sizes[odd][1]}): one animation needs one size; render into a folder of its own")
 
 
-def write_gif(paths: list, output: str, duration_ms: float) -> None:
-    from PIL import Image
+def read_frame(path: str):
+    """The frame as an RGB PIL image; a ValueError naming the file when it cannot be decoded (a truncated PNG)."""
+    from PIL import Image, UnidentifiedImageError
 
-    frames = [Image.open(path).convert("RGB") for path in paths]
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError) as err:  # PIL reports some damaged files as SyntaxError
+        raise ValueError(f"{path}: not a readable image ({err})") from None
+
+
+def write_gif(paths: list, output: str, duration_ms: float) -> None:
+    frames = [read_frame(path) for path in paths]
     atomic_write(output, lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
                                                   duration=round(duration_ms), loop=0), binary=True, prefix=".gif-")
 
 
 def write_mp4(paths: list, output: str, fps: float) -> None:
     import imageio.v2 as imageio
-    from PIL import Image
 
     def encode(tmp: str) -> None:  # imageio's ffmpeg writer takes a file name, and its format from the suffix
         with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1,
                                 pixelformat="yuv420p") as writer:  # yuv420p: playable everywhere
             for path in paths:
-                frame = np.asarray(Image.open(path).convert("RGB"))
+                frame = np.asarray(read_frame(path))
                 # yuv420p needs even sizes: pad by repeating the last row/column
                 pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
                 writer.append_data(np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge"))
@@ -105,6 +117,8 @@ def main(argv=None) -> list:
         if args.mp4:
             outputs.append(os.path.splitext(outputs[0])[0] + ".mp4")
             write_mp4(paths, outputs[1], 1000.0 / duration)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     except OSError as err:
         sys.exit(f"error: {os_error_line(err)}")
     for path in outputs:

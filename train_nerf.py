@@ -463,7 +463,11 @@ def set_up_failure(error: Optional[str], start_step: Optional[int], world: World
 def main(argv=None) -> dict:
     args = parse_args(argv)
     with quiet_unless_rank_zero():
-        return train(args)
+        try:
+            return train(args)
+        except KeyboardInterrupt:  # a second Ctrl-C (the first saves at the end of its step), or one during set-up
+            sys.stderr.write("\ninterrupted: stopped without saving; the checkpoints written before are kept\n")
+            raise SystemExit(130) from None
 
 
 def train(args) -> dict:

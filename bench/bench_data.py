@@ -59,7 +59,7 @@ def run_bench(argv=None) -> dict:
 
     start = time.perf_counter()
     cache = RayCache(args.cachedir)
-    cache.check(cfg)
+    cache.check(cfg, args.config)
     val_scene = cache.validation_scene().to(device)
     open_seconds = time.perf_counter() - start
     cached = time_batches(CachedRayBatcher(cache, opts, 0, device), args.steps, device)

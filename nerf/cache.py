@@ -154,6 +154,12 @@ def build_cache(scene: Scene, settings: dict, savedir: str, num_random_rays: Opt
     return size
 
 
+# What opening a cache reads from its manifest.json, and the type each must have.
+MANIFEST_KEYS = {"dataset": dict, "num_variations": int, "num_train": int, "rays_per_image": int, "height": int,
+                 "width": int, "focal": (int, float), "near": (int, float), "far": (int, float), "use_ndc": bool,
+                 "val_poses": list}
+
+
 class RayCache:
     """A cache folder opened for training: memory-mapped arrays plus the manifest."""
 
@@ -167,20 +173,36 @@ class RayCache:
                 self.manifest = json.load(f)
         except json.JSONDecodeError as err:
             raise ConfigError(f"{path}: malformed JSON ({err.msg})") from None
+        if not isinstance(self.manifest, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(self.manifest).__name__}; rebuild the cache "
+                              "with cache_dataset.py")
         if self.manifest.get("schema") != SCHEMA:
             raise ConfigError(f"{path}: cache schema {self.manifest.get('schema')}, expected {SCHEMA}; rebuild it")
+        for key, kind in MANIFEST_KEYS.items():
+            value = self.manifest.get(key)
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+                raise ConfigError(f"{path}: key '{key}' is {value!r}, expected "
+                                  f"{getattr(kind, '__name__', 'a number')}; rebuild the cache with cache_dataset.py")
         self.folder = folder
-        variations = range(self.manifest["num_variations"])
-        self.rays = [self._load("train", f"rays_{v:04d}.npy") for v in variations]  # each [N, n, 9]
-        self.pixels = [self._load("train", f"pixels_{v:04d}.npy") for v in variations]  # each [N, n, 2]
+        m = self.manifest
+        variations = range(m["num_variations"])
+        shape = (m["num_train"], m["rays_per_image"])
+        self.rays = [self._load(shape + (9,), "train", f"rays_{v:04d}.npy") for v in variations]  # each [N, n, 9]
+        self.pixels = [self._load(shape + (2,), "train", f"pixels_{v:04d}.npy") for v in variations]  # each [N, n, 2]
 
-    def _load(self, *parts: str) -> np.ndarray:
+    def _load(self, shape: tuple, *parts: str) -> np.ndarray:
+        """A cache array, memory-mapped; ConfigError when it is missing, unreadable or not of `shape`, which a
+        truncated or foreign file would otherwise show only steps later."""
         path = os.path.join(self.folder, *parts)
         try:
-            return np.load(path, mmap_mode="r")
-        except (OSError, ValueError) as err:
+            array = np.load(path, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as err:
             raise ConfigError(f"{path}: missing or unreadable cache file ({err.__class__.__name__}); rebuild the "
                               "cache with cache_dataset.py") from None
+        if array.shape != shape:
+            raise ConfigError(f"{path}: shape {list(array.shape)}, expected {list(shape)} from manifest.json; rebuild "
+                              "the cache with cache_dataset.py")
+        return array
 
     def check(self, cfg: Config, source: str = "config") -> None:
         """Refuse a cache whose settings disagree with the training config (one line per difference)."""
@@ -201,7 +223,7 @@ class RayCache:
     def validation_scene(self) -> Scene:
         """The validation views as a Scene (targets from the cached rays, poses from the manifest)."""
         m = self.manifest
-        val = self._load("val", "rays.npy")
+        val = self._load((len(m["val_poses"]), m["height"] * m["width"], 9), "val", "rays.npy")  # [N_val, H W, 9]
         images = torch.from_numpy(np.ascontiguousarray(val[..., 6:9])).reshape(-1, m["height"], m["width"], 3)
         poses = torch.tensor(m["val_poses"], dtype=torch.float32).reshape(-1, 4, 4)
         ids = list(range(len(poses)))

@@ -35,10 +35,10 @@ def default_folder_mode() -> int:
     return 0o777 & ~_umask()
 
 
-def _writer_alive(name: str) -> bool:
-    """Whether the process that named a temporary file (".ckpt-<pid>-....tmp") is still running on this
-    machine: its file may be a write in progress."""
-    match = re.match(r"\.(?:ckpt|config)-(\d+)-", name)
+def _writer_alive(name: str, prefix: str = r"\.(?:ckpt|config)-") -> bool:
+    """Whether the process that named a temporary file (".ckpt-<pid>-....tmp", or `prefix`<pid>-...) is still
+    running on this machine: its file may be a write in progress."""
+    match = re.match(prefix + r"(\d+)-", name)
     if match is None:
         return False
     try:
@@ -147,15 +147,30 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def remove_stale_folders(parent: str, prefix: str) -> list[str]:
+    """Delete the folders `prefix`<pid>-XXXX in `parent` whose process has ended (a build that was killed);
+    returns their names."""
+    if not os.path.isdir(parent):
+        return []
+    stale = sorted(name for name in os.listdir(parent) if name.startswith(prefix)
+                   and re.match(re.escape(prefix) + r"\d+-", name) and not _writer_alive(name, re.escape(prefix))
+                   and os.path.isdir(os.path.join(parent, name)))
+    for name in stale:
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    return stale
+
+
 @contextlib.contextmanager
 def folder_replaced_on_success(path: str, prefix: str, old_prefix: str = ".old-") -> Iterator[str]:
-    """Yield a new hidden folder beside `path` (with the usual permissions) to build into; when the block ends
-    without an error it replaces `path`, else it is deleted. So a failure never leaves a folder at `path`
-    that looks complete. An existing `path` is moved aside (old_prefix) until the new folder is in place,
-    so that an interruption between the two renames loses neither."""
+    """Yield a new hidden folder `prefix`<pid>-XXXX beside `path` (with the usual permissions) to build into;
+    when the block ends without an error it replaces `path`, else it is deleted. So a failure never leaves a
+    folder at `path` that looks complete; the folders of builds that were killed (which could not delete
+    theirs) are deleted when the next one starts. An existing `path` is moved aside (old_prefix) until the
+    new folder is in place, so that an interruption between the two renames loses neither."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=prefix)
+    remove_stale_folders(parent, prefix)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f"{prefix}{os.getpid()}-")
     try:
         os.chmod(tmp, default_folder_mode())  # mkdtemp creates 0700
         yield tmp

@@ -1,18 +1,22 @@
-"""Preemption: SIGTERM or SIGUSR1 asks training to save a checkpoint at the next step boundary and exit 0.
+"""Preemption: SIGTERM, SIGUSR1 or Ctrl-C (SIGINT) asks training to save a checkpoint at the next step
+boundary and exit 0.
 
 Cluster schedulers announce the end of a job with a signal (SLURM: SIGTERM before the kill, or the signal
-chosen with --signal; torchrun passes SIGTERM on to its workers). The handler only records the request;
-the training loop reads it between steps, when every tensor is consistent, so the checkpoint it writes
-resumes exactly (`--load-checkpoint auto`).
+chosen with --signal; torchrun passes SIGTERM on to its workers); a person at the terminal presses Ctrl-C.
+The handler only records the request; the training loop reads it between steps, when every tensor is
+consistent, so the checkpoint it writes resumes exactly (`--load-checkpoint auto`). A second Ctrl-C stops at
+once, without saving, as Ctrl-C does elsewhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import sys
 import threading
-from typing import Optional
+from typing import Iterator, Optional
 
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name))
 
 
 class PreemptionRequest:
@@ -27,12 +31,19 @@ class PreemptionRequest:
         self._previous = {}
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT:  # the next Ctrl-C acts as Ctrl-C does (KeyboardInterrupt: no save)
+            signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.default_int_handler))
+            if self.requested is None:
+                sys.stderr.write("\nCtrl-C: saving a checkpoint at the end of this step (Ctrl-C again: stop without "
+                                 "saving)\n")
         if self.requested is None:
             self.requested = signal.Signals(signum).name
 
     def __enter__(self) -> "PreemptionRequest":
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
+                if signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
+                    continue  # a job started in the background ignores Ctrl-C: it still does
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -40,3 +51,21 @@ class PreemptionRequest:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+@contextlib.contextmanager
+def terminated_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt while the block runs (in the main thread), so that a script killed by
+    a scheduler or `kill` cleans up as after Ctrl-C (its partial outputs removed by their own handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -103,6 +104,36 @@ def test_manifest_mismatch_is_refused(tmp_path, blender_dir):
     assert "rays_0000.npy: missing or unreadable cache file" in str(err.value)
 
 
+@pytest.mark.parametrize("damage, message", [
+    ("empty_file", r"rays_0000.npy: missing or unreadable cache file \(EOFError\)"),
+    ("wrong_shape", r"rays_0001.npy: shape \[10, 5, 9\], expected \[\d+, 16, 9\] from manifest.json"),
+    ("val_shape", r"rays.npy: shape \[3, 9\], expected \[\d+, \d+, 9\] from manifest.json"),
+    ("no_key", "manifest.json: key 'num_variations' is None, expected int"),
+    ("a_list", "manifest.json: expected a mapping, got list"),
+])
+def test_a_damaged_cache_is_a_one_line_error_before_training(tmp_path, blender_dir, damage, message):
+    from nerf.cache import RayCache
+
+    out = tmp_path / "cache"
+    cache_dataset.main(["--datapath", blender_dir, "--savedir", str(out), "--num-random-rays", "16",
+                        "--num-variations", "2"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    if damage == "empty_file":
+        (out / "train" / "rays_0000.npy").write_bytes(b"")
+    elif damage == "wrong_shape":  # a readable array of another shape: it used to load and fail steps later
+        np.save(out / "train" / "rays_0001.npy", np.zeros((10, 5, 9), np.float32))
+    elif damage == "val_shape":
+        np.save(out / "val" / "rays.npy", np.zeros((3, 9), np.float32))
+    elif damage == "no_key":
+        del manifest["num_variations"]
+        (out / "manifest.json").write_text(json.dumps(manifest))
+    else:
+        (out / "manifest.json").write_text("[]")
+    with pytest.raises(ConfigError, match=message) as err:
+        RayCache(str(out)).validation_scene()
+    assert "\n" not in str(err.value)
+
+
 def test_training_from_a_cache(tmp_path, blender_dir):
     out = tmp_path / "cache"
     cache_dataset.main(["--datapath", blender_dir, "--savedir", str(out), "--num-random-rays", "200",
@@ -178,6 +209,14 @@ def test_interrupted_build_leaves_nothing(tmp_path, blender_dir, monkeypatch):
     with pytest.raises(SystemExit, match="already exists"):
         os.makedirs(tmp_path / "c")
         cache_dataset.main(["--datapath", blender_dir, "--savedir", str(tmp_path / "c")])
+
+
+def test_ctrl_c_or_a_kill_during_cache_dataset_is_one_line(tmp_path, blender_dir, monkeypatch, capsys):
+    monkeypatch.setattr(cache_dataset, "build_cache", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(SystemExit) as stopped:
+        cache_dataset.main(["--datapath", blender_dir, "--savedir", str(tmp_path / "c")])
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err.strip().endswith(f"interrupted: {tmp_path / 'c'} not written")
 
 
 def test_overwrite_only_replaces_an_earlier_cache(tmp_path, blender_dir):

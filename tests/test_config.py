@@ -129,6 +129,15 @@ def test_malformed_yaml_names_file(tmp_path):
         load_config(path)  # plain YAML would keep the last id, silently
 
 
+def test_a_folder_or_a_binary_file_as_config_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=rf"^{tmp_path}: is a folder; expected a YAML config file$"):
+        load_config(str(tmp_path))
+    binary = tmp_path / "image.png"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    with pytest.raises(ConfigError, match=rf"^{binary}: not a text file"):
+        load_config(str(binary))
+
+
 def test_merge_keys_load_and_an_unhashable_key_is_one_line(tmp_path):
     text = ("base: &base\n  train_iters: 7\n  id: a\nexperiment:\n  <<: *base\n  id: b\n"
             "dataset:\n  basedir: x\n")

@@ -78,9 +78,13 @@ def test_blender_testskip_applies_to_val_and_test_only(tmp_path):
     assert len(load_blender(str(tmp_path), testskip=0).i_test) == 5
 
 
-def test_blender_bad_inputs_name_the_file(tmp_path):
+def test_blender_bad_inputs_name_the_file(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match="dataset folder not found"):
         load_blender(str(tmp_path / "missing"))
+    monkeypatch.chdir(tmp_path)  # a relative basedir is named with the folder it was looked for in
+    with pytest.raises(DatasetError, match=rf"^data/lego: dataset folder not found \(dataset.basedir, looked for "
+                                           rf"{tmp_path / 'data' / 'lego'}\); give the scene's folder with --set"):
+        load_blender("data/lego")
     _write_blender(tmp_path)
     (tmp_path / "train" / "r_1.png").write_bytes(b"not a png at all")
     with pytest.raises(DatasetError, match=r"r_1.png: cannot read image"):
@@ -269,6 +273,10 @@ BLENDER_BAD_INPUTS = [
      "frame './val/r_1' has NaN or infinite", "transforms_val.json"),
     ("3x4 pose", lambda r: _edit_transforms(r, "test", lambda m: m["frames"][0].update(transform_matrix=[[1, 0, 0, 0]] * 3)),
      "needs a 4x4 'transform_matrix'", "transforms_test.json"),
+    ("text pose", lambda r: _edit_transforms(r, "test", lambda m: m["frames"][0].update(transform_matrix="abc")),
+     "needs a 4x4 'transform_matrix' of numbers, got a value that is not a matrix", "transforms_test.json"),
+    ("no file_path", lambda r: _edit_transforms(r, "train", lambda m: m["frames"][1].pop("file_path")),
+     r"frame 1 \(counted from 0\) has no 'file_path'", "transforms_train.json"),
     ("zero field of view", lambda r: _edit_transforms(r, "train", lambda m: m.update(camera_angle_x=0.0)),
      "'camera_angle_x' must be a field of view in radians", "transforms_train.json"),
     ("negative field of view", lambda r: _edit_transforms(r, "val", lambda m: m.update(camera_angle_x=-0.5)),

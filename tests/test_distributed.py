@@ -338,6 +338,29 @@ def test_sigterm_saves_at_the_next_step_and_auto_resumes_exactly(tmp_path, scene
             assert torch.equal(value, b[part][key]), key
 
 
+def test_ctrl_c_saves_at_the_next_step_and_a_second_one_stops_without_saving(tmp_path, scene_dir, monkeypatch,
+                                                                              capsys):
+    config = _config(tmp_path, scene_dir, train_iters=100000, save_every=100, validate_every=0, print_every=50)
+    run_dir, log = tmp_path / "logs" / "interrupted", tmp_path / "output.txt"
+    command = [sys.executable, "train_nerf.py", "--config", config, "--set", "experiment.id=interrupted"]
+    with open(log, "w") as output:  # a file, not a pipe that a fast run could fill before it is read
+        process = subprocess.Popen(command, cwd=ROOT, env=_environment(), stdout=output, stderr=subprocess.STDOUT)
+        _wait_for(run_dir / "checkpoint000100.ckpt", process)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
+    text = log.read_text()
+    saved = max(train_nerf.checkpoint_step(name) for name in os.listdir(run_dir) if name.endswith(".ckpt"))
+    assert process.returncode == 0 and saved > 100, text[-2000:]
+    assert "Ctrl-C: saving a checkpoint at the end of this step" in text
+    assert f"SIGINT: saved {run_dir / f'checkpoint{saved:06d}.ckpt'}" in text
+    # the second press raises KeyboardInterrupt (tests/test_preemption.py): one line and exit status 130
+    monkeypatch.setattr(train_nerf, "train", lambda args: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(SystemExit) as stopped:
+        train_nerf.main(["--config", config])
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted: stopped without saving; the checkpoints written before are kept"
+
+
 def test_auto_starts_fresh_without_a_checkpoint(tmp_path, scene_dir, capsys):
     config = _config(tmp_path, scene_dir, train_iters=2, save_every=0, validate_every=0)
     metrics = train_nerf.main(["--config", config, "--load-checkpoint", "auto"])

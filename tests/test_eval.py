@@ -85,6 +85,22 @@ def test_bad_arguments(trained, capsys):
     with pytest.raises(SystemExit) as err:
         eval_nerf.main(["--config", config, "--checkpoint", str(root / "none.ckpt"), "--savedir", str(root / "x")])
     assert "checkpoint file not found" in str(err.value)
+    capsys.readouterr()
+    for trial in ("../../escape", "/tmp/abs_trial", "."):  # --overwrite would clear a folder outside --savedir
+        with pytest.raises(SystemExit):
+            eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(root / "x"), trial])
+        assert f"TRIAL {trial!r}: expected a sub-folder name of --savedir" in capsys.readouterr().err
+    assert not os.path.exists(root / "x")
+
+
+def test_ctrl_c_is_one_line_that_says_what_was_written(trained, monkeypatch, capsys):
+    config, ckpt, root = trained
+    monkeypatch.setattr(eval_nerf, "evaluate", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(SystemExit) as stopped:
+        eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(root / "cut"), "trial"])
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err.strip() == (f"interrupted: the frames written so far are in {root / 'cut' / 'trial'}; "
+                                               "metrics.json is written by a complete evaluation")
 
 
 def test_an_earlier_evaluation_is_never_mixed_with_a_new_one(trained, capsys):

@@ -72,3 +72,25 @@ def test_missing_or_empty_folder(tmp_path):
         makegif.main([str(tmp_path)])
     with pytest.raises(SystemExit):
         makegif.main([str(tmp_path), "--fps", "2", "--duration", "10"])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_an_image"])
+def test_an_unreadable_frame_is_named_and_nothing_is_written(tmp_path, damage):
+    _frames(tmp_path, count=3, size=(64, 48))
+    data = (tmp_path / "1.png").read_bytes()
+    (tmp_path / "1.png").write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not a png")
+    with pytest.raises(SystemExit, match=rf"^error: {tmp_path / '1.png'}: not a readable image"):
+        makegif.main([str(tmp_path), "--mp4"])
+    assert sorted(os.listdir(tmp_path)) == ["0.png", "1.png", "2.png"]
+
+
+@pytest.mark.parametrize("timing", [["--fps", "nan"], ["--fps", "inf"], ["--fps", "1e9"], ["--fps", "0"],
+                                    ["--duration", "nan"], ["--duration", "5"], ["--duration", "inf"]])
+def test_frame_timings_a_gif_cannot_hold_are_refused(tmp_path, timing, capsys):
+    _frames(tmp_path)
+    with pytest.raises(SystemExit):
+        makegif.main([str(tmp_path), *timing])
+    assert "a GIF" in capsys.readouterr().err and not os.path.exists(tmp_path / "animation.gif")
+    [gif] = makegif.main([str(tmp_path), "--fps", "100"])  # the shortest delay a GIF holds: 10 ms
+    with Image.open(gif) as img:
+        assert img.info["duration"] == 10

@@ -4,12 +4,15 @@ come back when the block ends. The end-to-end save-and-resume is in test_distrib
 import os
 import signal
 import threading
+import time
 
-from nerf.preemption import STOP_SIGNALS, PreemptionRequest
+import pytest
+
+from nerf.preemption import STOP_SIGNALS, PreemptionRequest, terminated_as_interrupt
 
 
 def test_the_first_stop_signal_is_recorded_and_the_handlers_restored():
-    assert {signal.SIGTERM, signal.SIGUSR1} <= set(STOP_SIGNALS)
+    assert {signal.SIGTERM, signal.SIGUSR1, signal.SIGINT} <= set(STOP_SIGNALS)
     before = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     with PreemptionRequest() as request:
         assert request.requested is None
@@ -32,3 +35,35 @@ def test_outside_the_main_thread_nothing_is_caught():
     thread.start()
     thread.join()
     assert seen == {"handlers": before, "requested": None}
+
+
+def test_a_first_ctrl_c_asks_for_a_save_and_a_second_interrupts(capsys):
+    before = signal.getsignal(signal.SIGINT)
+    with PreemptionRequest() as request:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert request.requested == "SIGINT"
+        assert "Ctrl-C: saving a checkpoint at the end of this step" in capsys.readouterr().err
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # not reached: the interrupt arrives first
+    assert signal.getsignal(signal.SIGINT) == before
+
+
+def test_an_ignored_ctrl_c_stays_ignored():
+    """A job started in the background ignores SIGINT: training must not start answering it."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with PreemptionRequest() as request:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert request.requested is None and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_sigterm_becomes_an_interrupt_inside_terminated_as_interrupt():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        with terminated_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # not reached
+    assert signal.getsignal(signal.SIGTERM) == before

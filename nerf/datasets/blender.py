@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .scene import DatasetError, Scene, read_image
+from .scene import DatasetError, Scene, missing_folder_error, read_image
 
 SPLITS = ("train", "val", "test")
 
@@ -53,11 +53,11 @@ def _read_transforms(path: str) -> dict:
     return meta
 
 
-def _frame_image_path(basedir: str, frame: dict, json_path: str) -> str:
+def _frame_image_path(basedir: str, frame: dict, json_path: str, index: int) -> str:
     try:
         file_path = frame["file_path"]
     except (KeyError, TypeError):
-        raise DatasetError(f"{json_path}: a frame has no 'file_path'") from None
+        raise DatasetError(f"{json_path}: frame {index} (counted from 0) has no 'file_path'") from None
     path = os.path.join(basedir, file_path)
     return path if os.path.splitext(path)[1].lower() in (".png", ".jpg", ".jpeg") else path + ".png"
 
@@ -68,8 +68,9 @@ def _frame_pose(frame: dict, json_path: str) -> np.ndarray:
     except (TypeError, ValueError):
         pose = np.zeros(0)
     if pose.shape != (4, 4):
+        got = "a value that is not a matrix of numbers" if pose.size == 0 else f"shape {pose.shape}"
         raise DatasetError(f"{json_path}: frame {frame.get('file_path')!r} needs a 4x4 'transform_matrix' of "
-                           f"numbers, got shape {pose.shape}")
+                           f"numbers, got {got}")
     if not np.isfinite(pose).all():
         raise DatasetError(f"{json_path}: frame {frame.get('file_path')!r} has NaN or infinite values in its "
                            "'transform_matrix'")
@@ -83,7 +84,7 @@ def load_blender(basedir: str, half_res: bool = False, testskip: int = 1, white_
     default to 2/6. One area resize by f is the same as resizes by factors whose product is f (means of equal
     blocks of straight, not premultiplied, RGBA, as the official code's cv2.INTER_AREA)."""
     if not os.path.isdir(basedir):
-        raise DatasetError(f"{basedir}: dataset folder not found (dataset.basedir)")
+        raise missing_folder_error(basedir)
     factor = (2 if half_res else 1) * downscale
     images, poses, counts = [], [], []
     size = None
@@ -95,8 +96,8 @@ def load_blender(basedir: str, half_res: bool = False, testskip: int = 1, white_
         camera_angle_x = float(meta["camera_angle_x"])  # the last split read wins, as in the official code
         skip = 1 if split == "train" or testskip == 0 else testskip
         frames = meta["frames"][::skip]
-        for frame in frames:
-            image_path = _frame_image_path(basedir, frame, json_path)
+        for k, frame in enumerate(frames):
+            image_path = _frame_image_path(basedir, frame, json_path, k * skip)
             rgba = read_image(image_path)  # [H, W, C]
             if size is None:
                 size = rgba.shape[:2]

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .scene import DatasetError, Scene, read_image, to_homogeneous
+from .scene import DatasetError, Scene, missing_folder_error, read_image, to_homogeneous
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -87,7 +87,7 @@ def _list_images(folder: str) -> list:
 def _read_poses_bounds(basedir: str) -> tuple[np.ndarray, str]:
     """poses_bounds.npy of the scene: ([N, 17], its path); DatasetError naming the file when unusable."""
     if not os.path.isdir(basedir):
-        raise DatasetError(f"{basedir}: dataset folder not found (dataset.basedir)")
+        raise missing_folder_error(basedir)
     pose_path = os.path.join(basedir, "poses_bounds.npy")
     try:
         poses_bounds = np.load(pose_path)

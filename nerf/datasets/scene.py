@@ -13,6 +13,14 @@ class DatasetError(ValueError):
     """A dataset that cannot be loaded; the message names the file or folder and what was expected."""
 
 
+def missing_folder_error(basedir: str) -> DatasetError:
+    """The error for a dataset.basedir that is not a folder; a relative one is resolved against the working
+    directory, which the message names (a config's relative path read from another folder)."""
+    where = "" if os.path.isabs(basedir) else f", looked for {os.path.abspath(basedir)}"
+    return DatasetError(f"{basedir}: dataset folder not found (dataset.basedir{where}); give the scene's folder "
+                        "with --set dataset.basedir=PATH")
+
+
 @dataclass
 class Scene:
     """images: [N, H, W, 3] float32 in [0, 1], composited; poses: [N, 4, 4] camera-to-world (OpenGL axes);
