@@ -354,7 +354,7 @@ def evaluate(args, cfg, opts, scene, method, loaded, world: World = SINGLE) -> d
     if records:
         write_metrics(summary, records, lpips_metric, out_dir)
         means = ", ".join(f"{k.upper()} {v:.4f}" for k, v in summary["mean"].items())
-        print(f"{args.split}: {len(records)} views at {width}x{height}: mean {means}")
+        print(f"{args.split}: {len(records)} view{'s' if len(records) != 1 else ''} at {width}x{height}: mean {means}")
     print(f"Wrote {len(positions)} frames to {out_dir} ({summary['seconds_per_frame']:.2f} s per frame)")
     return summary
 

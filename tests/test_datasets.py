@@ -226,6 +226,10 @@ def _resize_one_image(root):
 LLFF_BAD_INPUTS = [  # (what is wrong, how to break it, the message, the named file)
     ("wrong shape", lambda r: np.save(r / "poses_bounds.npy", np.zeros((9, 3, 5))), r"shape \(N, 17\)", "poses_bounds.npy"),
     ("no rows", lambda r: np.save(r / "poses_bounds.npy", np.zeros((0, 17))), "no views", "poses_bounds.npy"),
+    ("text file", lambda r: (r / "poses_bounds.npy").write_text("0 0 0"), r"cannot read \(not a NumPy .npy array\)",
+     "poses_bounds.npy"),
+    ("empty file", lambda r: (r / "poses_bounds.npy").write_bytes(b""), r"cannot read \(not a NumPy .npy array\)",
+     "poses_bounds.npy"),
     ("NaN pose", lambda r: _edit_poses(r, _nan_pose), "row 2 holds NaN or infinite", "poses_bounds.npy"),
     ("infinite bound", lambda r: _edit_poses(r, _inf_bound), "row 4 holds NaN or infinite", "poses_bounds.npy"),
     ("zero focal", lambda r: _edit_poses(r, _zero_focal), "row 0 has focal length 0; it must be > 0", "poses_bounds.npy"),

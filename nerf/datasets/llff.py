@@ -93,8 +93,10 @@ def _read_poses_bounds(basedir: str) -> tuple[np.ndarray, str]:
         poses_bounds = np.load(pose_path)
     except FileNotFoundError:
         raise DatasetError(f"{pose_path}: file not found (an LLFF scene needs poses_bounds.npy)") from None
-    except (ValueError, OSError) as err:
-        raise DatasetError(f"{pose_path}: cannot read ({err})") from None
+    except (ValueError, OSError, EOFError) as err:  # text, an empty file, a pickle: not a .npy array
+        reason = "not a NumPy .npy array" if "pickle" in str(err) or isinstance(err, EOFError) else str(err)
+        raise DatasetError(f"{pose_path}: cannot read ({reason}); expected the (N, 17) array imgs2poses.py or "
+                           "LLFF's imgs2poses writes") from None
     if poses_bounds.ndim != 2 or poses_bounds.shape[1] != 17:
         raise DatasetError(f"{pose_path}: expected an array of shape (N, 17), got {poses_bounds.shape}")
     if poses_bounds.shape[0] == 0:
