@@ -103,11 +103,11 @@ def main(argv=None) -> dict:
             with terminated_as_interrupt():  # a kill cleans up as Ctrl-C does: the partial cache is deleted
                 size = build_cache(scene, dataset_settings(dataset, white), args.savedir, rays, variations,
                                    args.randomseed, args.overwrite, bar)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (terminated_as_interrupt names it)
             bar.close()
             kept = " (the earlier cache there is kept)" if os.path.isdir(args.savedir) else ""
             sys.stderr.write(f"\ninterrupted: {args.savedir} not written{kept}\n")
-            raise SystemExit(130) from None
+            raise SystemExit(143 if str(stop) == "SIGTERM" else 130) from None
         except (FileExistsError, ValueError) as err:
             sys.exit(f"error: {err}")
         except OSError as err:  # an unwritable folder, a full disk: nothing of the cache is left, an earlier one kept

@@ -264,6 +264,10 @@ def main(argv=None) -> dict:
     with quiet_unless_rank_zero():
         try:
             cfg, opts, scene, method, loaded = set_up(args)
+        except KeyboardInterrupt:
+            sys.stderr.write("\ninterrupted before rendering: nothing written\n")
+            raise SystemExit(130) from None
+        try:
             world = distributed.start(method.device)
             try:
                 return evaluate(args, cfg, opts, scene, method, loaded, world)

@@ -30,11 +30,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     timing.add_argument("--duration", type=float, default=None, help="milliseconds per frame (default 200)")
     parser.add_argument("--mp4", action="store_true", help="also write an H.264 MP4 next to the GIF")
     args = parser.parse_args(argv)
-    # a GIF stores each frame's delay in hundredths of a second: 10 ms (100 fps) is the shortest it can hold
-    if args.fps is not None and not 0 < args.fps <= 100:  # nan too
-        parser.error("--fps must be in (0, 100]: a GIF frame lasts at least 10 ms")
-    if args.duration is not None and not 10 <= args.duration < float("inf"):
-        parser.error("--duration must be at least 10 (milliseconds: a GIF's frame delays are multiples of 10 ms)")
+    # a GIF stores each frame's delay in hundredths of a second, and browsers play a delay under 20 ms as 100 ms
+    if args.fps is not None and not 0 < args.fps <= 50:  # nan too
+        parser.error("--fps must be in (0, 50]: browsers play a GIF frame shorter than 20 ms as 100 ms")
+    if args.duration is not None and not 20 <= args.duration < float("inf"):
+        parser.error("--duration must be at least 20 (milliseconds: browsers play a GIF frame shorter than 20 ms as "
+                     "100 ms)")
     return args
 
 

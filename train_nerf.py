@@ -28,8 +28,8 @@ from nerf.batching import RayBatcher
 from nerf.cache import CachedRayBatcher, RayCache
 from nerf.checkpoint import (CheckpointError, import_optimizer_state, load_checkpoint, nonfinite_tensors,
                              restore_training_state, save_checkpoint, set_process_device_rng_state)
-from nerf.config import (Config, add_set_argument, config_to_dict, load_config, overrides_from, save_config,
-                         validate as validate_config)
+from nerf.config import (Config, ConfigError, add_set_argument, config_to_dict, load_config, overrides_from,
+                         save_config, validate as validate_config)
 from nerf.datasets import Scene, load_scene
 from nerf.device import DeviceError
 from nerf.distributed import (SINGLE, World, average_gradients, broadcast_parameters, check_batch, process_device,
@@ -471,11 +471,13 @@ def main(argv=None) -> dict:
 
 
 def train(args) -> dict:
-    try:  # before the rendezvous: an error here is the same on every rank, so rank 0 alone prints it
+    try:  # before the rendezvous
         cfg = load_config(args.config, args.set)
         world, device = join_world(cfg)
-    except (ValueError, DeviceError, OSError) as err:  # ConfigError, DatasetError, CheckpointError: ValueErrors
-        sys.exit(f"error: {err}" if speaks_for_all() else 1)
+    except ConfigError as err:  # the same on the ranks of a machine (which read the same files): one line each
+        sys.exit(f"error: {err}" if speaks_for_all(variable="LOCAL_RANK") else 1)
+    except (ValueError, DeviceError, OSError) as err:  # a rank's own (a LOCAL_RANK without a GPU): every one says it
+        sys.exit(f"error: {err}")
     try:
         error = None
         try:  # set-up: every problem is a one-line error before any training output

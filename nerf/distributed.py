@@ -96,10 +96,11 @@ def launched_by_torchrun(env: Mapping[str, str] = os.environ) -> bool:
     return all(name in env for name in TORCHRUN_VARIABLES)
 
 
-def speaks_for_all(env: Mapping[str, str] = os.environ) -> bool:
-    """Whether this process prints what every rank would print alike: rank 0 under torchrun (and any rank whose
-    RANK is not a number: world_size_from's error about it is then seen), or the one process without it."""
-    return not launched_by_torchrun(env) or not env["RANK"].strip().isdigit() or int(env["RANK"]) == 0
+def speaks_for_all(env: Mapping[str, str] = os.environ, variable: str = "RANK") -> bool:
+    """Whether this process prints what the others print alike: the one process without torchrun, else the one
+    whose `variable` is 0 (RANK: one for the job; LOCAL_RANK: one per machine), or any whose value is not a
+    number (world_size_from's error about it is then seen)."""
+    return not launched_by_torchrun(env) or not env[variable].strip().isdigit() or int(env[variable]) == 0
 
 
 @contextlib.contextmanager

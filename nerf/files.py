@@ -12,6 +12,7 @@ import fnmatch
 import os
 import re
 import shutil
+import socket
 import tempfile
 from typing import Callable, Iterator
 
@@ -35,14 +36,16 @@ def default_folder_mode() -> int:
     return 0o777 & ~_umask()
 
 
-def _writer_alive(name: str, prefix: str = r"\.(?:ckpt|config)-") -> bool:
-    """Whether the process that named a temporary file (".ckpt-<pid>-....tmp", or `prefix`<pid>-...) is still
-    running on this machine: its file may be a write in progress."""
-    match = re.match(prefix + r"(\d+)-", name)
-    if match is None:
-        return False
+def _writer_alive(name: str) -> bool:
+    """Whether the process that named a temporary file (".ckpt-<pid>-....tmp") is still running on this
+    machine: its file may be a write in progress."""
+    match = re.match(r"\.(?:ckpt|config)-(\d+)-", name)
+    return match is not None and _process_alive(int(match.group(1)))
+
+
+def _process_alive(pid: int) -> bool:
     try:
-        os.kill(int(match.group(1)), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's live process
@@ -147,14 +150,20 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def _build_folder_prefix(prefix: str) -> str:
+    """`prefix`<host>-<pid>-: the host too, since on a file system that several machines share a process id
+    says nothing about another machine's builds."""
+    return f"{prefix}{socket.gethostname()}-{os.getpid()}-"
+
+
 def remove_stale_folders(parent: str, prefix: str) -> list[str]:
-    """Delete the folders `prefix`<pid>-XXXX in `parent` whose process has ended (a build that was killed);
-    returns their names."""
+    """Delete the folders `prefix`<host>-<pid>-XXXX in `parent` that a build on this machine left when it was
+    killed (its process has ended); returns their names."""
     if not os.path.isdir(parent):
         return []
-    stale = sorted(name for name in os.listdir(parent) if name.startswith(prefix)
-                   and re.match(re.escape(prefix) + r"\d+-", name) and not _writer_alive(name, re.escape(prefix))
-                   and os.path.isdir(os.path.join(parent, name)))
+    ours = re.compile(re.escape(f"{prefix}{socket.gethostname()}-") + r"(\d+)-")
+    stale = sorted(name for name in os.listdir(parent) if (match := ours.match(name))
+                   and not _process_alive(int(match.group(1))) and os.path.isdir(os.path.join(parent, name)))
     for name in stale:
         shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
     return stale
@@ -162,7 +171,7 @@ def remove_stale_folders(parent: str, prefix: str) -> list[str]:
 
 @contextlib.contextmanager
 def folder_replaced_on_success(path: str, prefix: str, old_prefix: str = ".old-") -> Iterator[str]:
-    """Yield a new hidden folder `prefix`<pid>-XXXX beside `path` (with the usual permissions) to build into;
+    """Yield a new hidden folder `prefix`<host>-<pid>-XXXX beside `path` (with the usual permissions) to build into;
     when the block ends without an error it replaces `path`, else it is deleted. So a failure never leaves a
     folder at `path` that looks complete; the folders of builds that were killed (which could not delete
     theirs) are deleted when the next one starts. An existing `path` is moved aside (old_prefix) until the
@@ -170,7 +179,7 @@ def folder_replaced_on_success(path: str, prefix: str, old_prefix: str = ".old-"
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     remove_stale_folders(parent, prefix)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f"{prefix}{os.getpid()}-")
+    tmp = tempfile.mkdtemp(dir=parent, prefix=_build_folder_prefix(prefix))
     try:
         os.chmod(tmp, default_folder_mode())  # mkdtemp creates 0700
         yield tmp

@@ -20,6 +20,7 @@ from nerf.checkpoint import load_checkpoint
 from nerf.config import ConfigError, TrainConfig, load_config
 from nerf.datasets import load_scene
 from nerf.datasets.demo import generate_demo_scene
+from nerf.device import DeviceError
 from nerf.occupancy import BLENDER_AABB
 from nerf.distributed import World, _buckets, check_batch, world_size_from
 
@@ -167,11 +168,21 @@ def test_bad_world_sizes_are_one_line_errors_before_any_work(tmp_path, scene_dir
     assert str(err.value).startswith("error: nerf.train.num_random_rays (64) is the global batch")
     assert "\n" not in str(err.value)
     assert not os.path.exists(tmp_path / "logs")
-    monkeypatch.setenv("RANK", "2")  # the same error on every rank: only rank 0 prints it
-    monkeypatch.setenv("LOCAL_RANK", "2")
+    monkeypatch.setenv("RANK", "2")  # the same error on every rank of a machine: its LOCAL_RANK 0 alone prints it
+    monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(SystemExit) as err:
         train_nerf.main(["--config", config])
     assert err.value.code == 1
+    monkeypatch.setenv("LOCAL_RANK", "0")  # the first rank of a second machine, which may read other files
+    with pytest.raises(SystemExit, match="^error: nerf.train.num_random_rays"):
+        train_nerf.main(["--config", config])
+    # a rank's own problem is said by that rank, whichever it is
+    monkeypatch.setattr(train_nerf, "process_device", lambda configured: (_ for _ in ()).throw(
+        DeviceError("torchrun: LOCAL_RANK 1 has no GPU of its own")))
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(SystemExit, match="^error: torchrun: LOCAL_RANK 1 has no GPU of its own$"):
+        train_nerf.main(["--config", config])
 
 
 def test_gradient_buckets_keep_order_and_split_by_size_and_dtype():
@@ -306,7 +317,7 @@ def test_two_processes_train_the_voxel_grid_as_one_with_identical_state_on_every
 def _wait_for(path, process, timeout=120):
     deadline = time.time() + timeout
     while not os.path.exists(path):
-        assert process.poll() is None, process.communicate()[0][-3000:]
+        assert process.poll() is None, (process.communicate()[0] or "(output in a file)")[-3000:]
         assert time.time() < deadline, f"{path} did not appear"
         time.sleep(0.05)
 
@@ -344,10 +355,15 @@ def test_ctrl_c_saves_at_the_next_step_and_a_second_one_stops_without_saving(tmp
     run_dir, log = tmp_path / "logs" / "interrupted", tmp_path / "output.txt"
     command = [sys.executable, "train_nerf.py", "--config", config, "--set", "experiment.id=interrupted"]
     with open(log, "w") as output:  # a file, not a pipe that a fast run could fill before it is read
-        process = subprocess.Popen(command, cwd=ROOT, env=_environment(), stdout=output, stderr=subprocess.STDOUT)
-        _wait_for(run_dir / "checkpoint000100.ckpt", process)
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=120)
+        # Python's Ctrl-C handling in the child, also where this process inherited an ignored SIGINT
+        process = subprocess.Popen(command, cwd=ROOT, env=_environment(), stdout=output, stderr=subprocess.STDOUT,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            _wait_for(run_dir / "checkpoint000100.ckpt", process)
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=120)
+        finally:
+            process.kill()
     text = log.read_text()
     saved = max(train_nerf.checkpoint_step(name) for name in os.listdir(run_dir) if name.endswith(".ckpt"))
     assert process.returncode == 0 and saved > 100, text[-2000:]

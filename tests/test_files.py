@@ -130,19 +130,23 @@ def test_a_folder_built_beside_replaces_the_old_one_only_on_success(tmp_path):
 
 
 def test_the_folder_of_a_killed_build_is_deleted_when_the_next_one_starts(tmp_path):
+    import socket
     import subprocess
     import sys
 
     from nerf.files import folder_replaced_on_success
 
+    host = socket.gethostname()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a process id that has ended
-    (tmp_path / f".build-{dead.pid}-abc").mkdir()
-    (tmp_path / f".build-{dead.pid}-abc" / "half.npy").write_bytes(b"x" * 100)
-    (tmp_path / f".build-{os.getpid()}-live").mkdir()  # a build still running
-    (tmp_path / ".build-notes").mkdir()  # not a build folder's name
-    (tmp_path / ".old-1-x").mkdir()  # a cache moved aside: may be the only copy, never deleted
+    (tmp_path / f".build-{host}-{dead.pid}-abc").mkdir()
+    (tmp_path / f".build-{host}-{dead.pid}-abc" / "half.npy").write_bytes(b"x" * 100)
+    kept = [f".build-{host}-{os.getpid()}-live",  # a build still running
+            f".build-other-machine-{dead.pid}-abc",  # another machine's, on a shared file system: may be running
+            ".build-notes",  # not a build folder's name
+            ".old-1-x"]  # a cache moved aside: may be the only copy, never deleted
+    for name in kept:
+        (tmp_path / name).mkdir()
     with folder_replaced_on_success(str(tmp_path / "scene"), ".build-") as tmp:
-        assert os.path.basename(tmp).startswith(f".build-{os.getpid()}-")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [f".build-{os.getpid()}-live", ".build-notes", ".old-1-x", "scene"])
+        assert os.path.basename(tmp).startswith(f".build-{host}-{os.getpid()}-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["scene"])

@@ -84,13 +84,13 @@ def test_an_unreadable_frame_is_named_and_nothing_is_written(tmp_path, damage):
     assert sorted(os.listdir(tmp_path)) == ["0.png", "1.png", "2.png"]
 
 
-@pytest.mark.parametrize("timing", [["--fps", "nan"], ["--fps", "inf"], ["--fps", "1e9"], ["--fps", "0"],
-                                    ["--duration", "nan"], ["--duration", "5"], ["--duration", "inf"]])
+@pytest.mark.parametrize("timing", [["--fps", "nan"], ["--fps", "inf"], ["--fps", "1e9"], ["--fps", "0"], ["--fps", "60"],
+                                    ["--duration", "nan"], ["--duration", "10"], ["--duration", "inf"]])
 def test_frame_timings_a_gif_cannot_hold_are_refused(tmp_path, timing, capsys):
     _frames(tmp_path)
     with pytest.raises(SystemExit):
         makegif.main([str(tmp_path), *timing])
     assert "a GIF" in capsys.readouterr().err and not os.path.exists(tmp_path / "animation.gif")
-    [gif] = makegif.main([str(tmp_path), "--fps", "100"])  # the shortest delay a GIF holds: 10 ms
+    [gif] = makegif.main([str(tmp_path), "--fps", "50"])  # the shortest delay browsers play as stored: 20 ms
     with Image.open(gif) as img:
-        assert img.info["duration"] == 10
+        assert img.info["duration"] == 20

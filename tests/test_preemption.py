@@ -37,23 +37,39 @@ def test_outside_the_main_thread_nothing_is_caught():
     assert seen == {"handlers": before, "requested": None}
 
 
-def test_a_first_ctrl_c_asks_for_a_save_and_a_second_interrupts(capsys):
-    before = signal.getsignal(signal.SIGINT)
-    with PreemptionRequest() as request:
+@pytest.fixture
+def ctrl_c_answered():
+    """Python's own Ctrl-C handler for the test, whatever this process inherited (a background job ignores it)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_a_first_ctrl_c_asks_for_a_save_and_a_second_interrupts(ctrl_c_answered, capfd):
+    with PreemptionRequest(under_launcher=False) as request:
         os.kill(os.getpid(), signal.SIGINT)
         assert request.requested == "SIGINT"
-        assert "Ctrl-C: saving a checkpoint at the end of this step" in capsys.readouterr().err
+        assert "Ctrl-C: saving a checkpoint at the end of this step" in capfd.readouterr().err
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)  # not reached: the interrupt arrives first
-    assert signal.getsignal(signal.SIGINT) == before
+    assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
+
+
+def test_under_torchrun_a_second_ctrl_c_does_not_stop_the_save(ctrl_c_answered):
+    """One press can reach a worker twice (the terminal's signal and the one torchrun passes on)."""
+    with PreemptionRequest(under_launcher=True) as request:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert request.requested == "SIGINT"
+    assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
 
 
 def test_an_ignored_ctrl_c_stays_ignored():
     """A job started in the background ignores SIGINT: training must not start answering it."""
     before = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        with PreemptionRequest() as request:
+        with PreemptionRequest(under_launcher=False) as request:
             os.kill(os.getpid(), signal.SIGINT)
             assert request.requested is None and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:

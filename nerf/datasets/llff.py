@@ -84,6 +84,12 @@ def _list_images(folder: str) -> list:
             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS]
 
 
+def _is_npy(path: str) -> bool:
+    """Whether the file starts as a .npy file does (its magic string)."""
+    with open(path, "rb") as f:
+        return f.read(6) == b"\x93NUMPY"
+
+
 def _read_poses_bounds(basedir: str) -> tuple[np.ndarray, str]:
     """poses_bounds.npy of the scene: ([N, 17], its path); DatasetError naming the file when unusable."""
     if not os.path.isdir(basedir):
@@ -94,7 +100,7 @@ def _read_poses_bounds(basedir: str) -> tuple[np.ndarray, str]:
     except FileNotFoundError:
         raise DatasetError(f"{pose_path}: file not found (an LLFF scene needs poses_bounds.npy)") from None
     except (ValueError, OSError, EOFError) as err:  # text, an empty file, a pickle: not a .npy array
-        reason = "not a NumPy .npy array" if "pickle" in str(err) or isinstance(err, EOFError) else str(err)
+        reason = str(err) if _is_npy(pose_path) else "not a NumPy .npy array"
         raise DatasetError(f"{pose_path}: cannot read ({reason}); expected the (N, 17) array imgs2poses.py or "
                            "LLFF's imgs2poses writes") from None
     if poses_bounds.ndim != 2 or poses_bounds.shape[1] != 17:
