@@ -27,13 +27,11 @@ from nerf.preemption import terminated_as_interrupt
 
 
 def str2bool(text: str) -> bool:
-    """'True'/'False' (and yes/no, 1/0) as booleans: argparse's type=bool would read 'False' as True."""
+    """true / false in any case, as the config's booleans (argparse's type=bool would read 'False' as True)."""
     value = text.strip().lower()
-    if value in ("true", "yes", "1", "on"):
-        return True
-    if value in ("false", "no", "0", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+    if value in ("true", "false"):
+        return value == "true"
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -17,11 +17,13 @@ import sys
 import tempfile
 import time
 
+from nerf.config import read_yaml
 from nerf.files import first_line
 from nerf.sfm import (VIDEO_EXTENSIONS, PosesError, default_config, extract_video_frames, import_photos, reconstruct,
-                      write_llff)
+                      training_downsample_factor, write_llff)
 
 
+ROOT = os.path.dirname(os.path.abspath(__file__))
 VIDEO_DEFAULTS = {"fps": 2.0, "max_frames": 100, "blur_threshold": 0.6}  # the options that apply to a video only
 
 
@@ -81,7 +83,8 @@ def main(argv=None) -> dict:
                     raise PosesError(f"{args.input}: {found['kept']} usable frame(s); at least 3 are needed (raise --fps)")
             else:
                 if args.video_options:  # a folder of photos: every photo is taken
-                    print(f"note: {', '.join(args.video_options)} apply to a video; {args.input} is a folder of "
+                    verb = "applies" if len(args.video_options) == 1 else "apply"
+                    print(f"note: {', '.join(args.video_options)} {verb} to a video; {args.input} is a folder of "
                           "photos, all of which are used")
                 found = import_photos(args.input, frames_dir)
                 print(f"{args.input}: {found['photos']} photos of {found['size'][0]}x{found['size'][1]}"
@@ -113,10 +116,24 @@ def summarize(args, result, stages: dict, seconds: float) -> dict:
           f"depth range {result.bounds[:, 0].min():.3g} .. {result.bounds[:, 1].max():.3g}")
     print("Stages: " + ", ".join(f"{name} {value:.1f} s" for name, value in stages.items()) + f" (total {seconds:.1f} s)")
     config = default_config(result.capture)
-    print(f"Capture: {result.capture}. Wrote {args.out}. Train with:\n"
-          f"  python train_nerf.py --config {config} --set dataset.basedir={args.out}")
+    width, height = image_size(args.out)
+    factor = training_downsample_factor(width)
+    preset = read_yaml(os.path.join(ROOT, config))["dataset"]["downsample_factor"]
+    sets = f"dataset.basedir={args.out}" + ("" if factor == preset else f" dataset.downsample_factor={factor}")
+    print(f"Capture: {result.capture}. Wrote {args.out} ({width}x{height} images). Train at {width // factor}x"
+          f"{height // factor} with:\n  python train_nerf.py --config {config} --set {sets}")
     return {"registered": result.names, "failed": result.failed, "capture": result.capture, "config": config,
-            "mean_reprojection_error": result.mean_reprojection_error, "stages": stages, "seconds": seconds}
+            "downsample_factor": factor, "mean_reprojection_error": result.mean_reprojection_error,
+            "stages": stages, "seconds": seconds}
+
+
+def image_size(scene: str) -> tuple[int, int]:
+    """(width, height) of the scene's full-size images (images/, as written)."""
+    from PIL import Image
+
+    first = sorted(os.listdir(os.path.join(scene, "images")))[0]
+    with Image.open(os.path.join(scene, "images", first)) as image:
+        return image.size
 
 
 if __name__ == "__main__":

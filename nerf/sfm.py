@@ -358,5 +358,16 @@ def default_config(capture: str) -> str:
     return "config/own_forward_fast.yml" if capture == "forward-facing" else "config/own_360_fast.yml"
 
 
+# The width own_forward_fast was tuned at (fern's images_8, from 4032-pixel originals: 504 pixels).
+TRAINING_WIDTH = 500
+
+
+def training_downsample_factor(width: int) -> int:
+    """The dataset.downsample_factor (1 or one of DOWNSAMPLE_FACTORS) whose images come nearest TRAINING_WIDTH
+    pixels wide (the smaller images on a tie): a 4032-pixel photo trains from images_8, a 504-pixel one from
+    images/, so that small photos are not shrunk to a few dozen pixels."""
+    return min((1, *DOWNSAMPLE_FACTORS), key=lambda f: (abs(width / f - TRAINING_WIDTH), -f))
+
+
 __all__ = ["PosesError", "Reconstructed", "capture_kind", "default_config", "extract_video_frames", "import_photos",
-           "llff_poses", "reconstruct", "sharpness", "umeyama", "write_llff"]
+           "llff_poses", "reconstruct", "sharpness", "training_downsample_factor", "umeyama", "write_llff"]

@@ -169,8 +169,9 @@ def test_halfres_false_means_false_and_flags_are_checked(tmp_path):
                                      "--num-random-rays", "8192", "--num-variations", "50"])
     assert args.halfres is False and args.num_random_rays == 8192 and args.num_variations == 50
     assert cache_dataset.parse_args(["--datapath", "x", "--blender-half-res", "true", "--savedir", "y"]).halfres
-    with pytest.raises(SystemExit):
-        cache_dataset.parse_args(["--datapath", "x", "--halfres", "maybe", "--savedir", "y"])
+    for word in ("maybe", "yes", "1", "on"):  # as the config: true or false only
+        with pytest.raises(SystemExit):
+            cache_dataset.parse_args(["--datapath", "x", "--halfres", word, "--savedir", "y"])
     with pytest.raises(SystemExit):
         cache_dataset.parse_args(["--savedir", "y"])  # neither --config nor --datapath
     with pytest.raises(SystemExit):

@@ -57,6 +57,7 @@ def test_recovered_cameras_match_the_truth_after_a_similarity(capture):
     root, truth, summary = capture
     assert len(summary["registered"]) == 30 and summary["failed"] == []
     assert summary["capture"] == "forward-facing" and summary["config"] == "config/own_forward_fast.yml"
+    assert summary["downsample_factor"] == 1  # 240-pixel photos train whole, not from images_8 (30 pixels)
     index, c2w, focal, bounds = _recovered(root / "scene")
     true_c2w = truth[index]
     scale, rotation, shift = umeyama(c2w[:, :, 3], true_c2w[:, :3, 3])

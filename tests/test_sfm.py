@@ -157,3 +157,11 @@ def test_mapping_is_repeated_until_half_of_the_images_are_placed(images, runs, e
     else:
         assert name == f"model {expected_model}"
         assert (model.registered, model.points) == runs[expected_model]
+
+
+def test_the_training_images_come_nearest_500_pixels_wide():
+    from nerf.sfm import training_downsample_factor
+
+    cases = {192: 1, 496: 1, 760: 2, 1008: 2, 1920: 4, 4032: 8, 8000: 8}  # 760: 380 is 120 off 500, 760 is 260 off
+    assert {width: training_downsample_factor(width) for width in cases} == cases
+    assert training_downsample_factor(667) == 2  # 333.5 and 667 are both 167 off: the smaller images
