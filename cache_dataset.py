@@ -17,9 +17,10 @@ import os
 import sys
 import time
 
+import torch
 from tqdm import tqdm
 
-from nerf.cache import build_cache, check_savedir, dataset_settings
+from nerf.cache import CachedRayBatcher, RayCache, build_cache, check_savedir, dataset_settings
 from nerf.config import ConfigError, DatasetConfig, add_set_argument, load_config, overrides_from
 from nerf.datasets import DatasetError, load_scene
 from nerf.files import write_error
@@ -113,6 +114,11 @@ def main(argv=None) -> dict:
     print(f"Wrote {args.savedir}: {variations} variation(s) x {len(scene.i_train)} train images x "
           f"{rays or scene.height * scene.width} rays + {len(scene.i_val)} val images; "
           f"{size / 2 ** 20:.1f} MiB on disk in {time.time() - start:.1f} s")
+    if args.config:  # what training with this config would refuse (too few rays in the precrop region), said now
+        try:
+            CachedRayBatcher(RayCache(args.savedir), cfg.nerf.train, cfg.experiment.randomseed, torch.device("cpu"))
+        except ConfigError as err:
+            print(f"warning: {args.config} cannot train from it as it is: {err}")
     print(f"Train from it with: --set dataset.cachedir={args.savedir}")
     return {"bytes": size, "savedir": args.savedir}
 

@@ -237,12 +237,24 @@ def test_overwrite_only_replaces_an_earlier_cache(tmp_path, blender_dir):
     assert os.path.isfile(os.path.join(blender_dir, "transforms_train.json"))
 
 
-def test_too_few_cached_rays_in_the_precrop_region_is_refused_up_front(tmp_path, blender_dir):
+def test_too_few_cached_rays_in_the_precrop_region_is_refused_up_front(tmp_path, blender_dir, capsys):
     out = tmp_path / "cache"
     cache_dataset.main(["--datapath", blender_dir, "--savedir", str(out), "--num-random-rays", "64"])
     opts = TrainConfig(num_random_rays=32, precrop_iters=10, precrop_frac=0.5)
     with pytest.raises(ConfigError, match="inside the precrop region"):
         CachedRayBatcher(RayCache(str(out)), opts, 0, torch.device("cpu"))
+    # cache_dataset.py --config says so when it builds, not the training run that follows
+    config = tmp_path / "cfg.yml"
+    config.write_text(yaml.safe_dump({"dataset": {"type": "blender", "basedir": blender_dir},
+                                      "nerf": {"train": {"num_random_rays": 32, "precrop_iters": 10,
+                                                         "precrop_frac": 0.5, "white_background": True},
+                                               "validation": {"white_background": True}}}))
+    for rays, warned in (("64", True), ("--sample-all", False)):
+        cache_dataset.main(["--config", str(config), "--savedir", str(tmp_path / f"c{rays}"), "--overwrite"]
+                           + (["--num-random-rays", rays] if rays != "--sample-all" else [rays]))
+        out_text = capsys.readouterr().out
+        assert (f"warning: {config} cannot train from it as it is: dataset.cachedir: some image has only" in out_text
+                ) is warned, out_text
 
 
 @pytest.mark.parametrize("batching", [False, True])
