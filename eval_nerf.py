@@ -297,6 +297,11 @@ def evaluate(args, cfg, opts, scene, method, loaded, world: World = SINGLE) -> d
         positions = select_views(len(ids), args.views, args.max_views)
     except ValueError as err:
         sys.exit(f"error: {err}")
+    shortest = min(scene.height, scene.width)
+    if -(-shortest // args.downsample) < 4:  # every downsample-th pixel: 1 to 3 pixels a side are no image
+        sys.exit(f"error: --downsample {args.downsample}: the {scene.width}x{scene.height} views would render at "
+                 f"{-(-scene.width // args.downsample)}x{-(-scene.height // args.downsample)}; at most "
+                 f"{max(1, -(-shortest // 4))} here (4 pixels or more a side)")
     error = None
     if world.is_main:
         try:

@@ -82,6 +82,8 @@ def test_bad_arguments(trained, capsys):
     assert "out of range" in str(err.value)
     with pytest.raises(SystemExit):
         eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(root / "x"), "--downsample", "0"])
+    with pytest.raises(SystemExit, match=r"--downsample 4: the 12x12 views would render at 3x3; at most 3 here"):
+        eval_nerf.main(["--config", config, "--checkpoint", ckpt, "--savedir", str(root / "x"), "--downsample", "4"])
     with pytest.raises(SystemExit) as err:
         eval_nerf.main(["--config", config, "--checkpoint", str(root / "none.ckpt"), "--savedir", str(root / "x")])
     assert "checkpoint file not found" in str(err.value)
