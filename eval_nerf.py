@@ -38,7 +38,7 @@ from nerf.datasets import DatasetError, load_scene
 from nerf import distributed
 from nerf.device import DeviceError
 from nerf.distributed import SINGLE, World, process_device, quiet_unless_rank_zero
-from nerf.files import atomic_write, os_error_line, write_error
+from nerf.files import atomic_write, os_error_line, stays_below, write_error
 from nerf.importers import NATIVE, LoadedModels, load_models
 from nerf.methods import build_method
 from nerf.metrics import LpipsMetric, psnr, ssim
@@ -74,10 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--max-views must be >= 1")
     if args.chunksize is not None and args.chunksize < 1:
         parser.error("--chunksize must be >= 1")
-    if args.trial is not None:  # --overwrite clears the folder: it must lie under --savedir
-        parts = os.path.normpath(args.trial).split(os.sep)
-        if os.path.isabs(args.trial) or ".." in parts or parts == ["."]:
-            parser.error(f"TRIAL {args.trial!r}: expected a sub-folder name of --savedir (no '..', not absolute)")
+    if args.trial is not None and not stays_below(args.trial):  # --overwrite clears the folder: under --savedir
+        parser.error(f"TRIAL {args.trial!r}: expected a sub-folder name of --savedir (no '..', not absolute)")
     if args.views is not None:
         try:
             args.views = [int(v) for v in args.views.split(",") if v.strip()]
@@ -297,11 +295,11 @@ def evaluate(args, cfg, opts, scene, method, loaded, world: World = SINGLE) -> d
         positions = select_views(len(ids), args.views, args.max_views)
     except ValueError as err:
         sys.exit(f"error: {err}")
-    shortest = min(scene.height, scene.width)
-    if -(-shortest // args.downsample) < 4:  # every downsample-th pixel: 1 to 3 pixels a side are no image
+    rendered = [math.ceil(side / args.downsample) for side in (scene.width, scene.height)]  # every n-th pixel
+    if min(rendered) < 4:  # 1 to 3 pixels a side are no image
         sys.exit(f"error: --downsample {args.downsample}: the {scene.width}x{scene.height} views would render at "
-                 f"{-(-scene.width // args.downsample)}x{-(-scene.height // args.downsample)}; at most "
-                 f"{max(1, -(-shortest // 4))} here (4 pixels or more a side)")
+                 f"{rendered[0]}x{rendered[1]}; at most {max(1, math.ceil(min(scene.width, scene.height) / 4))} here "
+                 "(4 pixels or more a side)")
     error = None
     if world.is_main:
         try:

@@ -52,50 +52,44 @@ def list_frames(folder: str) -> list:
     return [os.path.join(folder, name) for name in frames]
 
 
-def check_one_size(paths: list) -> None:
-    """A ValueError naming the first frame whose size differs from the first frame's (frames of two
-    evaluations in one folder, say)."""
-    from PIL import Image
-
-    sizes = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                sizes.append(image.size)
-        except (OSError, SyntaxError) as err:  # not an image at all (PIL's UnidentifiedImageError is an OSError)
-            raise ValueError(f"{path}: not a readable image ({err})") from None
-    odd = next((k for k, size in enumerate(sizes) if size != sizes[0]), None)
-    if odd is not None:
-        raise ValueError(f"{os.path.dirname(paths[0]) or '.'}: frames of different sizes ({os.path.basename(paths[0])} "
-                         f"{sizes[0][0]}x{sizes[0][1]}, {os.path.basename(paths[odd])} {sizes[odd][0]}x"
-                         f"{sizes[odd][1]}): one animation needs one size; render into a folder of its own")
-
-
 def read_frame(path: str):
-    """The frame as an RGB PIL image; a ValueError naming the file when it cannot be decoded (a truncated PNG)."""
-    from PIL import Image, UnidentifiedImageError
+    """The frame as an RGB PIL image; a ValueError naming the file when it cannot be decoded (not an image, a
+    truncated PNG)."""
+    from PIL import Image
 
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError) as err:  # PIL reports some damaged files as SyntaxError
+    except (OSError, SyntaxError) as err:  # PIL's UnidentifiedImageError is an OSError; some damage is a SyntaxError
         raise ValueError(f"{path}: not a readable image ({err})") from None
 
 
-def write_gif(paths: list, output: str, duration_ms: float) -> None:
+def read_frames(paths: list) -> list:
+    """The frames, each decoded once for both outputs; a ValueError naming the first frame whose size differs
+    from the first frame's (frames of two evaluations in one folder, say)."""
     frames = [read_frame(path) for path in paths]
+    odd = next((k for k, frame in enumerate(frames) if frame.size != frames[0].size), None)
+    if odd is not None:
+        (w0, h0), (w1, h1) = frames[0].size, frames[odd].size
+        raise ValueError(f"{os.path.dirname(paths[0]) or '.'}: frames of different sizes ({os.path.basename(paths[0])} "
+                         f"{w0}x{h0}, {os.path.basename(paths[odd])} {w1}x{h1}): one animation needs one size; render "
+                         "into a folder of its own")
+    return frames
+
+
+def write_gif(frames: list, output: str, duration_ms: float) -> None:
     atomic_write(output, lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
                                                   duration=round(duration_ms), loop=0), binary=True, prefix=".gif-")
 
 
-def write_mp4(paths: list, output: str, fps: float) -> None:
+def write_mp4(frames: list, output: str, fps: float) -> None:
     import imageio.v2 as imageio
 
     def encode(tmp: str) -> None:  # imageio's ffmpeg writer takes a file name, and its format from the suffix
         with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1,
                                 pixelformat="yuv420p") as writer:  # yuv420p: playable everywhere
-            for path in paths:
-                frame = np.asarray(read_frame(path))
+            for image in frames:
+                frame = np.asarray(image)
                 # yuv420p needs even sizes: pad by repeating the last row/column
                 pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
                 writer.append_data(np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge"))
@@ -108,18 +102,16 @@ def main(argv=None) -> list:
     folder = os.path.join(args.folder, args.trial) if args.trial else args.folder
     try:
         paths = list_frames(folder)
-        check_one_size(paths)
+        frames = read_frames(paths)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")
     duration = 1000.0 / args.fps if args.fps else (args.duration or 200.0)
     outputs = [os.path.join(folder, args.output if args.output.lower().endswith(".gif") else args.output + ".gif")]
     try:
-        write_gif(paths, outputs[0], duration)
+        write_gif(frames, outputs[0], duration)
         if args.mp4:
             outputs.append(os.path.splitext(outputs[0])[0] + ".mp4")
-            write_mp4(paths, outputs[1], 1000.0 / duration)
-    except ValueError as err:
-        sys.exit(f"error: {err}")
+            write_mp4(frames, outputs[1], 1000.0 / duration)
     except OSError as err:
         sys.exit(f"error: {os_error_line(err)}")
     for path in outputs:

@@ -144,6 +144,13 @@ def os_error_line(err: OSError) -> str:
     return err.strerror or str(err)
 
 
+def stays_below(name: str) -> bool:
+    """Whether `name`, joined to a folder, names a folder below it: relative, without '..', not '.' or empty
+    (what a run name or an evaluation's TRIAL may be, since --overwrite deletes files there)."""
+    parts = os.path.normpath(name).split(os.sep)
+    return not os.path.isabs(name) and ".." not in parts and parts != ["."]
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an exception's message (its type's name when it has none): for one-line errors."""
     text = str(err).strip()

@@ -7,10 +7,10 @@ the dotted key, what was expected and what was found.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 from ..contraction import CONTRACTED_AABB, CONTRACTIONS
+from ..files import stays_below
 from .schema import (DATASET_TYPES, MODEL_TYPES, PRECISIONS, Config, ConfigError, DatasetConfig, ModelConfig,
                      RenderConfig, VoxelGridConfig)
 
@@ -139,9 +139,8 @@ def _validate_experiment(cfg: Config, source: str) -> None:
     """Check the experiment: section."""
     e = cfg.experiment
     _require(e.train_iters >= 1, source, "experiment.train_iters", "an integer >= 1", e.train_iters)
-    parts = os.path.normpath(e.id).split(os.sep) if e.id.strip() else []
-    _require(bool(parts) and parts != ["."] and ".." not in parts and not os.path.isabs(e.id), source,
-             "experiment.id", "a run name (a folder under experiment.logdir)", e.id)
+    _require(bool(e.id.strip()) and stays_below(e.id), source, "experiment.id",
+             "a run name (a folder under experiment.logdir)", e.id)
     for name in ("validate_every", "save_every", "print_every"):
         value = getattr(e, name)
         _require(value >= 0, source, f"experiment.{name}", "an integer >= 0", value)
