@@ -1,7 +1,8 @@
 """Precomputed training rays (`cache_dataset.py`) and the batcher that trains from them.
 
 Layout of a cache folder:
-    manifest.json                 settings that produced it (checked against the training config)
+    manifest.json                 settings that produced it (checked against the training config) and a
+                                  fingerprint of the dataset's camera files (a moved dataset still matches)
     train/rays_<v>.npy            float32 [N_train, n, 9] = (origin, direction, rgb) per ray, variation v
     train/pixels_<v>.npy          int32 [N_train, n, 2] = (row, column) of each ray
     val/rays.npy                  float32 [N_val, H * W, 9], every pixel of every validation view
@@ -12,6 +13,7 @@ composited exactly as in uncached training, and NDC (LLFF) is applied at trainin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Optional
@@ -27,6 +29,11 @@ from .files import folder_replaced_on_success
 from .rays import pixel_offset
 
 SCHEMA = 1
+
+# The files that hold a dataset's cameras: what identifies it wherever its folder is now.
+CAMERA_FILES = {"blender": ("transforms_train.json", "transforms_val.json", "transforms_test.json"),
+                "demo": ("transforms_train.json", "transforms_val.json", "transforms_test.json"),
+                "llff": ("poses_bounds.npy",)}
 
 
 def dataset_settings(cfg: DatasetConfig, white_background: bool) -> dict:
@@ -55,6 +62,21 @@ def dataset_settings(cfg: DatasetConfig, white_background: bool) -> dict:
     if cfg.pixel_center:  # recorded only when on, so that caches built before the setting existed still match
         settings["pixel_center"] = True
     return settings
+
+
+def dataset_fingerprint(dataset_type: str, basedir: str) -> Optional[str]:
+    """sha256 over the dataset's camera files (CAMERA_FILES, each name followed by its bytes), so that a cache
+    still matches its dataset after the folder was moved or copied; None when none of them can be read."""
+    digest, found = hashlib.sha256(), False
+    for name in CAMERA_FILES.get(dataset_type, ()):
+        try:
+            with open(os.path.join(basedir, name), "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        digest.update(name.encode() + b"\0" + data)
+        found = True
+    return digest.hexdigest() if found else None
 
 
 def _disk_usage(folder: str) -> int:
@@ -142,7 +164,9 @@ def build_cache(scene: Scene, settings: dict, savedir: str, num_random_rays: Opt
         _write_train_rays(scene, tmp, num_random_rays, rays_per_image, variations, seed, progress)
         _write_val_rays(scene, tmp, seed, progress)
         manifest = {
-            "schema": SCHEMA, "dataset": settings, "height": scene.height, "width": scene.width,
+            "schema": SCHEMA, "dataset": settings,
+            "dataset_fingerprint": dataset_fingerprint(settings["type"], settings["basedir"]),
+            "height": scene.height, "width": scene.width,
             "focal": scene.focal, "near": scene.near, "far": scene.far, "use_ndc": scene.use_ndc,
             "rays_per_image": rays_per_image, "sample_all": num_random_rays is None, "num_variations": variations,
             "seed": seed, "dtype": "float32", "num_train": len(scene.i_train), "num_val": len(scene.i_val),
@@ -207,7 +231,11 @@ class RayCache:
     def check(self, cfg: Config, source: str = "config") -> None:
         """Refuse a cache whose settings disagree with the training config (one line per difference)."""
         expected = dataset_settings(cfg.dataset, cfg.nerf.train.white_background)
-        cached = self.manifest["dataset"]
+        cached = dict(self.manifest["dataset"])
+        fingerprint = self.manifest.get("dataset_fingerprint")
+        if (cached.get("basedir") != expected["basedir"] and fingerprint is not None
+                and fingerprint == dataset_fingerprint(cfg.dataset.type, expected["basedir"])):
+            cached["basedir"] = expected["basedir"]  # the same cameras in another folder: a moved dataset
         keys = sorted(set(expected) | set(cached))
         diffs = [f"{'nerf.train.' if key == 'white_background' else 'dataset.'}{key}: cache {cached.get(key)!r}, "
                  f"config {expected.get(key)!r}" for key in keys if cached.get(key) != expected.get(key)]

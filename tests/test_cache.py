@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -276,3 +277,31 @@ def test_each_rank_takes_its_share_of_the_cached_global_batch(tmp_path, blender_
     assert all(len(part[0]) == 4 for part in parts)
     for k in range(3):
         assert torch.equal(torch.cat([part[k] for part in parts]), whole[k])
+
+
+def test_a_moved_dataset_still_matches_its_cache_and_an_edited_one_does_not(tmp_path, blender_dir):
+    out = tmp_path / "cache"
+    cache_dataset.main(["--datapath", blender_dir, "--halfres", "False", "--savedir", str(out),
+                        "--num-random-rays", "64"])
+    moved = tmp_path / "moved"
+    shutil.copytree(blender_dir, moved)
+    config = {"dataset": {"type": "blender", "basedir": str(moved), "cachedir": str(out)},
+              "nerf": {"train": {"num_random_rays": 32, "white_background": True},
+                       "validation": {"white_background": True}}}
+    RayCache(str(out)).check(config_from_dict(config))  # the same cameras elsewhere: accepted
+    transforms = moved / "transforms_train.json"
+    frames = json.loads(transforms.read_text())
+    frames["camera_angle_x"] *= 1.01
+    transforms.write_text(json.dumps(frames))
+    with pytest.raises(ConfigError, match=r"dataset.basedir: cache '.*', config '.*moved'"):
+        RayCache(str(out)).check(config_from_dict(config))
+    manifest_path = out / "manifest.json"  # a cache without a fingerprint compares the folders' paths
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["dataset_fingerprint"]
+    manifest_path.write_text(json.dumps(manifest))
+    shutil.rmtree(moved)
+    shutil.copytree(blender_dir, moved)
+    with pytest.raises(ConfigError, match="dataset.basedir"):
+        RayCache(str(out)).check(config_from_dict(config))
+    config["dataset"]["basedir"] = blender_dir
+    RayCache(str(out)).check(config_from_dict(config))
