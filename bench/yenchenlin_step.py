@@ -29,7 +29,11 @@ import types
 import numpy as np
 import torch
 
-from nerf.datasets import load_scene
+if __name__ == "__main__":  # a module of bench_nerf.py, not a script (and nerf/ is not on the path here)
+    sys.exit("bench/yenchenlin_step.py is used by bench/bench_nerf.py: run python bench/bench_nerf.py "
+             "--config config/lego.yml --reference-yenchenlin PATH (see its --help)")
+
+from nerf.datasets import load_scene  # noqa: E402
 
 LOADERS = {"load_llff": "load_llff_data", "load_deepvoxels": "load_dv_data", "load_blender": "load_blender_data",
            "load_LINEMOD": "load_LINEMOD_data"}

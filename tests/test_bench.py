@@ -355,3 +355,15 @@ def test_results_that_cannot_be_written_are_printed_and_the_error_names_the_file
         write_json({"seconds_per_step": 2.5}, str(tmp_path / "file" / "out.json"))
     assert json.loads(capsys.readouterr().out) == {"seconds_per_step": 2.5}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "out.json"]  # no temporary file left
+
+
+def test_running_the_yenchenlin_module_as_a_script_says_what_to_run():
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "yenchenlin_step.py")
+    done = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, cwd="/")
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith("--reference-yenchenlin PATH (see its --help)")
+    assert "Traceback" not in done.stderr
