@@ -20,7 +20,8 @@ from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state
 from .contraction import CONTRACTIONS
-from .config import ConfigError, ModelConfig, ModelsConfig, models_config_from_dict, voxel_grid_config_from_dict
+from .config import (ConfigError, ModelConfig, ModelsConfig, VoxelGridConfig, models_config_from_dict,
+                     voxel_grid_config_from_dict)
 from .models import build_model
 
 NATIVE, KRRISH94, YENCHENLIN = "nerf", "krrish94", "yenchenlin"
@@ -122,8 +123,17 @@ def yenchenlin_state(state: dict) -> dict:
     return out
 
 
-def models_from_checkpoint(ckpt: dict, path: str, configured: ModelsConfig) -> LoadedModels:
-    """Build and load coarse (and fine) models from any supported checkpoint (on the CPU)."""
+# The voxel_grid keys that change what a trained grid field renders (the others only steer its training).
+RENDERING_GRID_KEYS = ("representation", "num_voxels", "aspect", "feature_dim", "hidden_size", "num_layers",
+                       "num_encoding_fn_dir", "density_components", "appearance_components", "density_unit",
+                       "step_ratio")
+
+
+def models_from_checkpoint(ckpt: dict, path: str, configured: ModelsConfig,
+                           configured_grid: Optional[VoxelGridConfig] = None) -> LoadedModels:
+    """Build and load coarse (and fine) models from any supported checkpoint (on the CPU). With
+    `configured_grid` (the config's voxel_grid section), a grid checkpoint whose stored section renders
+    otherwise is noted in the description, as a models section that differs is."""
     source, differs = detect_format(ckpt, path), None
     if source == NATIVE:
         stored = (ckpt.get("config") or {}).get("models")
@@ -165,6 +175,11 @@ def models_from_checkpoint(ckpt: dict, path: str, configured: ModelsConfig) -> L
         except ConfigError as err:
             raise CheckpointError(str(err)) from None
         contraction = (stored.get("occupancy") or {}).get("contraction")
+        grid_diffs = [f"{key} {getattr(voxel_grid, key)!r}, config {getattr(configured_grid, key)!r}"
+                      for key in RENDERING_GRID_KEYS
+                      if configured_grid is not None and getattr(voxel_grid, key) != getattr(configured_grid, key)]
+        if grid_diffs and differs is None:
+            differs = f"its voxel_grid ({'; '.join(grid_diffs)}) differs from the config's: using the checkpoint's"
         if contraction not in (None, *CONTRACTIONS):
             raise CheckpointError(f"{path}: stored config key 'occupancy.contraction' is {contraction!r}; "
                                   f"expected one of {', '.join(CONTRACTIONS)} or null")
@@ -222,7 +237,7 @@ def stored_models_if_pruned(ckpt: dict, configured: ModelsConfig) -> ModelsConfi
 def load_models(path: str, cfg, device: torch.device) -> LoadedModels:
     """Read any supported checkpoint and return its models on `device`, in eval mode."""
     ckpt = load_checkpoint(path)
-    loaded = models_from_checkpoint(ckpt, path, cfg.models)
+    loaded = models_from_checkpoint(ckpt, path, cfg.models, cfg.voxel_grid)
     loaded.occupancy_grid = ckpt.get("occupancy_grid") if isinstance(ckpt, dict) else None
     if loaded.source == NATIVE:
         stored = ((ckpt.get("config") or {}).get("dataset") or {}).get("pixel_center", False)  # older runs: corners

@@ -143,3 +143,26 @@ def test_unknown_and_malformed_checkpoints():
     with pytest.raises(CheckpointError, match="cannot be expressed"):
         models_from_checkpoint({"global_step": 0, "network_fn_state_dict": odd_skip}, "s.tar", ModelsConfig())
     assert detect_format({"format_version": 1}, "n.ckpt") == NATIVE
+
+
+def test_a_grid_checkpoint_rendered_with_another_voxel_grid_section_says_so():
+    import dataclasses
+
+    from nerf.config import VoxelGridConfig
+    from nerf.models import build_model
+
+    models = ModelsConfig(coarse=ModelConfig(type="VoxelGridModel"), fine=None)
+    trained_as = VoxelGridConfig(representation="vm", num_voxels=4096, num_voxels_start=4096, grow_steps=[],
+                                 density_components=2, appearance_components=3)
+    model = build_model(models.coarse, trained_as)
+    ckpt = {"format_version": 1, "step": 5, "model_coarse_state_dict": model.state_dict(),
+            "config": {"models": {"coarse": dataclasses.asdict(models.coarse), "fine": None},
+                       "voxel_grid": dataclasses.asdict(trained_as)}}
+    same = models_from_checkpoint(ckpt, "g.ckpt", models, trained_as)
+    assert same.description == "g.ckpt: this project's checkpoint, 5 steps trained"
+    dense = dataclasses.replace(trained_as, representation="dense", grid_lr=0.5)  # grid_lr: training only
+    loaded = models_from_checkpoint(ckpt, "g.ckpt", models, dense)
+    assert loaded.description == ("g.ckpt: this project's checkpoint, 5 steps trained; its voxel_grid "
+                                  "(representation 'vm', config 'dense') differs from the config's: using the "
+                                  "checkpoint's")
+    assert type(loaded.coarse).__name__ == "TensorVMModel"  # and the checkpoint's representation renders
