@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 import tempfile
 import time
 
 from nerf.config import read_yaml
 from nerf.files import first_line
-from nerf.sfm import (VIDEO_EXTENSIONS, PosesError, default_config, extract_video_frames, import_photos, reconstruct,
+from nerf.sfm import (OUTPUT_ENTRIES, VIDEO_EXTENSIONS, PosesError, default_config, extract_video_frames, import_photos, reconstruct,
                       training_downsample_factor, write_llff)
 
 
@@ -31,7 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("input", help="a folder of photos, or a video file")
     parser.add_argument("--out", required=True, help="the scene folder to write (an earlier output of this script there is replaced; "
-                                                    "any other non-empty folder is refused)")
+                                                    "any other non-empty folder, or one holding anything else "
+                                                    "too, is refused)")
     parser.add_argument("--fps", type=float, default=None,
                         help="video: frames taken per second of video (default 2; at most the video's own rate)")
     parser.add_argument("--max-frames", type=int, default=None, help="video: at most this many frames (default 100)")
@@ -52,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_output(source: str, out: str) -> None:
     """PosesError unless `out` may be (re)written: not the input nor a folder holding it, and either new or
-    an earlier output of this script (it is replaced as a whole)."""
+    an earlier output of this script holding nothing else (it is replaced as a whole)."""
     source_real, out_real = os.path.realpath(source), os.path.realpath(out)
     if source_real == out_real or source_real.startswith(out_real + os.sep):
         raise PosesError(f"--out {out}: holds the input {source}, which replacing it would delete; choose another "
@@ -62,6 +64,11 @@ def check_output(source: str, out: str) -> None:
     if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, "poses_bounds.npy")):
         raise PosesError(f"--out {out}: exists and is not an earlier output of imgs2poses.py (no poses_bounds.npy); "
                          "choose a new folder")
+    others = sorted(set(os.listdir(out)) - set(OUTPUT_ENTRIES)) if os.path.isdir(out) else []
+    if others:
+        raise PosesError(f"--out {out}: also holds what imgs2poses.py did not write ({', '.join(others[:5])}"
+                         f"{', ...' if len(others) > 5 else ''}), which replacing the folder would delete; move it "
+                         "out or choose another folder")
 
 
 def main(argv=None) -> dict:
@@ -119,12 +126,18 @@ def summarize(args, result, stages: dict, seconds: float) -> dict:
     width, height = image_size(args.out)
     factor = training_downsample_factor(width)
     preset = read_yaml(os.path.join(ROOT, config))["dataset"]["downsample_factor"]
-    sets = f"dataset.basedir={args.out}" + ("" if factor == preset else f" dataset.downsample_factor={factor}")
+    sets = f"dataset.basedir={shlex.quote(args.out)}" + ("" if factor == preset else f" dataset.downsample_factor={factor}")
     print(f"Capture: {result.capture}. Wrote {args.out} ({width}x{height} images). Train at {width // factor}x"
-          f"{height // factor} with:\n  python train_nerf.py --config {config} --set {sets}")
+          f"{height // factor} with:\n  python {from_here('train_nerf.py')} --config {from_here(config)} --set {sets}")
     return {"registered": result.names, "failed": result.failed, "capture": result.capture, "config": config,
             "downsample_factor": factor, "mean_reprojection_error": result.mean_reprojection_error,
             "stages": stages, "seconds": seconds}
+
+
+def from_here(name: str) -> str:
+    """A file of this repository as a path from the working directory, quoted for a shell: a printed command
+    that works where the user is."""
+    return shlex.quote(os.path.relpath(os.path.join(ROOT, name)))
 
 
 def image_size(scene: str) -> tuple[int, int]:

@@ -23,6 +23,8 @@ from .files import first_line, folder_replaced_on_success
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 DOWNSAMPLE_FACTORS = (2, 4, 8)
+# what write_llff puts into a scene folder, and all that a re-run may replace there
+OUTPUT_ENTRIES = ("poses_bounds.npy", "images") + tuple(f"images_{f}" for f in DOWNSAMPLE_FACTORS)
 MAPPING_ATTEMPTS = 3  # runs of the incremental mapping at most, when one places fewer than half of the images
 
 

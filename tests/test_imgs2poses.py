@@ -208,25 +208,29 @@ def test_cuda_without_a_cuda_build_of_pycolmap_is_a_one_line_error(tmp_path, mon
     assert not (tmp_path / "scene").exists()
 
 
-@pytest.mark.parametrize("case", ["input_inside", "other_folder", "file"])
+@pytest.mark.parametrize("case", ["input_inside", "other_folder", "file", "earlier_output_and_more"])
 def test_an_output_folder_that_would_destroy_data_is_refused_before_any_work(tmp_path, case):
     scene = tmp_path / "my_scene"
     photos = scene / "images" if case == "input_inside" else tmp_path / "photos"
     photos.mkdir(parents=True)
     for k in range(3):
         Image.fromarray(np.full((16, 16, 3), 40 * k, dtype=np.uint8)).save(photos / f"p{k}.png")
-    if case == "other_folder":
+    if case in ("other_folder", "earlier_output_and_more"):
         scene.mkdir()
         (scene / "notes.txt").write_text("someone's files")
+    if case == "earlier_output_and_more":  # a re-run would replace the whole folder, notes.txt with it
+        (scene / "images_8").mkdir()
+        np.save(scene / "poses_bounds.npy", np.zeros((3, 17)))
     if case == "file":
         scene = tmp_path / "scene.txt"
         scene.write_text("a file")
     with pytest.raises(SystemExit) as err:
         imgs2poses.main([str(photos), "--out", str(scene)])
-    expected = {"input_inside": "holds the input", "other_folder": "not an earlier output", "file": "is a file"}[case]
+    expected = {"input_inside": "holds the input", "other_folder": "not an earlier output", "file": "is a file",
+                "earlier_output_and_more": "also holds what imgs2poses.py did not write (notes.txt)"}[case]
     assert expected in str(err.value) and "\n" not in str(err.value)
     assert sorted(p.name for p in photos.iterdir()) == ["p0.png", "p1.png", "p2.png"]
-    assert case != "other_folder" or (scene / "notes.txt").read_text() == "someone's files"
+    assert case not in ("other_folder", "earlier_output_and_more") or (scene / "notes.txt").read_text() == "someone's files"
 
 
 def test_the_images_not_registered_are_named_as_the_user_named_them(tmp_path):
@@ -239,3 +243,14 @@ def test_the_images_not_registered_are_named_as_the_user_named_them(tmp_path):
     summary = imgs2poses.main([str(photos), "--out", str(tmp_path / "scene")])
     assert summary["failed"] == ["IMG_99.jpg"]  # the user's file, not the PNG copy COLMAP was given
     assert len(summary["registered"]) == 12
+
+
+def test_the_printed_command_works_from_the_working_directory(tmp_path, monkeypatch):
+    import shlex
+
+    where = tmp_path / "some where"
+    where.mkdir()
+    monkeypatch.chdir(where)
+    for name in ("train_nerf.py", "config/own_forward_fast.yml"):
+        path = shlex.split(imgs2poses.from_here(name))[0]
+        assert not os.path.isabs(path) and os.path.isfile(path)
