@@ -178,9 +178,37 @@ def test_halfres_false_means_false_and_flags_are_checked(tmp_path):
     with pytest.raises(SystemExit):
         cache_dataset.parse_args(["--datapath", "x", "--downscale", "0", "--savedir", "y"])
     _write_llff(tmp_path / "llff")
-    with pytest.raises(SystemExit, match="--downscale applies to Blender scenes"):
+    with pytest.raises(SystemExit, match=r"error: --downscale: not for a llff scene"):
         cache_dataset.main(["--datapath", str(tmp_path / "llff"), "--downscale", "2", "--savedir", str(tmp_path / "c")])
+    with pytest.raises(SystemExit, match=r"error: --halfres, --blender-stride: not for a llff scene"):
+        cache_dataset.main(["--datapath", str(tmp_path / "llff"), "--halfres", "true", "--blender-stride", "2",
+                            "--savedir", str(tmp_path / "c")])
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config", "c.yml", "--halfres", "true", "--white-background", "false"],
+     "--halfres, --white-background: with --config the dataset settings come from the config; set "
+     "dataset.half_res, nerf.train.white_background there or with --set"),
+    (["--datapath", "x", "--set", "dataset.half_res=true"], "--set applies with --config"),
+    (["--datapath", "x", "--sample-all", "--num-variations", "3"], "--sample-all caches every pixel once"),
+])
+def test_flags_that_would_be_ignored_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        cache_dataset.parse_args(argv + ["--savedir", "y"])
+    assert message in capsys.readouterr().err
+
+
+def test_dataset_errors_name_the_flags_without_a_config(tmp_path, blender_dir):
+    with pytest.raises(SystemExit, match=r"^error: --datapath .*nowhere: no such folder$"):
+        cache_dataset.main(["--datapath", str(tmp_path / "nowhere"), "--savedir", str(tmp_path / "c")])
+    with pytest.raises(SystemExit) as err:
+        cache_dataset.main(["--datapath", str(tmp_path / "nowhere"), "--type", "blender", "--savedir", str(tmp_path / "c")])
+    assert "--datapath DIR" in str(err.value) and "dataset.basedir" not in str(err.value)
+    with pytest.raises(SystemExit) as err:  # the 64-pixel demo images do not divide by 2 x 3
+        cache_dataset.main(["--datapath", blender_dir, "--halfres", "true", "--downscale", "3",
+                            "--savedir", str(tmp_path / "c")])
+    assert "(--downscale, times 2 with --halfres)" in str(err.value)
 
 
 def test_a_blender_cache_at_a_downscale(tmp_path, blender_dir):
