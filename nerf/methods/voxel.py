@@ -9,11 +9,32 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..config import Config
+from ..config import Config, VoxelGridConfig
 from ..losses import background_entropy, ray_distortion_loss, sample_color_loss
 from ..rays import Rays
 from ..voxel_grid import grow, grown_box, lattice_vertices
 from .grid_sampled import GridSampledMethod
+
+
+# the settings that decide the grid's size at each growth
+GROWTH_KEYS = ("num_voxels_start", "num_voxels", "grow_steps", "aspect")
+
+
+def check_growth_schedule(stored: Optional[dict], configured: VoxelGridConfig, start_step: int,
+                          path: Optional[str]) -> None:
+    """ValueError when a run resumed at start_step changes the growth schedule (GROWTH_KEYS) of the checkpoint's
+    stored voxel_grid section where either schedule has a growth before start_step: a growth that happened
+    cannot be redone, and one scheduled in the past would never happen. Changes that act only on growths
+    still to come apply."""
+    if not isinstance(stored, dict):
+        return
+    changed = [key for key in GROWTH_KEYS if key in stored and stored[key] != getattr(configured, key)]
+    past = sorted({s for s in list(stored.get("grow_steps") or []) + configured.grow_steps if s < start_step})
+    if changed and past:
+        what = "; ".join(f"voxel_grid.{key} {getattr(configured, key)!r} (checkpoint: {stored[key]!r})"
+                         for key in changed)
+        raise ValueError(f"{path}: {what}: a run resumed at step {start_step} cannot change the grid's growths at "
+                         f"steps {past}, which are behind it; keep the checkpoint's values or train a new run")
 
 
 class VoxelGridMethod(GridSampledMethod):
@@ -45,6 +66,8 @@ class VoxelGridMethod(GridSampledMethod):
         self.coarse.resize_like(ckpt.get("model_coarse_state_dict") or {})  # grown: the optimizer needs its shapes
 
     def start(self, start_step: int, ckpt: Optional[dict], path: Optional[str] = None) -> None:
+        if ckpt is not None:
+            check_growth_schedule((ckpt.get("config") or {}).get("voxel_grid"), self.cfg.voxel_grid, start_step, path)
         super().start(start_step, ckpt, path)
         self.sampler.fixed_step = self.marching_step()  # from the (loaded) grid and box
         v, self.seen = self.cfg.voxel_grid, None
