@@ -3,9 +3,11 @@
     python plot_psnr.py RUN_DIR[=LABEL] [RUN_DIR[=LABEL] ...] --output FILE.png [--title TEXT]
                         [--time-scale F [F ...]] [--time-unit minutes|seconds]
 
-Each RUN_DIR is a run folder of train_nerf.py (<experiment.logdir>/<experiment.id>). train_nerf.py logs
-`validation/psnr_vs_train_seconds` at every validation: the PSNR over the validation views, with the
-training seconds (validation excluded, continued across resumes) as the step. --time-scale multiplies the
+Each RUN_DIR is a run folder of train_nerf.py (<experiment.logdir>/<experiment.id>). train_nerf.py logs at
+every validation `validation/psnr`, the PSNR over the validation views, and `validation/train_seconds`, the
+training seconds (validation excluded, continued across resumes), both at the step; runs logged before the
+second existed are read from `validation/psnr_vs_train_seconds` (the PSNR with the whole training seconds as
+the step, one point per second). --time-scale multiplies the
 times, e.g. by the speed factor of ../shared/tools/machine_speed.py to plot reference seconds: one factor
 for every run, or one per run in the order of the runs (runs timed while the machine's speed differed);
 put it after the run folders, since it takes every number that follows it.
@@ -21,7 +23,8 @@ import sys
 
 from nerf.files import atomic_write, os_error_line
 
-TAG = "validation/psnr_vs_train_seconds"
+PSNR_TAG, SECONDS_TAG = "validation/psnr", "validation/train_seconds"
+TAG = "validation/psnr_vs_train_seconds"  # older runs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,12 +53,17 @@ def read_curve(run_dir: str) -> list[tuple[float, float]]:
         raise ValueError(f"{run_dir}: no TensorBoard event files (is it a train_nerf.py run folder?)")
     events = EventAccumulator(run_dir, size_guidance={"scalars": 0})  # 0: keep every point
     events.Reload()
-    if TAG not in events.Tags()["scalars"]:
-        raise ValueError(f"{run_dir}: no '{TAG}' scalar (the run never validated: experiment.validate_every)")
-    latest = {}
-    for event in events.Scalars(TAG):  # a resumed run may log a time again: keep the latest write
-        latest[event.step] = (event.wall_time, event.value)
-    return sorted((float(step), value) for step, (_, value) in latest.items())
+    tags = events.Tags()["scalars"]
+
+    def latest(tag: str) -> dict:  # a resumed run logs a step again: keep the latest write
+        return {event.step: event.value for event in sorted(events.Scalars(tag), key=lambda e: e.wall_time)}
+
+    if SECONDS_TAG in tags and PSNR_TAG in tags:
+        seconds, psnr = latest(SECONDS_TAG), latest(PSNR_TAG)
+        return sorted((float(seconds[step]), psnr[step]) for step in seconds if step in psnr)
+    if TAG not in tags:
+        raise ValueError(f"{run_dir}: no '{SECONDS_TAG}' scalar (the run never validated: experiment.validate_every)")
+    return sorted((float(step), value) for step, value in latest(TAG).items())
 
 
 def split_label(text: str) -> tuple[str, str]:

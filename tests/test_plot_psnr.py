@@ -6,11 +6,25 @@ import plot_psnr
 
 
 def _run(folder, points):
+    """A run folder as train_nerf.py writes it: at validation k (step 10 k), the PSNR and the training seconds."""
     writer = SummaryWriter(str(folder))
-    for seconds, value in points:
-        writer.add_scalar(plot_psnr.TAG, value, seconds)
-        writer.add_scalar("validation/psnr", value + 100.0, seconds)  # another tag: ignored
+    for k, (seconds, value) in enumerate(points):
+        writer.add_scalar(plot_psnr.PSNR_TAG, value, 10 * k)
+        writer.add_scalar(plot_psnr.SECONDS_TAG, seconds, 10 * k)
+        writer.add_scalar(plot_psnr.TAG, value + 100.0, round(seconds))  # for TensorBoard: not read
+        writer.add_scalar("validation/loss", value + 200.0, 10 * k)  # another tag: ignored
     writer.close()
+
+
+def test_validations_within_one_second_are_all_plotted_and_older_runs_are_read(tmp_path):
+    _run(tmp_path / "fast", [(1.6, 20.0), (2.2, 21.0), (2.4, 22.0)])  # the old tag had one point at second 2
+    expected = [(1.6, 20.0), (2.2, 21.0), (2.4, 22.0)]
+    assert plot_psnr.read_curve(str(tmp_path / "fast")) == [pytest.approx(point) for point in expected]
+    writer = SummaryWriter(str(tmp_path / "older"))  # a run logged before validation/train_seconds existed
+    for seconds, value in ((60, 20.0), (30, 19.0)):
+        writer.add_scalar(plot_psnr.TAG, value, seconds)
+    writer.close()
+    assert plot_psnr.read_curve(str(tmp_path / "older")) == [(30.0, 19.0), (60.0, 20.0)]
 
 
 def test_curves_are_read_back_in_time_order_and_plotted(tmp_path):
