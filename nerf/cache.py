@@ -36,6 +36,10 @@ CAMERA_FILES = {"blender": ("transforms_train.json", "transforms_val.json", "tra
                 "llff": ("poses_bounds.npy",)}
 
 
+# settings dataset_settings records only when they differ from these (so that older caches still match)
+UNRECORDED_DEFAULTS = {"downscale": 1, "pixel_center": False}
+
+
 def dataset_settings(cfg: DatasetConfig, white_background: bool) -> dict:
     """The resolved settings that determine the cached rays and targets; a cache must agree with them.
 
@@ -237,8 +241,12 @@ class RayCache:
                 and fingerprint == dataset_fingerprint(cfg.dataset.type, expected["basedir"])):
             cached["basedir"] = expected["basedir"]  # the same cameras in another folder: a moved dataset
         keys = sorted(set(expected) | set(cached))
-        diffs = [f"{'nerf.train.' if key == 'white_background' else 'dataset.'}{key}: cache {cached.get(key)!r}, "
-                 f"config {expected.get(key)!r}" for key in keys if cached.get(key) != expected.get(key)]
+
+        def value(settings: dict, key: str):
+            return settings.get(key, UNRECORDED_DEFAULTS.get(key))
+
+        diffs = [f"{'nerf.train.' if key == 'white_background' else 'dataset.'}{key}: cache {value(cached, key)!r}, "
+                 f"config {value(expected, key)!r}" for key in keys if value(cached, key) != value(expected, key)]
         if diffs:
             raise ConfigError(f"{source}: dataset.cachedir {self.folder} was built with other settings: "
                               + "; ".join(diffs) + " (rebuild it with cache_dataset.py --config)")

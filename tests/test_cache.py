@@ -95,10 +95,10 @@ def test_manifest_mismatch_is_refused(tmp_path, blender_dir):
     assert "exceeds the 64 cached rays" in str(err.value)
     with pytest.raises(SystemExit) as err:  # the cache's rays pass through the pixels' corners
         train_nerf.main(["--config", str(config), "--set", "dataset.half_res=false", "dataset.pixel_center=true"])
-    assert "dataset.pixel_center: cache None, config True" in str(err.value)
+    assert "dataset.pixel_center: cache False, config True" in str(err.value)
     with pytest.raises(SystemExit) as err:  # the cache's images were not downscaled
         train_nerf.main(["--config", str(config), "--set", "dataset.half_res=false", "dataset.downscale=2"])
-    assert "dataset.downscale: cache None, config 2" in str(err.value)
+    assert "dataset.downscale: cache 1, config 2" in str(err.value)
     os.remove(out / "train" / "rays_0000.npy")
     with pytest.raises(SystemExit) as err:
         train_nerf.main(["--config", str(config), "--set", "dataset.half_res=false"])
