@@ -155,6 +155,9 @@ def test_llff_bad_inputs(tmp_path):
     _write_llff(tmp_path)
     with pytest.raises(DatasetError, match="images_4: image folder not found"):
         load_llff(str(tmp_path), factor=4)
+    with pytest.raises(DatasetError, match=r"images: image folder not found for dataset.downsample_factor=1 \(the "
+                                           r"full-size images\); this scene has images_8$"):
+        load_llff(str(tmp_path), factor=1)
     os.remove(tmp_path / "images_8" / "img_003.png")
     with pytest.raises(DatasetError, match=r"poses_bounds.npy: has 9 rows but .*images_8 holds 8 images"):
         load_llff(str(tmp_path), factor=8)

@@ -128,6 +128,10 @@ def _read_images(basedir: str, factor: int, count: int, pose_path: str) -> list:
     """The `count` RGB images of images_<factor>/ (images/ for factor 1), all of one size: [H, W, 3] each."""
     folder = os.path.join(basedir, "images" if factor == 1 else f"images_{factor}")
     if not os.path.isdir(folder):
+        if factor == 1:
+            present = sorted(name for name in os.listdir(basedir) if name.startswith("images_"))
+            raise DatasetError(f"{folder}: image folder not found for dataset.downsample_factor=1 (the full-size "
+                               f"images){'; this scene has ' + ', '.join(present) if present else ''}")
         raise DatasetError(f"{folder}: image folder not found for dataset.downsample_factor={factor} "
                            "(create it by downscaling images/, e.g. with ImageMagick mogrify)")
     image_paths = _list_images(folder)
