@@ -44,6 +44,8 @@ def natural_key(name: str):
 
 
 def list_frames(folder: str) -> list:
+    if os.path.isfile(folder):
+        raise FileNotFoundError(f"{folder}: a file; give the folder of frames (eval_nerf.py's output)")
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{folder}: folder not found")
     frames = sorted((name for name in os.listdir(folder) if name.lower().endswith(".png")), key=natural_key)

@@ -93,6 +93,8 @@ def nonfinite_tensors(modules: dict) -> list[str]:
 
 def load_checkpoint(path: str) -> dict:
     """Read a checkpoint onto the CPU with weights_only=True (no arbitrary code runs)."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:

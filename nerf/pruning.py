@@ -201,7 +201,8 @@ def apply_pruning_event(run: PruningRun, models: dict, model_configs) -> tuple:
 def models_to_prune(which: str, coarse, fine, checkpoint, excluded) -> dict:
     """The models `--prune coarse|fine|both` compresses; ValueError with the reason when it cannot."""
     if not checkpoint:
-        raise ValueError("--prune compresses a trained model: give it with --load-checkpoint")
+        raise ValueError("--prune compresses a trained model: give its checkpoint with --load-checkpoint PATH (or "
+                         "auto, in a run folder that has one)")
     chosen = {"coarse": ["coarse"], "fine": ["fine"], "both": ["coarse", "fine"]}[which]
     models = {"coarse": coarse, "fine": fine}
     if "fine" in chosen and fine is None:
@@ -216,6 +217,9 @@ def models_to_prune(which: str, coarse, fine, checkpoint, excluded) -> dict:
         if unknown:
             raise ValueError(f"pruning.excluded_layers: {unknown} are not prunable layers of the {name} model "
                              f"(those are {', '.join(prunable_layers(models[name]))})")
+        if not prunable_layers(models[name], excluded):
+            raise ValueError(f"--prune {which}: pruning.excluded_layers excludes every prunable layer of the {name} "
+                             f"model ({', '.join(prunable_layers(models[name]))}): nothing to prune")
     return {name: models[name] for name in chosen}
 
 

@@ -113,8 +113,11 @@ def import_photos(folder: str, out_dir: str) -> dict:
     photos of different sizes. Returns {"photos", "skipped", "rotated", "size"}."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    if os.path.isfile(folder):
+        raise PosesError(f"{folder}: a file, but not a video ({', '.join(VIDEO_EXTENSIONS)}); give a folder of photos "
+                         "or a video")
     if not os.path.isdir(folder):
-        raise PosesError(f"{folder}: no such folder (or video file)")
+        raise PosesError(f"{folder}: no such folder or video file")
     entries = sorted(name for name in os.listdir(folder) if not name.startswith("."))
     photos = [name for name in entries if name.lower().endswith(IMAGE_EXTENSIONS)]
     skipped = [name for name in entries if name not in photos]

@@ -65,6 +65,8 @@ def test_architecture_mismatch_is_a_clear_error(tmp_path):
 def test_unreadable_and_foreign_files(tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint file not found"):
         load_checkpoint(str(tmp_path / "none.ckpt"))
+    with pytest.raises(CheckpointError, match="a folder, not a checkpoint file"):
+        load_checkpoint(str(tmp_path))
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"\x00garbage" * 10)
     with pytest.raises(CheckpointError, match="junk.ckpt: not a readable checkpoint"):

@@ -68,6 +68,10 @@ def test_a_failed_write_keeps_the_earlier_gif(tmp_path, monkeypatch):
 def test_missing_or_empty_folder(tmp_path):
     with pytest.raises(SystemExit, match="folder not found"):
         makegif.main([str(tmp_path / "none")])
+    (tmp_path / "frame.png").write_bytes(b"")
+    with pytest.raises(SystemExit, match="frame.png: a file; give the folder of frames"):
+        makegif.main([str(tmp_path / "frame.png")])
+    (tmp_path / "frame.png").unlink()
     with pytest.raises(SystemExit, match="no PNG frames"):
         makegif.main([str(tmp_path)])
     with pytest.raises(SystemExit):

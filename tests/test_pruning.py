@@ -9,7 +9,8 @@ import train_nerf
 from nerf.checkpoint import load_checkpoint
 from nerf.datasets.demo import generate_demo_scene
 from nerf.models import NeRFModel, count_parameters
-from nerf.pruning import consumers, layer_widths, models_to_prune, prune_model, remove_neurons, transfer_optimizer
+from nerf.pruning import (consumers, layer_widths, models_to_prune, prunable_layers, prune_model, remove_neurons,
+                          transfer_optimizer)
 
 
 def _model():
@@ -148,5 +149,9 @@ def test_prune_refusals(tmp_path):
         models_to_prune("both", _model(), _model(), None, [])
     with pytest.raises(ValueError, match="no fine network"):
         models_to_prune("fine", _model(), None, "x.ckpt", [])
+    every = prunable_layers(_model())
+    models_to_prune("coarse", _model(), None, "x.ckpt", every[1:])  # one layer left to prune
+    with pytest.raises(ValueError, match="excludes every prunable layer of the coarse model .*: nothing to prune"):
+        models_to_prune("coarse", _model(), None, "x.ckpt", every)
     with pytest.raises(ValueError, match="not prunable"):
         models_to_prune("coarse", _model(), None, "x.ckpt", ["rgb_linear"])

@@ -165,3 +165,11 @@ def test_the_training_images_come_nearest_500_pixels_wide():
     cases = {192: 1, 496: 1, 760: 2, 1008: 2, 1920: 4, 4032: 8, 8000: 8}  # 760: 380 is 120 off 500, 760 is 260 off
     assert {width: training_downsample_factor(width) for width in cases} == cases
     assert training_downsample_factor(667) == 2  # 333.5 and 667 are both 167 off: the smaller images
+
+
+def test_an_input_that_is_neither_a_folder_nor_a_video_says_which(tmp_path):
+    (tmp_path / "photo.png").write_bytes(b"")
+    with pytest.raises(PosesError, match=r"photo.png: a file, but not a video \(.mp4, "):
+        import_photos(str(tmp_path / "photo.png"), str(tmp_path / "out"))
+    with pytest.raises(PosesError, match=r"nowhere: no such folder or video file$"):
+        import_photos(str(tmp_path / "nowhere"), str(tmp_path / "out"))
