@@ -42,6 +42,7 @@ from nerf.files import atomic_write, os_error_line, stays_below, write_error
 from nerf.importers import NATIVE, LoadedModels, load_models
 from nerf.methods import build_method
 from nerf.metrics import LpipsMetric, psnr, ssim
+from nerf.rendering import stride_too_coarse
 
 
 SSIM_WINDOW = 11  # the NeRF convention (tf.image.ssim)
@@ -295,11 +296,9 @@ def evaluate(args, cfg, opts, scene, method, loaded, world: World = SINGLE) -> d
         positions = select_views(len(ids), args.views, args.max_views)
     except ValueError as err:
         sys.exit(f"error: {err}")
-    rendered = [math.ceil(side / args.downsample) for side in (scene.width, scene.height)]  # every n-th pixel
-    if min(rendered) < 4:  # 1 to 3 pixels a side are no image
-        sys.exit(f"error: --downsample {args.downsample}: the {scene.width}x{scene.height} views would render at "
-                 f"{rendered[0]}x{rendered[1]}; at most {max(1, math.ceil(min(scene.width, scene.height) / 4))} here "
-                 "(4 pixels or more a side)")
+    too_coarse = stride_too_coarse(scene.width, scene.height, args.downsample)  # every n-th pixel
+    if too_coarse:
+        sys.exit(f"error: --downsample {args.downsample}: {too_coarse}")
     error = None
     if world.is_main:
         try:

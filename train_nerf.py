@@ -44,6 +44,7 @@ from nerf.optimizer import build_optimizer, keep_configured_groups, set_learning
 from nerf.preemption import PreemptionRequest
 from nerf.pruning import PruningRun, apply_pruning_event, start_pruning, transfer_optimizer
 from nerf.rays import prepare_rays
+from nerf.rendering import stride_too_coarse
 from nerf.runtime import grad_scaler
 from nerf.schedule import learning_rate
 
@@ -429,6 +430,9 @@ def set_up(args, world: World, cfg: Config, device: torch.device) -> tuple:
     messages are printed once all of it has succeeded, so that a refusal is the only line of a failed start."""
     torch.manual_seed(cfg.experiment.randomseed)
     scene, batcher, num_train = load_data(cfg, args.config, device, world)
+    too_coarse = stride_too_coarse(scene.width, scene.height, cfg.nerf.validation.downsample)
+    if cfg.experiment.validate_every and too_coarse:
+        raise ValueError(f"{args.config}: nerf.validation.downsample {cfg.nerf.validation.downsample}: {too_coarse}")
     notes = []
     args.load_checkpoint, ckpt = checkpoint_to_load(args.load_checkpoint, cfg, notes, world.is_main)
     ckpt, foreign, cfg = read_start(args.load_checkpoint, cfg, args.config, notes, ckpt)

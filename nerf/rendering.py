@@ -26,6 +26,20 @@ from .runtime import evaluate_points, run_network
 from .sampling import hierarchical_samples, stratified_samples
 
 
+MIN_RENDERED_SIDE = 4  # 1 to 3 pixels a side are no image to validate or evaluate on
+
+
+def stride_too_coarse(width: int, height: int, stride: int) -> Optional[str]:
+    """Why rendering every stride-th pixel of width x height views (ceil(W / s) x ceil(H / s) pixels) gives too
+    small an image, or None when each side has at least MIN_RENDERED_SIDE pixels."""
+    rendered = [-(-side // stride) for side in (width, height)]
+    if min(rendered) >= MIN_RENDERED_SIDE:
+        return None
+    largest = max(1, -(-min(width, height) // MIN_RENDERED_SIDE))
+    return (f"the {width}x{height} views would render at {rendered[0]}x{rendered[1]}; at most {largest} here "
+            f"({MIN_RENDERED_SIDE} pixels or more a side)")
+
+
 def render_rays_hierarchical(coarse: nn.Module, fine: Optional[nn.Module], rays: Rays, opts: RenderConfig,
                              generator: Optional[torch.Generator] = None) -> dict:
     """The paper's renderer: the coarse model on stratified samples and, if num_fine > 0, the fine model on
