@@ -21,3 +21,17 @@ def speed_factor() -> dict:
         return json.loads(result.stdout)
     except json.JSONDecodeError:
         return {"unavailable": f"machine_speed.py printed no JSON ({(result.stderr or result.stdout)[-200:]})"}
+
+
+def main(argv=None) -> dict:
+    import argparse
+
+    argparse.ArgumentParser(description="Print this machine's speed factor as the benches record it (JSON; "
+                                        "reference seconds = wall seconds x speed_factor).").parse_args(argv)
+    factor = speed_factor()
+    print(json.dumps(factor, indent=1))
+    return factor
+
+
+if __name__ == "__main__":
+    main()

@@ -146,7 +146,7 @@ def test_the_profiled_host_waits_are_named_on_cuda(monkeypatch):
     assert 0 < run["device_busy_seconds_per_step"]
 
 
-def test_the_speed_factor_comes_from_machine_speed_or_says_why_not(tmp_path, monkeypatch):
+def test_the_speed_factor_comes_from_machine_speed_or_says_why_not(tmp_path, monkeypatch, capsys):
     from bench import machine
 
     monkeypatch.setattr(machine, "MACHINE_SPEED", str(tmp_path / "missing.py"))
@@ -155,6 +155,8 @@ def test_the_speed_factor_comes_from_machine_speed_or_says_why_not(tmp_path, mon
     tool.write_text("import json, sys\nassert sys.argv[1:] == ['--json']\nprint(json.dumps({'speed_factor': 1.25}))\n")
     monkeypatch.setattr(machine, "MACHINE_SPEED", str(tool))
     assert machine.speed_factor() == {"speed_factor": 1.25}
+    assert machine.main([]) == {"speed_factor": 1.25}  # python bench/machine.py prints it
+    assert json.loads(capsys.readouterr().out) == {"speed_factor": 1.25}
 
 
 FAKE_RUN_NERF = """
