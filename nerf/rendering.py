@@ -35,9 +35,11 @@ def stride_too_coarse(width: int, height: int, stride: int) -> Optional[str]:
     rendered = [-(-side // stride) for side in (width, height)]
     if min(rendered) >= MIN_RENDERED_SIDE:
         return None
-    largest = max(1, -(-min(width, height) // MIN_RENDERED_SIDE))
-    return (f"the {width}x{height} views would render at {rendered[0]}x{rendered[1]}; at most {largest} here "
-            f"({MIN_RENDERED_SIDE} pixels or more a side)")
+    # ceil(m / s) >= 4 <=> m / s > 3 <=> s <= (m - 1) // 3: the largest stride that still gives 4 pixels
+    largest = (min(width, height) - 1) // (MIN_RENDERED_SIDE - 1)
+    hint = f"at most {largest} here" if largest >= 1 else "the views themselves are smaller"
+    return (f"the {width}x{height} views would render at {rendered[0]}x{rendered[1]}; {hint} ({MIN_RENDERED_SIDE} "
+            "pixels or more a side)")
 
 
 def render_rays_hierarchical(coarse: nn.Module, fine: Optional[nn.Module], rays: Rays, opts: RenderConfig,

@@ -1,9 +1,11 @@
+import math
+
 import torch
 
 from nerf.config import RenderConfig
 from nerf.models import NeRFModel
 from nerf.rays import get_rays, prepare_rays
-from nerf.rendering import render_image, render_rays
+from nerf.rendering import render_image, render_rays, stride_too_coarse
 
 
 def _small_models():
@@ -49,3 +51,15 @@ def test_render_image_through_pixel_centres_renders_the_centre_rays():
     torch.testing.assert_close(image["rgb"], expected["rgb"].reshape(6, 5, 3))
     corners = render_image(coarse, fine, c2w, 6, 5, 5.0, 2.0, 6.0, False, opts)
     assert not torch.allclose(image["rgb"], corners["rgb"])
+
+
+def test_a_stride_is_refused_below_4_pixels_a_side_and_the_hint_is_the_largest_that_works():
+    for width, height in [(20, 20), (400, 400), (504, 378), (5, 9), (3, 8)]:
+        for stride in range(1, 150):
+            reason = stride_too_coarse(width, height, stride)
+            assert (reason is None) == (min(math.ceil(width / stride), math.ceil(height / stride)) >= 4)
+            if reason is not None and "at most" in reason:
+                largest = int(reason.split("at most ")[1].split()[0])
+                assert stride_too_coarse(width, height, largest) is None
+                assert stride_too_coarse(width, height, largest + 1) is not None
+    assert "the views themselves are smaller" in stride_too_coarse(3, 8, 1)

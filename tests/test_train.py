@@ -155,7 +155,7 @@ def test_bad_inputs_exit_with_one_line_errors(tmp_path, scene_dir, capsys):
     with pytest.raises(SystemExit) as err:  # the 20x20 views at every 7th pixel: 3x3
         train_nerf.main(["--config", config, "--set", "experiment.validate_every=2", "nerf.validation.downsample=7"])
     assert str(err.value) == (f"error: {config}: nerf.validation.downsample 7: the 20x20 views would render at 3x3; "
-                              "at most 5 here (4 pixels or more a side)")
+                              "at most 6 here (4 pixels or more a side)")
     assert not os.path.exists(tmp_path / "logs" / "run")
     with pytest.raises(SystemExit) as err:
         train_nerf.main(["--config", config, "--set", "models.coarse.bogus=1"])
