@@ -58,12 +58,18 @@ def read_curve(run_dir: str) -> list[tuple[float, float]]:
     def latest(tag: str) -> dict:  # a resumed run logs a step again: keep the latest write
         return {event.step: event.value for event in sorted(events.Scalars(tag), key=lambda e: e.wall_time)}
 
+    points = []
     if SECONDS_TAG in tags and PSNR_TAG in tags:
         seconds, psnr = latest(SECONDS_TAG), latest(PSNR_TAG)
-        return sorted((float(seconds[step]), psnr[step]) for step in seconds if step in psnr)
-    if TAG not in tags:
-        raise ValueError(f"{run_dir}: no '{SECONDS_TAG}' scalar (the run never validated: experiment.validate_every)")
-    return sorted((float(step), value) for step, value in latest(TAG).items())
+        points = sorted((float(seconds[step]), psnr[step]) for step in seconds if step in psnr)
+    if TAG in tags:  # a run logged before train_seconds existed, or its validations before a resume with it
+        first = points[0][0] if points else math.inf
+        points = sorted([(float(step), value) for step, value in latest(TAG).items() if step < first] + points)
+    if not points:
+        why = ("its validations predate the timing scalars" if PSNR_TAG in tags
+               else "the run never validated: experiment.validate_every")
+        raise ValueError(f"{run_dir}: no '{SECONDS_TAG}' scalar ({why})")
+    return points
 
 
 def split_label(text: str) -> tuple[str, str]:

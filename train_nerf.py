@@ -341,7 +341,7 @@ def log_validation(writer, cfg: Config, scene: Scene, method: Method, clock: Clo
     if first:
         writer.add_image("validation/target", val["target"], step, dataformats="HWC")
     train_seconds = clock.train_seconds()
-    writer.add_scalar("validation/train_seconds", train_seconds, step)  # plot_psnr.py's times, to the millisecond
+    writer.add_scalar("validation/train_seconds", train_seconds, step)  # plot_psnr.py's times
     writer.add_scalar("validation/psnr_vs_train_seconds", val["psnr"], round(train_seconds))  # TensorBoard's view
     tqdm.write(f"[step {step}] validation PSNR {val['psnr']:.2f} dB ({time.time() - clock.start:.0f} s; "
                f"{train_seconds:.0f} s training)")

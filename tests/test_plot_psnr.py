@@ -25,6 +25,11 @@ def test_validations_within_one_second_are_all_plotted_and_older_runs_are_read(t
         writer.add_scalar(plot_psnr.TAG, value, seconds)
     writer.close()
     assert plot_psnr.read_curve(str(tmp_path / "older")) == [(30.0, 19.0), (60.0, 20.0)]
+    writer = SummaryWriter(str(tmp_path / "older"))  # ... resumed with train_nerf.py as it is now
+    writer.add_scalar(plot_psnr.PSNR_TAG, 21.0, 40)
+    writer.add_scalar(plot_psnr.SECONDS_TAG, 90.5, 40)
+    writer.close()
+    assert plot_psnr.read_curve(str(tmp_path / "older")) == [(30.0, 19.0), (60.0, 20.0), (90.5, 21.0)]
 
 
 def test_curves_are_read_back_in_time_order_and_plotted(tmp_path):
