@@ -20,8 +20,8 @@ import time
 
 from nerf.config import read_yaml
 from nerf.files import first_line
-from nerf.sfm import (OUTPUT_ENTRIES, VIDEO_EXTENSIONS, PosesError, default_config, extract_video_frames, import_photos, reconstruct,
-                      training_downsample_factor, write_llff)
+from nerf.sfm import (OS_METADATA, OUTPUT_ENTRIES, VIDEO_EXTENSIONS, PosesError, default_config, extract_video_frames,
+                      import_photos, reconstruct, training_downsample_factor, write_llff)
 
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -64,7 +64,7 @@ def check_output(source: str, out: str) -> None:
     if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, "poses_bounds.npy")):
         raise PosesError(f"--out {out}: exists and is not an earlier output of imgs2poses.py (no poses_bounds.npy); "
                          "choose a new folder")
-    others = sorted(set(os.listdir(out)) - set(OUTPUT_ENTRIES)) if os.path.isdir(out) else []
+    others = sorted(set(os.listdir(out)) - set(OUTPUT_ENTRIES) - set(OS_METADATA)) if os.path.isdir(out) else []
     if others:
         raise PosesError(f"--out {out}: also holds what imgs2poses.py did not write ({', '.join(others[:5])}"
                          f"{', ...' if len(others) > 5 else ''}), which replacing the folder would delete; move it "
@@ -126,7 +126,8 @@ def summarize(args, result, stages: dict, seconds: float) -> dict:
     width, height = image_size(args.out)
     factor = training_downsample_factor(width)
     preset = read_yaml(os.path.join(ROOT, config))["dataset"]["downsample_factor"]
-    sets = f"dataset.basedir={shlex.quote(args.out)}" + ("" if factor == preset else f" dataset.downsample_factor={factor}")
+    sets = f"dataset.basedir={shlex.quote(args.out)}"
+    sets += "" if factor == preset else f" dataset.downsample_factor={factor}"
     print(f"Capture: {result.capture}. Wrote {args.out} ({width}x{height} images). Train at {width // factor}x"
           f"{height // factor} with:\n  python {from_here('train_nerf.py')} --config {from_here(config)} --set {sets}")
     return {"registered": result.names, "failed": result.failed, "capture": result.capture, "config": config,

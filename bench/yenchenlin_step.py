@@ -26,12 +26,12 @@ import tempfile
 import time
 import types
 
-import numpy as np
-import torch
-
 if __name__ == "__main__":  # a module of bench_nerf.py, not a script (and nerf/ is not on the path here)
     sys.exit("bench/yenchenlin_step.py is used by bench/bench_nerf.py: run python bench/bench_nerf.py "
              "--config config/lego.yml --reference-yenchenlin PATH (see its --help)")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from nerf.datasets import load_scene  # noqa: E402
 

@@ -30,10 +30,10 @@ from .rays import pixel_offset
 
 SCHEMA = 1
 
-# The files that hold a dataset's cameras: what identifies it wherever its folder is now.
-CAMERA_FILES = {"blender": ("transforms_train.json", "transforms_val.json", "transforms_test.json"),
-                "demo": ("transforms_train.json", "transforms_val.json", "transforms_test.json"),
-                "llff": ("poses_bounds.npy",)}
+# What identifies a dataset wherever its folder is now: the files that hold its cameras (their bytes) and the
+# folders of its images (the names and sizes of their files: a resized copy keeps the cameras of the original)
+BLENDER_FILES = ("transforms_train.json", "transforms_val.json", "transforms_test.json"), ("train", "val", "test")
+CAMERA_FILES = {"blender": BLENDER_FILES[0], "demo": BLENDER_FILES[0], "llff": ("poses_bounds.npy",)}
 
 
 # settings dataset_settings records only when they differ from these (so that older caches still match)
@@ -60,17 +60,27 @@ def dataset_settings(cfg: DatasetConfig, white_background: bool) -> dict:
         settings.update(downsample_factor=cfg.downsample_factor, llffhold=cfg.llffhold, bd_factor=cfg.bd_factor,
                         recenter=cfg.recenter, spherify=cfg.spherify)
     else:
-        settings.update(half_res=cfg.half_res, testskip=cfg.testskip)
-        if cfg.downscale != 1:  # recorded only when set, so that caches built before the setting existed match
-            settings["downscale"] = cfg.downscale
-    if cfg.pixel_center:  # recorded only when on, so that caches built before the setting existed still match
-        settings["pixel_center"] = True
-    return settings
+        settings.update(half_res=cfg.half_res, testskip=cfg.testskip, downscale=cfg.downscale)
+    settings["pixel_center"] = cfg.pixel_center
+    # settings added later are recorded only when not at their default, so that older caches still match
+    return {key: value for key, value in settings.items()
+            if key not in UNRECORDED_DEFAULTS or value != UNRECORDED_DEFAULTS[key]}
+
+
+def image_folders(dataset_type: str, basedir: str) -> list[str]:
+    """The folders of a dataset's images: Blender's train/val/test, LLFF's images and images_<factor>."""
+    if dataset_type == "llff":
+        try:
+            return sorted(name for name in os.listdir(basedir) if name == "images" or name.startswith("images_"))
+        except OSError:
+            return []
+    return list(BLENDER_FILES[1])
 
 
 def dataset_fingerprint(dataset_type: str, basedir: str) -> Optional[str]:
-    """sha256 over the dataset's camera files (CAMERA_FILES, each name followed by its bytes), so that a cache
-    still matches its dataset after the folder was moved or copied; None when none of them can be read."""
+    """sha256 over the dataset's camera files (CAMERA_FILES: each name and its bytes) and the name and size of
+    each file in its image folders, so that a cache still matches its dataset after the folder was moved or
+    copied; None when no camera file can be read."""
     digest, found = hashlib.sha256(), False
     for name in CAMERA_FILES.get(dataset_type, ()):
         try:
@@ -80,6 +90,14 @@ def dataset_fingerprint(dataset_type: str, basedir: str) -> Optional[str]:
             continue
         digest.update(name.encode() + b"\0" + data)
         found = True
+    for folder in image_folders(dataset_type, basedir):
+        path = os.path.join(basedir, folder)
+        try:
+            names = sorted(name for name in os.listdir(path) if not name.startswith("."))
+        except OSError:
+            continue
+        for name in names:
+            digest.update(f"{folder}/{name}:{os.path.getsize(os.path.join(path, name))}\n".encode())
     return digest.hexdigest() if found else None
 
 

@@ -178,8 +178,9 @@ def models_from_checkpoint(ckpt: dict, path: str, configured: ModelsConfig,
         grid_diffs = [f"{key} {getattr(voxel_grid, key)!r}, config {getattr(configured_grid, key)!r}"
                       for key in RENDERING_GRID_KEYS
                       if configured_grid is not None and getattr(voxel_grid, key) != getattr(configured_grid, key)]
-        if grid_diffs and differs is None:
-            differs = f"its voxel_grid ({'; '.join(grid_diffs)}) differs from the config's: using the checkpoint's"
+        if grid_diffs:
+            grid_note = f"its voxel_grid ({'; '.join(grid_diffs)}) differs from the config's: using the checkpoint's"
+            differs = f"{differs}; {grid_note}" if differs else grid_note
         if contraction not in (None, *CONTRACTIONS):
             raise CheckpointError(f"{path}: stored config key 'occupancy.contraction' is {contraction!r}; "
                                   f"expected one of {', '.join(CONTRACTIONS)} or null")

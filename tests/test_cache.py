@@ -203,7 +203,8 @@ def test_dataset_errors_name_the_flags_without_a_config(tmp_path, blender_dir):
     with pytest.raises(SystemExit, match=r"^error: --datapath .*nowhere: no such folder$"):
         cache_dataset.main(["--datapath", str(tmp_path / "nowhere"), "--savedir", str(tmp_path / "c")])
     with pytest.raises(SystemExit) as err:
-        cache_dataset.main(["--datapath", str(tmp_path / "nowhere"), "--type", "blender", "--savedir", str(tmp_path / "c")])
+        cache_dataset.main(["--datapath", str(tmp_path / "nowhere"), "--type", "blender",
+                            "--savedir", str(tmp_path / "c")])
     assert "--datapath DIR" in str(err.value) and "dataset.basedir" not in str(err.value)
     with pytest.raises(SystemExit) as err:  # the 64-pixel demo images do not divide by 2 x 3
         cache_dataset.main(["--datapath", blender_dir, "--halfres", "true", "--downscale", "3",
@@ -317,6 +318,13 @@ def test_a_moved_dataset_still_matches_its_cache_and_an_edited_one_does_not(tmp_
               "nerf": {"train": {"num_random_rays": 32, "white_background": True},
                        "validation": {"white_background": True}}}
     RayCache(str(out)).check(config_from_dict(config))  # the same cameras elsewhere: accepted
+    image = next((moved / "train").iterdir())  # a resized copy keeps the cameras but not the image files' sizes
+    original = image.read_bytes()
+    image.write_bytes(original + b"\0")
+    with pytest.raises(ConfigError, match=r"dataset.basedir: cache '.*', config '.*moved'"):
+        RayCache(str(out)).check(config_from_dict(config))
+    image.write_bytes(original)
+    RayCache(str(out)).check(config_from_dict(config))
     transforms = moved / "transforms_train.json"
     frames = json.loads(transforms.read_text())
     frames["camera_angle_x"] *= 1.01

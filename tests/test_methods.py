@@ -190,8 +190,8 @@ def test_a_resume_may_change_only_the_growths_still_to_come():
     check_growth_schedule(stored, same, 6, "c.ckpt")  # unchanged: anywhere
     finer = VoxelGridConfig(num_voxels_start=512, num_voxels=32768, grow_steps=[4, 8])
     check_growth_schedule(stored, finer, 4, "c.ckpt")  # nothing grown yet (step 4 grows at its start)
-    with pytest.raises(ValueError, match=r"^c.ckpt: voxel_grid.num_voxels 32768 \(checkpoint: 4096\): a run resumed at "
-                                         r"step 5 cannot change the grid's growths at steps \[4\]"):
+    with pytest.raises(ValueError, match=r"^c.ckpt: voxel_grid.num_voxels: 32768 \(checkpoint: 4096\): a run resumed "
+                                         r"at step 5 cannot change the grid's growths at steps \[4\]"):
         check_growth_schedule(stored, finer, 5, "c.ckpt")
     earlier = VoxelGridConfig(num_voxels_start=512, num_voxels=4096, grow_steps=[2, 8])  # step 2 would never come
     with pytest.raises(ValueError, match=r"growths at steps \[2\]"):

@@ -31,7 +31,7 @@ def check_growth_schedule(stored: Optional[dict], configured: VoxelGridConfig, s
     changed = [key for key in GROWTH_KEYS if key in stored and stored[key] != getattr(configured, key)]
     past = sorted({s for s in list(stored.get("grow_steps") or []) + configured.grow_steps if s < start_step})
     if changed and past:
-        what = "; ".join(f"voxel_grid.{key} {getattr(configured, key)!r} (checkpoint: {stored[key]!r})"
+        what = "; ".join(f"voxel_grid.{key}: {getattr(configured, key)!r} (checkpoint: {stored[key]!r})"
                          for key in changed)
         raise ValueError(f"{path}: {what}: a run resumed at step {start_step} cannot change the grid's growths at "
                          f"steps {past}, which are behind it; keep the checkpoint's values or train a new run")
