@@ -63,7 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="render at 1/N resolution (every N-th pixel; metrics against the same pixels)")
     parser.add_argument("--views", default=None, help="comma-separated view numbers within the split, e.g. 0,8,16")
     parser.add_argument("--max-views", type=int, default=None, help="render at most N views (evenly spaced)")
-    parser.add_argument("--chunksize", type=int, default=None, help="rays per chunk (memory knob)")
+    parser.add_argument("--chunksize", type=int, default=None, help="rays rendered at once, with either sampler (memory "
+                                                                    "knob; nerf.validation.chunksize, occupancy.render_chunk)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the frames and metrics of an earlier evaluation in the output folder")
     add_set_argument(parser)
@@ -201,8 +202,9 @@ def set_up(args) -> tuple:
         cfg = load_config(args.config, args.set)
         device = process_device(cfg.experiment.device)
         opts = cfg.nerf.validation
-        if args.chunksize is not None:
+        if args.chunksize is not None:  # both samplers' chunk: the occupancy grid marches render_chunk rays at once
             opts = dataclasses.replace(opts, chunksize=args.chunksize)
+            cfg = dataclasses.replace(cfg, occupancy=dataclasses.replace(cfg.occupancy, render_chunk=args.chunksize))
         loaded = load_models(args.checkpoint, cfg, device)
         note = None
         if loaded.pixel_center is not None and loaded.pixel_center != cfg.dataset.pixel_center:

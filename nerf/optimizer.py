@@ -121,11 +121,11 @@ def _fused_available(device: torch.device) -> bool:
 
 
 def keep_configured_groups(optimizer: torch.optim.Optimizer, configured: torch.optim.Optimizer) -> None:
-    """After loading a checkpoint's optimizer state: take lr_scale, the kernel choice (fused) and the masked
-    rows from the configured optimizer, not the stored ones (a changed voxel_grid.grid_lr or masked_adam, or
-    another device, applies)."""
+    """After loading a checkpoint's optimizer state: take the hyperparameters (betas, eps, weight decay),
+    lr_scale, the kernel choice (fused) and the masked rows from the configured optimizer, not the stored ones
+    (a changed optimizer.eps, voxel_grid.grid_lr or masked_adam, or another device, applies)."""
     for group, fresh in zip(optimizer.param_groups, configured.param_groups):
-        for key in ("lr_scale", "fused", "masked_rows"):
+        for key in ("betas", "eps", "weight_decay", "lr_scale", "fused", "masked_rows"):
             if key in fresh:
                 group[key] = fresh[key]
             elif key == "masked_rows":  # stored by a run with voxel_grid.masked_adam, resumed without it

@@ -215,3 +215,11 @@ def test_eval_renders_through_the_pixel_points_the_run_trained_with(trained, cap
     torch.save(fake, root / "bad.ckpt")
     with pytest.raises(SystemExit, match="'dataset.pixel_center' is 'yes'; expected true or false"):
         eval_nerf.main(["--config", config, "--checkpoint", str(root / "bad.ckpt"), "--savedir", str(root / "bad")])
+
+
+def test_chunksize_reaches_the_occupancy_sampler_too(trained):
+    config, ckpt, root = trained
+    args = eval_nerf.parse_args(["--config", config, "--checkpoint", ckpt, "--savedir", str(root / "chunk"),
+                                 "--chunksize", "7", "--set", "occupancy.enabled=true", "occupancy.resolution=8"])
+    cfg, opts, _, method, _ = eval_nerf.set_up(args)
+    assert opts.chunksize == 7 and cfg.occupancy.render_chunk == 7 and method.sampler.cfg.render_chunk == 7

@@ -62,6 +62,16 @@ def test_loaded_state_keeps_the_configured_lr_scale():
     assert resumed.param_groups[0]["lr"] == pytest.approx(0.3)
 
 
+def test_a_resume_takes_the_configured_adam_hyperparameters():
+    model = small_grid_model()
+    stored = build_optimizer(grid_config(), model, None, CPU)
+    resumed = build_optimizer(grid_config(), model, None, CPU)
+    resumed.load_state_dict(stored.state_dict())  # the stored groups: eps 1e-15, betas (0.9, 0.999)
+    changed = dataclasses.replace(grid_config(), optimizer=OptimizerConfig(lr=1e-3, eps=1e-8, beta1=0.5, beta2=0.9))
+    keep_configured_groups(resumed, build_optimizer(changed, model, None, CPU))
+    assert all(group["eps"] == 1e-8 and group["betas"] == (0.5, 0.9) for group in resumed.param_groups)
+
+
 def test_zero_gradients_reuses_grid_buffers_and_frees_mlp_gradients():
     model = small_grid_model()
     optimizer = build_optimizer(grid_config(), model, None, CPU)
