@@ -304,3 +304,12 @@ def test_save_and_reload_round_trip(tmp_path):
 def test_shipped_configs_load(path):
     cfg = load_config(path)
     assert cfg.experiment.id
+
+
+def test_near_below_zero_names_near_and_a_growing_lr_is_refused():
+    dataset = {"basedir": "scene"}
+    with pytest.raises(ConfigError, match=r"key 'dataset.near' expects a value >= 0, got -1"):
+        config_from_dict({"dataset": {**dataset, "near": -1.0, "far": 6.0}})
+    with pytest.raises(ConfigError, match=r"key 'scheduler.lr_decay_factor' expects a value in \(0, 1\]"):
+        config_from_dict({"dataset": dataset, "scheduler": {"lr_decay_factor": 2.0}})
+    config_from_dict({"dataset": dataset, "scheduler": {"lr_decay_factor": 1.0}})  # a constant rate

@@ -182,7 +182,8 @@ def _validate_dataset(cfg: Config, source: str) -> None:
     if (d.near is None) != (d.far is None):
         raise ConfigError(f"{source}: keys 'dataset.near' and 'dataset.far' must be set together")
     if d.near is not None:
-        _require(d.far > d.near >= 0, source, "dataset.far", f"a value > dataset.near ({d.near})", d.far)
+        _require(d.near >= 0, source, "dataset.near", "a value >= 0", d.near)
+        _require(d.far > d.near, source, "dataset.far", f"a value > dataset.near ({d.near})", d.far)
 
 
 def _validate_models(cfg: Config, source: str) -> None:
@@ -241,7 +242,8 @@ def _validate_optimizer(cfg: Config, source: str) -> None:
     _require(o.eps > 0, source, "optimizer.eps", "a value > 0", o.eps)
     _require(0 <= o.beta1 < 1, source, "optimizer.beta1", "a value in [0, 1)", o.beta1)
     _require(0 <= o.beta2 < 1, source, "optimizer.beta2", "a value in [0, 1)", o.beta2)
-    _require(s.lr_decay_factor > 0, source, "scheduler.lr_decay_factor", "a value > 0", s.lr_decay_factor)
+    _require(0 < s.lr_decay_factor <= 1, source, "scheduler.lr_decay_factor", "a value in (0, 1] (a decay)",
+             s.lr_decay_factor)
     _require(s.decay_start >= 0, source, "scheduler.decay_start", "a number of steps >= 0", s.decay_start)
 
 
