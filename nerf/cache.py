@@ -2,7 +2,8 @@
 
 Layout of a cache folder:
     manifest.json                 settings that produced it (checked against the training config) and a
-                                  fingerprint of the dataset's camera files (a moved dataset still matches)
+                                  fingerprint of the dataset's camera and image files (a moved dataset still
+                                  matches)
     train/rays_<v>.npy            float32 [N_train, n, 9] = (origin, direction, rgb) per ray, variation v
     train/pixels_<v>.npy          int32 [N_train, n, 2] = (row, column) of each ray
     val/rays.npy                  float32 [N_val, H * W, 9], every pixel of every validation view
@@ -32,8 +33,9 @@ SCHEMA = 1
 
 # What identifies a dataset wherever its folder is now: the files that hold its cameras (their bytes) and the
 # folders of its images (the names and sizes of their files: a resized copy keeps the cameras of the original)
-BLENDER_FILES = ("transforms_train.json", "transforms_val.json", "transforms_test.json"), ("train", "val", "test")
-CAMERA_FILES = {"blender": BLENDER_FILES[0], "demo": BLENDER_FILES[0], "llff": ("poses_bounds.npy",)}
+BLENDER_CAMERA_FILES = ("transforms_train.json", "transforms_val.json", "transforms_test.json")
+BLENDER_IMAGE_FOLDERS = ("train", "val", "test")
+CAMERA_FILES = {"blender": BLENDER_CAMERA_FILES, "demo": BLENDER_CAMERA_FILES, "llff": ("poses_bounds.npy",)}
 
 
 # settings dataset_settings records only when they differ from these (so that older caches still match)
@@ -74,7 +76,7 @@ def image_folders(dataset_type: str, basedir: str) -> list[str]:
             return sorted(name for name in os.listdir(basedir) if name == "images" or name.startswith("images_"))
         except OSError:
             return []
-    return list(BLENDER_FILES[1])
+    return list(BLENDER_IMAGE_FOLDERS)
 
 
 def dataset_fingerprint(dataset_type: str, basedir: str) -> Optional[str]:
@@ -257,7 +259,7 @@ class RayCache:
         fingerprint = self.manifest.get("dataset_fingerprint")
         if (cached.get("basedir") != expected["basedir"] and fingerprint is not None
                 and fingerprint == dataset_fingerprint(cfg.dataset.type, expected["basedir"])):
-            cached["basedir"] = expected["basedir"]  # the same cameras in another folder: a moved dataset
+            cached["basedir"] = expected["basedir"]  # the same dataset in another folder: moved or copied
         keys = sorted(set(expected) | set(cached))
 
         def value(settings: dict, key: str):

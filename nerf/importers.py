@@ -175,9 +175,9 @@ def models_from_checkpoint(ckpt: dict, path: str, configured: ModelsConfig,
         except ConfigError as err:
             raise CheckpointError(str(err)) from None
         contraction = (stored.get("occupancy") or {}).get("contraction")
-        grid_diffs = [f"{key} {getattr(voxel_grid, key)!r}, config {getattr(configured_grid, key)!r}"
-                      for key in RENDERING_GRID_KEYS
-                      if configured_grid is not None and getattr(voxel_grid, key) != getattr(configured_grid, key)]
+        grid_diffs = [] if configured_grid is None else [
+            f"{key} {getattr(voxel_grid, key)!r}, config {getattr(configured_grid, key)!r}"
+            for key in RENDERING_GRID_KEYS if getattr(voxel_grid, key) != getattr(configured_grid, key)]
         if grid_diffs:
             grid_note = f"its voxel_grid ({'; '.join(grid_diffs)}) differs from the config's: using the checkpoint's"
             differs = f"{differs}; {grid_note}" if differs else grid_note

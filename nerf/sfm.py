@@ -25,7 +25,8 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 DOWNSAMPLE_FACTORS = (2, 4, 8)
 # what write_llff puts into a scene folder, and all that a re-run may replace there (besides the file managers'
 # own metadata, OS_METADATA)
-OUTPUT_ENTRIES = ("poses_bounds.npy", "images") + tuple(f"images_{f}" for f in DOWNSAMPLE_FACTORS)
+IMAGE_FOLDERS = ("images",) + tuple(f"images_{f}" for f in DOWNSAMPLE_FACTORS)
+OUTPUT_ENTRIES = ("poses_bounds.npy",) + IMAGE_FOLDERS
 OS_METADATA = (".DS_Store", "Thumbs.db", "desktop.ini")
 MAPPING_ATTEMPTS = 3  # runs of the incremental mapping at most, when one places fewer than half of the images
 
@@ -321,7 +322,7 @@ def write_llff(result: Reconstructed, undistorted_dir: str, out_dir: str) -> Non
     from PIL import Image
 
     with folder_replaced_on_success(out_dir, ".imgs2poses-") as tmp:
-        for folder in OUTPUT_ENTRIES[1:]:  # images, images_2, ...
+        for folder in IMAGE_FOLDERS:
             os.makedirs(os.path.join(tmp, folder))
         height, width = _multiple_of(int(result.poses[0, 0, 4]), 8), _multiple_of(int(result.poses[0, 1, 4]), 8)
         for k, name in enumerate(result.names):
